@@ -1,0 +1,1 @@
+"""unnoise: diffusion models on one mathematical core."""

@@ -1,0 +1,36 @@
+"""Reproducible Gaussian noise, per sample.
+
+A sampler given one `torch.Generator` draws the whole batch from it, so a sample's noise depends on
+its batch. Given a list of generators, one per sample, sample i draws only from its own: the same
+seeds give the same samples whatever the batch size or order. `per_sample_generators` makes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def per_sample_generators(seed: int, n: int, start: int = 0) -> list[torch.Generator]:
+    """Generators for samples start .. start + n - 1 of run `seed`, decorrelated by SeedSequence."""
+    if n < 0 or start < 0:
+        raise ValueError(f"n and start must be >= 0, got {n}, {start}")
+    return [torch.Generator().manual_seed(int(np.random.SeedSequence([seed, start + i]).generate_state(1, np.uint64)[0]))
+            for i in range(n)]
+
+
+def randn_like(x: Tensor, generator: Generators = None) -> Tensor:
+    """Standard normal noise shaped like x, from one generator, one per sample, or torch's global one."""
+    if generator is None:
+        return torch.randn_like(x)
+    if isinstance(generator, torch.Generator):
+        return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=generator.device).to(x.device)
+    if len(generator) != x.shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}: give one per sample")
+    return torch.stack([torch.randn(x.shape[1:], generator=g, dtype=x.dtype, device=g.device)
+                        for g in generator]).to(x.device)

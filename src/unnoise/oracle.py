@@ -1,0 +1,137 @@
+"""Exact denoisers: data whose E[x0 | x_t] has a closed form, for every schedule and every t.
+
+Data drawn from a mixture of isotropic Gaussians N(mu_k, s_k^2 I) with weights w_k is noised to
+x_t = alpha x0 + sigma eps, whose law is again a mixture, of N(alpha mu_k, v_k I) with
+v_k = alpha^2 s_k^2 + sigma^2. Then (Bishop 2006, eq. 2.116 per component, and Bayes' rule):
+
+    r_k(x_t)  = w_k N(x_t; alpha mu_k, v_k I) / sum_j w_j N(x_t; alpha mu_j, v_j I)
+    x0_hat    = sum_k r_k [mu_k + alpha s_k^2 / v_k (x_t - alpha mu_k)]
+
+A finite data set {y_i} is the mixture with s_k = 0 and equal weights (DESIGN.md). Component labels
+make the denoiser class-conditional: restrict the sum to the components of one class.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from unnoise.schedules import Schedule
+
+_F64 = torch.float64
+
+
+@dataclass(frozen=True)
+class GaussianMixture:
+    """A mixture of isotropic Gaussians over tensors of any shape (held in float64)."""
+
+    means: Tensor  # (K, *shape)
+    stds: Tensor  # (K,) per-component standard deviation; 0 makes a point mass
+    weights: Tensor  # (K,) positive, summing to 1
+    labels: Tensor  # (K,) int64 class of each component
+
+    def __post_init__(self):
+        K = self.means.shape[0]
+        if self.means.ndim < 2 or K < 1:
+            raise ValueError(f"means must have shape (K, *shape) with K >= 1, got {tuple(self.means.shape)}")
+        for name, v in (("stds", self.stds), ("weights", self.weights), ("labels", self.labels)):
+            if v.shape != (K,):
+                raise ValueError(f"{name} must have shape ({K},), got {tuple(v.shape)}")
+        if bool((self.stds < 0).any()) or not bool((self.weights > 0).all()):
+            raise ValueError("stds must be >= 0 and weights > 0")
+        if abs(self.weights.sum().item() - 1) > 1e-9:
+            raise ValueError(f"weights must sum to 1, got {self.weights.sum().item()}")
+
+    @classmethod
+    def create(cls, means, stds, weights=None, labels=None) -> GaussianMixture:
+        means = torch.as_tensor(means, dtype=_F64)
+        K = means.shape[0]
+        stds = torch.as_tensor(stds, dtype=_F64).expand(K).clone()
+        weights = torch.full((K,), 1.0 / K, dtype=_F64) if weights is None else torch.as_tensor(weights, dtype=_F64)
+        labels = torch.arange(K) if labels is None else torch.as_tensor(labels, dtype=torch.int64)
+        return cls(means, stds, weights / weights.sum(), labels)
+
+    @classmethod
+    def random(cls, dim: int = 2, components: int = 8, seed: int = 0, std_range=(0.05, 0.3)) -> GaussianMixture:
+        """A reproducible test mixture in [-1, 1]^dim: uniform means, stds and weights at random."""
+        if dim < 1 or components < 1:
+            raise ValueError(f"dim and components must be >= 1, got {dim}, {components}")
+        g = torch.Generator().manual_seed(seed)
+        means = torch.rand(components, dim, generator=g, dtype=_F64) * 1.6 - 0.8
+        lo, hi = std_range
+        stds = lo + (hi - lo) * torch.rand(components, generator=g, dtype=_F64)
+        weights = 0.5 + torch.rand(components, generator=g, dtype=_F64)
+        return cls.create(means, stds, weights)
+
+    @property
+    def dim(self) -> int:
+        return self.means[0].numel()
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """n true samples (n, *shape) in float64 and their component labels (n,)."""
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        noise = torch.randn((n,) + self.means.shape[1:], generator=generator, dtype=_F64)
+        return self.means[k] + self.stds[k].view((-1,) + (1,) * (noise.ndim - 1)) * noise, self.labels[k]
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Exact log-density at x (n, *shape), in nats."""
+        if bool((self.stds == 0).any()):
+            raise ValueError("a mixture with point masses (std 0) has no density")
+        return torch.logsumexp(self._log_joint(x.to(_F64).flatten(1), 1.0, self.stds**2), dim=1)
+
+    def marginal(self, schedule: Schedule, t: float) -> GaussianMixture:
+        """The exact law of x_t = alpha x0 + sigma eps: a mixture of N(alpha mu_k, v_k I)."""
+        alpha, sigma = schedule.alpha(t).item(), schedule.sigma(t).item()
+        return GaussianMixture(alpha * self.means, (alpha**2 * self.stds**2 + sigma**2).sqrt(), self.weights, self.labels)
+
+    def _log_joint(self, x: Tensor, alpha, var: Tensor) -> Tensor:
+        """log w_k + log N(x; alpha mu_k, var_k I) for x (B, D): shape (B, K)."""
+        mu = self.means.flatten(1).to(x.device)  # (K, D); alpha is a float or (B, 1), var (K,) or (B, K)
+        d2 = ((x**2).sum(1, keepdim=True) - 2 * alpha * (x @ mu.T) + alpha**2 * (mu**2).sum(1)).clamp(min=0)
+        log_w = torch.log(self.weights).to(x.device)
+        return log_w - 0.5 * d2 / var - 0.5 * mu.shape[1] * torch.log(2 * math.pi * var)
+
+    def denoiser(self, schedule: Schedule) -> MixtureDenoiser:
+        return MixtureDenoiser(self, schedule)
+
+
+def finite_set(points: Tensor, labels: Tensor | None = None) -> GaussianMixture:
+    """The empirical distribution of a data set (N, *shape): its exact denoiser is a softmax over
+    the points (DESIGN.md), and DDIM with it turns noise back into training points."""
+    points = torch.as_tensor(points, dtype=_F64)
+    return GaussianMixture.create(points, torch.zeros(points.shape[0], dtype=_F64), None, labels)
+
+
+class MixtureDenoiser:
+    """denoise(x_t, t, cond=None) -> E[x0 | x_t] exactly. cond: None, or (B,) class labels where -1
+    means unconditional. Computed in float64, returned in x's dtype."""
+
+    def __init__(self, mixture: GaussianMixture, schedule: Schedule):
+        self.mixture, self.schedule = mixture, schedule
+
+    def __call__(self, x: Tensor, t: float | Tensor, cond: Tensor | None = None) -> Tensor:
+        m = self.mixture
+        x64 = x.to(_F64).flatten(1)  # (B, D)
+        if isinstance(t, Tensor) and t.ndim > 0:
+            t64 = t.to(_F64).cpu()
+            alpha = self.schedule.alpha(t64).view(-1, 1).to(x.device)  # (B, 1)
+            sigma = self.schedule.sigma(t64).view(-1, 1).to(x.device)
+        else:
+            alpha, sigma = self.schedule.alpha(float(t)).item(), self.schedule.sigma(float(t)).item()
+        s2 = m.stds.to(x.device) ** 2  # (K,)
+        # v_k = alpha^2 s_k^2 + sigma^2, (K,) or (B, K); floored so a point mass at sigma = 0 gives
+        # its limit (the nearest point) rather than 0 / 0.
+        var = (alpha**2 * s2 + sigma**2).clamp(min=torch.finfo(_F64).tiny)
+        logits = m._log_joint(x64, alpha, var)  # (B, K)
+        if cond is not None:
+            cond = torch.as_tensor(cond, device=logits.device).view(-1, 1)
+            allowed = (cond < 0) | (cond == m.labels.to(logits.device))
+            logits = logits.masked_fill(~allowed, -math.inf)
+        r = torch.softmax(logits, dim=1)  # responsibilities (B, K)
+        gain = alpha * s2 / var  # (K,) or (B, K): alpha s_k^2 / v_k
+        mu = m.means.flatten(1).to(x.device)
+        x0 = (r * (1 - alpha * gain)) @ mu + x64 * (r * gain).sum(1, keepdim=True)
+        return x0.view_as(x).to(x.dtype)
