@@ -80,5 +80,7 @@ def _noise_level_spacing(schedule: Schedule, steps: int, spacing: str, rho: floa
         sig = (s_max ** (1 / rho) + frac * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
         lam = -2 * torch.log(sig)
     t = schedule.t_from_log_snr(lam)
-    t[0], t[-1] = t_max, schedule.t_min  # exact ends, free of bisection round-off
+    if steps > 1:
+        t[-1] = schedule.t_min  # exact ends, free of round-off in the inverse
+    t[0] = t_max
     return t

@@ -48,31 +48,39 @@ def _per_sample_norm(v: Tensor) -> Tensor:
 
 
 def langevin_correct(denoise: Denoiser, x: Tensor, t: float, alpha: float, sigma: float, snr: float,
-                     cond: Any, generator: Generators) -> Tensor:
+                     cond: Any, generator: Generators, norms: str = "sample") -> Tensor:
     """One Langevin corrector step at time t (Song et al. 2021, Algorithm 4 / 2 lines 5-7):
-    x~ <- x~ + e g + sqrt(2 e) z with g the score and e = 2 (snr |z| / |g|)^2, norms per sample (so a
-    sample's result does not depend on its batch). With g = -eps_hat / s~ this reads, in x,
-    x <- x - 2 snr^2 sigma (|z|^2 / |eps|^2) eps_hat + 2 snr sigma (|z| / |eps|) z."""
+    x~ <- x~ + e g + sqrt(2 e) z with g the score and e = 2 (snr |z| / |g|)^2. With g = -eps_hat / s~
+    this reads, in x, x <- x - 2 snr^2 sigma q^2 eps_hat + 2 snr sigma q z with q = |z| / |eps_hat|.
+
+    norms="sample" takes the norms per sample (so no sample depends on its batch); "expected" puts
+    q = 1, the value of |z| / |eps_hat| when eps_hat ~ N(0, I). In low dimension the per-sample ratio
+    is heavy-tailed (an F(d, d) variable, of infinite mean for d = 2), so use "expected" there."""
     x0_hat = denoise(x, t, cond)
     eps = (x - alpha * x0_hat) / sigma
     z = randn_like(x, generator)
-    ratio = _per_sample_norm(z) / _per_sample_norm(eps).clamp(min=torch.finfo(x.dtype).tiny)
-    return x - (2 * snr**2 * sigma) * ratio**2 * eps + (2 * snr * sigma) * ratio * z
+    if norms == "expected":
+        return x - (2 * snr**2 * sigma) * eps + (2 * snr * sigma) * z
+    q = _per_sample_norm(z) / _per_sample_norm(eps).clamp(min=torch.finfo(x.dtype).tiny)
+    return x - (2 * snr**2 * sigma) * q**2 * eps + (2 * snr * sigma) * q * z
 
 
 def pc(denoise: Denoiser, schedule: Schedule, x: Tensor, times, *, snr: float = 0.16,
-       corrector_steps: int = 1, cond: Any = None, generator: Generators = None,
+       corrector_steps: int = 1, norms: str = "sample", cond: Any = None, generator: Generators = None,
        callback: Callback | None = None) -> Tensor:
     """Predictor-corrector sampling (Song et al. 2021, Algorithm 1; Algorithms 2-3 for the step
-    sizes): at each noisy time, `corrector_steps` Langevin steps at signal-to-noise ratio `snr`, then
-    an Euler-Maruyama predictor step. (1 + corrector_steps) calls a step."""
-    if snr <= 0 or corrector_steps < 0:
-        raise ValueError(f"need snr > 0 and corrector_steps >= 0, got {snr}, {corrector_steps}")
+    sizes): at each noisy time, `corrector_steps` Langevin steps at signal-to-noise ratio `snr`
+    (`norms` as in `langevin_correct`), then an Euler-Maruyama predictor step. Algorithm 3's extra
+    factor alpha_i = 1 - beta_i on VP step sizes is left out (it tends to 1 as steps shrink).
+    (1 + corrector_steps) calls a step."""
+    if snr <= 0 or corrector_steps < 0 or norms not in ("sample", "expected"):
+        raise ValueError(f"need snr > 0, corrector_steps >= 0 and norms 'sample' or 'expected', "
+                         f"got {snr}, {corrector_steps}, {norms!r}")
     grid = path_grid(schedule, times)
     for i in range(grid.steps):
         if grid.alpha[i] > 0:  # at alpha = 0 p_t is pure noise already: nothing to correct
             for _ in range(corrector_steps):
-                x = langevin_correct(denoise, x, grid.t[i], grid.alpha[i], grid.sigma[i], snr, cond, generator)
+                x = langevin_correct(denoise, x, grid.t[i], grid.alpha[i], grid.sigma[i], snr, cond, generator, norms)
         x0_hat = denoise(x, grid.t[i], cond)
         x = report(callback, grid, i, _em_step(x, x0_hat, grid, i, generator), x0_hat)
     return x

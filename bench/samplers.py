@@ -1,0 +1,560 @@
+"""Benchmark our samplers against diffusers' schedulers and k-diffusion's samplers.
+
+Two measurements, printed as markdown tables and written into docs/benchmarks.md:
+
+1. Error at equal NFE. The exact denoiser of a Gaussian mixture (`unnoise.oracle`) on diffusers'
+   DDPM-linear schedule, wrapped as an eps-prediction network for the peers, runs through each peer
+   and through ours on the peer's own grid, from the same initial noise. Error = RMS distance of the
+   final samples from a tight reference solve (`ode_adaptive`, rtol = atol = 1e-10, float64) of the
+   same ODE from the same noise down to the grid's last noisy time, followed by the same final
+   x0_hat step every one of these samplers ends with.
+2. Per-step bookkeeping time: (full sampling loop - bare model calls) / steps, with a zero-cost
+   model that returns a preallocated tensor, at two batch sizes, alternating ours and theirs.
+
+Run:  python bench/samplers.py            (re-executes itself with tcmalloc preloaded, see DESIGN.md)
+      python bench/samplers.py --help
+Needs diffusers; k-diffusion is optional (`pip install k-diffusion --no-deps`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
+
+if __name__ == "__main__" and "--no-preload" not in sys.argv and "--help" not in sys.argv \
+        and "-h" not in sys.argv and "tcmalloc" not in os.environ.get("LD_PRELOAD", "") \
+        and os.path.exists(TCMALLOC):
+    # glibc malloc makes these timings 15-25% slower and noisy (DESIGN.md): restart before torch loads.
+    env = dict(os.environ, LD_PRELOAD=f"{TCMALLOC} {os.environ.get('LD_PRELOAD', '')}".strip())
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+import argparse  # noqa: E402
+import gc  # noqa: E402
+import importlib.metadata  # noqa: E402
+import importlib.util  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import shlex  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+import types  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,  # noqa: E402
+                       HeunDiscreteScheduler, UniPCMultistepScheduler)
+from torch import Tensor  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+from unnoise import schedules  # noqa: E402
+from unnoise.grids import time_grid  # noqa: E402
+from unnoise.oracle import GaussianMixture  # noqa: E402
+from unnoise.parameterization import EpsPrediction, NetworkDenoiser  # noqa: E402
+from unnoise.samplers import ddim, dpmpp_2m, euler, heun, ode_adaptive, unipc  # noqa: E402
+
+F64 = torch.float64
+DOC_START, DOC_END = "<!-- bench/samplers.py:start -->", "<!-- bench/samplers.py:end -->"
+# diffusers' DDPM-linear schedule, with the trailing spacing (integer timesteps from k = T - 1):
+# our default grid, and one on which every scheduler's timestep k means exactly t = (k + 1) / T.
+SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                        timestep_spacing="trailing")
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One algorithm as a peer implements it, and ours."""
+
+    name: str  # row label
+    library: str  # "diffusers" or "k-diffusion"
+    make: Callable[[], object]  # diffusers: a fresh scheduler; k-diffusion: the sample_* function
+    ours: Callable[..., Tensor]  # our sampler
+    ours_opts: dict = field(default_factory=dict)  # options for ours
+    ve: bool = False  # the peer's state is x~ = x / alpha (Euler/Heun schedulers, k-diffusion)
+    two_calls: bool = False  # Heun: 2N - 1 model calls for N steps
+    timed: bool = True  # part of the timing table
+
+
+def diffusers_peers() -> list[Peer]:
+    def sched(cls, **kw):
+        return lambda: cls(**SCHEDULER_CONFIG, **kw)
+
+    return [
+        Peer("DDIM", "diffusers", sched(DDIMScheduler, clip_sample=False), ddim),
+        Peer("Euler", "diffusers", sched(EulerDiscreteScheduler), euler, ve=True),
+        Peer("Heun", "diffusers", sched(HeunDiscreteScheduler), heun, ve=True, two_calls=True),
+        Peer("DPM-Solver++ 2M", "diffusers",
+             sched(DPMSolverMultistepScheduler, algorithm_type="dpmsolver++", solver_order=2), dpmpp_2m),
+        Peer("UniPC bh2 p=3", "diffusers", sched(UniPCMultistepScheduler, solver_type="bh2", solver_order=3),
+             unipc, dict(order=3)),
+        Peer("UniPC bh2 p=2", "diffusers", sched(UniPCMultistepScheduler, solver_type="bh2", solver_order=2),
+             unipc, dict(order=2), timed=False),
+    ]
+
+
+def k_diffusion_peers(kd: types.ModuleType) -> list[Peer]:
+    return [Peer("Euler", "k-diffusion", lambda: kd.sample_euler, euler, ve=True),
+            Peer("Heun", "k-diffusion", lambda: kd.sample_heun, heun, ve=True, two_calls=True),
+            Peer("DPM-Solver++ 2M", "k-diffusion", lambda: kd.sample_dpmpp_2m, dpmpp_2m, ve=True)]
+
+
+def load_k_diffusion() -> tuple[types.ModuleType | None, types.ModuleType | None, str]:
+    """(k_diffusion.sampling, k_diffusion.external, how they were loaded). The package's __init__
+    imports its training code (skimage, torchvision, ...); the two modules need only torch, scipy,
+    torchdiffeq, tqdm and `k_diffusion.utils`. If the package import fails, load the three files
+    directly, with empty stand-ins for torchvision and torchsde, which no deterministic sampler uses."""
+    try:
+        import k_diffusion.external
+        import k_diffusion.sampling
+        return k_diffusion.sampling, k_diffusion.external, "imported as a package"
+    except Exception as err:  # noqa: BLE001 - any import failure sends us to the file-level fallback
+        reason = f"{type(err).__name__}: {err}"
+    spec = importlib.util.find_spec("k_diffusion")
+    if spec is None or not spec.submodule_search_locations:
+        return None, None, "not installed (pip install k-diffusion --no-deps)"
+    root = Path(spec.submodule_search_locations[0])
+    for name in [m for m in sys.modules if m == "k_diffusion" or m.startswith("k_diffusion.")]:
+        del sys.modules[name]
+    missing = {top for top in ("torchsde", "torchvision") if importlib.util.find_spec(top) is None}
+    stand_ins = {}
+    for name in ("torchsde", "torchvision", "torchvision.transforms", "torchvision.transforms.functional"):
+        if name.split(".")[0] in missing:
+            stand_ins[name] = sys.modules[name] = types.ModuleType(name)
+    if "torchvision.transforms" in stand_ins:
+        stand_ins["torchvision.transforms"].functional = stand_ins["torchvision.transforms.functional"]
+    package = types.ModuleType("k_diffusion")
+    package.__path__ = [str(root)]
+    sys.modules["k_diffusion"] = package
+    try:
+        for sub in ("utils", "sampling", "external"):
+            sub_spec = importlib.util.spec_from_file_location(f"k_diffusion.{sub}", root / f"{sub}.py")
+            module = importlib.util.module_from_spec(sub_spec)
+            sys.modules[sub_spec.name] = module
+            sub_spec.loader.exec_module(module)
+            setattr(package, sub, module)
+    except Exception as err:  # noqa: BLE001
+        return None, None, f"package import failed ({reason}); file import failed too ({err})"
+    finally:
+        for name in stand_ins:
+            del sys.modules[name]
+    stubbed = f", stand-ins for {', '.join(n for n in stand_ins if '.' not in n)}" if stand_ins else ""
+    return package.sampling, package.external, f"files loaded directly ({reason}{stubbed})"
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Error at equal NFE
+
+
+class EpsOracle:
+    """The exact denoiser as a diffusers-style eps network: net(x_t, k) -> eps_hat, where timestep
+    k (possibly fractional, possibly a (B,) tensor of equal values) is our t = (k + 1) / T."""
+
+    def __init__(self, denoise: Callable, schedule: schedules.Schedule):
+        self.denoise, self.schedule = denoise, schedule
+
+    def __call__(self, x: Tensor, timestep, *args, **kwargs) -> Tensor:
+        k = torch.as_tensor(timestep).reshape(-1)[0].item()
+        t = (k + 1) / self.schedule.num_timesteps
+        alpha, sigma = self.schedule.alpha(t).item(), self.schedule.sigma(t).item()
+        return (x - alpha * self.denoise(x, t)) / sigma
+
+
+def diffusers_loop(scheduler, net: Callable, x: Tensor, steps: int, init_scale) -> Tensor:
+    """diffusers' sampling loop as a pipeline writes it (scheduler state is reset by set_timesteps)."""
+    scheduler.set_timesteps(steps)
+    x = x * init_scale
+    for k in scheduler.timesteps:
+        eps = net(scheduler.scale_model_input(x, k), k)
+        x = scheduler.step(eps, k, x).prev_sample
+    return x
+
+
+def diffusers_times(scheduler, schedule: schedules.Schedule, steps: int) -> Tensor:
+    """The scheduler's grid as our times: timestep k -> (k + 1) / T, then 0. Checked against its sigmas."""
+    scheduler.set_timesteps(steps)
+    k = torch.unique_consecutive(scheduler.timesteps.to(F64))  # Heun repeats each inner timestep
+    times = torch.cat([(k + 1) / schedule.num_timesteps, torch.zeros(1, dtype=F64)])
+    if hasattr(scheduler, "sigmas"):
+        theirs = torch.unique_consecutive(scheduler.sigmas.to(F64))[:-1]
+        ours = schedule.sigma_tilde(times[:-1])
+        if not torch.allclose(theirs, ours, rtol=1e-5, atol=0):
+            raise RuntimeError(f"{type(scheduler).__name__}: sigmas differ from ours: {theirs[:4]} vs {ours[:4]}")
+    return times
+
+
+@dataclass
+class AccuracyRow:
+    peer: Peer
+    grid: str  # how the grid was built
+    nfe: list[int] = field(default_factory=list)  # model calls actually made
+    theirs: list[float] = field(default_factory=list)  # RMS error against the reference
+    ours: list[float] = field(default_factory=list)
+    delta: list[float] = field(default_factory=list)  # RMS(ours - theirs)
+
+
+def rms(a: Tensor, b: Tensor) -> float:
+    return (a - b).square().mean().sqrt().item()
+
+
+def accuracy(args, kd_external) -> list[AccuracyRow]:
+    T = SCHEDULER_CONFIG["num_train_timesteps"]
+    alphas_cumprod = DDIMScheduler(**SCHEDULER_CONFIG).alphas_cumprod.to(F64)  # (T,), float32 values
+    schedule = schedules.from_alphas_cumprod(alphas_cumprod)
+    base = GaussianMixture.random(math.prod(args.shape), args.components, args.seed)
+    mixture = GaussianMixture.create(base.means.view(-1, *args.shape), base.stds, base.weights)
+    denoise = mixture.denoiser(schedule)
+    net = EpsOracle(denoise, schedule)
+    generator = torch.Generator().manual_seed(args.seed)
+    x_T = mixture.marginal(schedule, 1.0).sample(args.samples, generator)[0]  # (N, *shape), true x at t = 1
+    references: dict[tuple[float, float], Tensor] = {}
+
+    def reference(times: Tensor) -> Tensor:
+        key = (times[0].item(), times[-2].item())
+        if key not in references:
+            ends = torch.tensor([key[0], key[1], 0.0], dtype=F64)
+            references[key] = ode_adaptive(denoise, schedule, x_T, ends, rtol=1e-10, atol=1e-10)
+        return references[key]
+
+    peers = diffusers_peers() + (k_diffusion_peers(kd_external.sampling) if kd_external else [])
+    rows = []
+    for peer in peers:
+        grid = "trailing (ours: default)" if peer.library == "diffusers" else "k-diffusion get_sigmas(n)"
+        row = AccuracyRow(peer, grid)
+        for nfe in args.nfe:
+            steps = (nfe + 1) // 2 if peer.two_calls else nfe
+            if peer.library == "diffusers":
+                scheduler = peer.make()
+                times = diffusers_times(scheduler, schedule, steps)
+                if not torch.equal(times, time_grid(schedule, steps, "trailing")):
+                    raise RuntimeError(f"{peer.name}: diffusers' trailing grid is not ours at {steps} steps")
+                scale = 1 / schedule.alpha(times[0]).item() if peer.ve else 1.0  # exact x~ at t = 1
+                theirs = diffusers_loop(scheduler, net, x_T, steps, scale)
+            else:
+                model = kd_external.DiscreteEpsDDPMDenoiser(net, alphas_cumprod.float(), quantize=False)
+                sigmas = model.get_sigmas(steps).to(F64)  # (steps + 1,), float32 values
+                times = torch.cat([schedule.t_from_sigma_tilde(sigmas[:-1]), torch.zeros(1, dtype=F64)])
+                theirs = peer.make()(model, x_T / schedule.alpha(times[0]).item(), sigmas, disable=True)
+            ours = peer.ours(denoise, schedule, x_T, times, **peer.ours_opts)
+            ref = reference(times)
+            row.nfe.append(2 * steps - 1 if peer.two_calls else steps)
+            row.theirs.append(rms(theirs, ref))
+            row.ours.append(rms(ours, ref))
+            row.delta.append(rms(ours, theirs))
+        rows.append(row)
+    return rows
+
+
+def accuracy_table(rows: list[AccuracyRow], nfe: list[int]) -> str:
+    head = "| algorithm | grid | implementation | " + " | ".join(f"NFE {n}" for n in nfe) + " |"
+    lines = [head, "|" + "---|" * (3 + len(nfe))]
+    for row in rows:
+        label = f"{row.peer.name}"
+        calls = lambda i: "" if row.nfe[i] == nfe[i] else f" ({row.nfe[i]})"  # noqa: E731
+        lines.append(f"| {label} | {row.grid} | {row.peer.library} | "
+                     + " | ".join(f"{e:.2e}{calls(i)}" for i, e in enumerate(row.theirs)) + " |")
+        lines.append(f"| {label} | same | **unnoise** | "
+                     + " | ".join(f"{e:.2e}" for e in row.ours) + " |")
+        lines.append(f"| {label} | same | RMS(ours − peer) | "
+                     + " | ".join(f"{e:.1e}" for e in row.delta) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Per-step bookkeeping time
+
+
+@dataclass(frozen=True)
+class Loop:
+    """One timed sampling loop with a zero-cost model."""
+
+    label: str
+    run: Callable[[], object]
+    steps: int  # sampler steps (the divisor)
+    calls: int  # model calls per run (their bare cost is subtracted)
+    call_cost: float  # seconds per bare model call
+
+
+def bare_call_cost(model: Callable, x: Tensor, t, n: int = 20000) -> float:
+    """Seconds per call of the zero-cost model, measured as the loops call it."""
+    start = time.perf_counter()
+    for _ in range(n):
+        model(x, t)
+    return (time.perf_counter() - start) / n
+
+
+def timing_loops(peer: Peer, batch: int, steps: int, kd) -> tuple[Loop, Loop]:
+    """(ours, theirs) for one peer, sharing the initial noise and the zero-cost model's output."""
+    T = SCHEDULER_CONFIG["num_train_timesteps"]
+    schedule = schedules.from_alphas_cumprod(DDIMScheduler(**SCHEDULER_CONFIG).alphas_cumprod)
+    g = torch.Generator().manual_seed(0)
+    x_T = torch.randn(batch, 3, 32, 32, generator=g)  # (B, 3, 32, 32) float32
+    out = torch.randn(batch, 3, 32, 32, generator=g)  # the zero-cost model's answer, eps or x0
+    calls = 2 * steps - 1 if peer.two_calls else steps
+
+    def zero_cost(x, t, cond=None):
+        return out
+
+    if peer.library == "diffusers":
+        scheduler = peer.make()
+        denoise = NetworkDenoiser(zero_cost, EpsPrediction(), schedule)  # eps -> x0 is our bookkeeping
+        denoise(x_T, 1.0)  # fills its coefficient cache for t = 1, as any earlier batch would
+        k = torch.tensor(T - 1)
+        theirs = Loop(f"diffusers {peer.name}", lambda: diffusers_loop(scheduler, zero_cost, x_T, steps,
+                                                                       scheduler.init_noise_sigma),
+                      steps, calls, bare_call_cost(zero_cost, x_T, k))
+        ours = Loop(f"ours {peer.ours.__name__}", lambda: peer.ours(
+            denoise, schedule, x_T, time_grid(schedule, steps, "trailing"), **peer.ours_opts),
+            steps, calls, bare_call_cost(zero_cost, x_T, 1.0))
+        return ours, theirs
+    times = time_grid(schedule, steps, "trailing")
+    sigmas = torch.cat([schedule.sigma_tilde(times[:-1]), torch.zeros(1, dtype=F64)]).float()  # same grid
+    sample_fn, s_in = peer.make(), torch.ones(batch)
+    x_ve = x_T * math.sqrt(1 + sigmas[0].item() ** 2)
+    theirs = Loop(f"k-diffusion {sample_fn.__name__}", lambda: sample_fn(zero_cost, x_ve, sigmas, disable=True),
+                  steps, calls, bare_call_cost(zero_cost, x_T, sigmas[0] * s_in))
+    ours = Loop(f"ours {peer.ours.__name__}", lambda: peer.ours(zero_cost, schedule, x_T, times, **peer.ours_opts),
+                steps, calls, bare_call_cost(zero_cost, x_T, 1.0))
+    return ours, theirs
+
+
+def bare_ddim_loop(batch: int, steps: int) -> Loop:
+    """The floor: DDIM's update as two in-place ops a step, coefficients precomputed as floats."""
+    schedule = schedules.from_alphas_cumprod(DDIMScheduler(**SCHEDULER_CONFIG).alphas_cumprod)
+    times = time_grid(schedule, steps, "trailing")
+    a, s = schedule.alpha(times).tolist(), schedule.sigma(times).tolist()
+    # x_s = (a_s / a_t) x_t + (s_s - a_s s_t / a_t) eps_hat (Song et al. 2021, eq. 12, eta = 0)
+    coef = [(a[i + 1] / a[i], s[i + 1] - a[i + 1] * s[i] / a[i]) for i in range(steps)]
+    g = torch.Generator().manual_seed(0)
+    x_T, out = torch.randn(batch, 3, 32, 32, generator=g), torch.randn(batch, 3, 32, 32, generator=g)
+
+    def zero_cost(x, t):
+        return out
+
+    def run():
+        x = x_T.clone()
+        for i, (c_x, c_eps) in enumerate(coef):
+            x.mul_(c_x).add_(zero_cost(x, i), alpha=c_eps)
+        return x
+
+    return Loop("bare in-place DDIM update", run, steps, steps, bare_call_cost(zero_cost, x_T, 0))
+
+
+def time_loops(loops: list[Loop], rounds: int, block: float) -> list[list[float]]:
+    """Per-step bookkeeping seconds of each loop, one value a round. Loops alternate, and their order
+    reverses every round; each value is the mean over enough runs to last `block` seconds."""
+    for loop in loops:  # warm up, and size each loop's block of runs
+        for _ in range(3):
+            loop.run()
+    reps = []
+    for loop in loops:
+        start = time.perf_counter()
+        loop.run()
+        reps.append(max(1, math.ceil(block / (time.perf_counter() - start))))
+    results: list[list[float]] = [[] for _ in loops]
+    gc.collect()
+    gc.disable()
+    try:
+        for r in range(rounds):
+            order = range(len(loops)) if r % 2 == 0 else reversed(range(len(loops)))
+            for j in order:
+                loop, n = loops[j], reps[j]
+                start = time.perf_counter()
+                for _ in range(n):
+                    loop.run()
+                per_run = (time.perf_counter() - start) / n
+                results[j].append((per_run - loop.calls * loop.call_cost) / loop.steps)
+    finally:
+        gc.enable()
+    return results
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen operations that reach the dispatcher (tensor ops, including 0-d ones)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def overhead_profile(loop: Loop) -> tuple[float, float]:
+    """(ATen ops, Python function calls) per step of one run, the model's own call excluded."""
+    with OpCounter() as counter:
+        loop.run()
+    calls = 0
+
+    def tracer(frame, event, arg):
+        nonlocal calls
+        calls += event in ("call", "c_call")
+
+    sys.setprofile(tracer)
+    try:
+        loop.run()
+    finally:
+        sys.setprofile(None)
+    return counter.count / loop.steps, (calls - loop.calls) / loop.steps
+
+
+@dataclass
+class TimingRow:
+    algorithm: str
+    batch: int
+    theirs_label: str
+    ours_label: str
+    theirs: list[float]  # seconds a step, one per round
+    ours: list[float]
+    profile_theirs: tuple[float, float] | None = None
+    profile_ours: tuple[float, float] | None = None
+
+
+def timing(args, kd) -> list[TimingRow]:
+    peers = [p for p in diffusers_peers() if p.timed] + (k_diffusion_peers(kd) if kd else [])
+    rows = []
+    with torch.no_grad():  # as pipelines sample; k-diffusion's samplers are decorated with it too
+        for batch in args.batches:
+            floor = bare_ddim_loop(batch, args.timing_steps)
+            (result,) = time_loops([floor], args.rounds, args.block)
+            rows.append(TimingRow("DDIM (floor)", batch, "—", floor.label, [], result,
+                                  None, overhead_profile(floor)))
+            for peer in peers:
+                ours, theirs = timing_loops(peer, batch, args.timing_steps, kd)
+                t_ours, t_theirs = time_loops([ours, theirs], args.rounds, args.block)
+                rows.append(TimingRow(peer.name, batch, theirs.label, ours.label, t_theirs, t_ours,
+                                      overhead_profile(theirs), overhead_profile(ours)))
+                print(f"  timed {theirs.label} vs {ours.label}, batch {batch}", file=sys.stderr, flush=True)
+    return rows
+
+
+def timing_table(rows: list[TimingRow]) -> str:
+    lines = ["| algorithm | batch | peer | peer µs/step | ours µs/step | ours / peer: median (min–max) "
+             "| ops/step peer → ours | Python calls/step peer → ours |", "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        ours_us = statistics.median(row.ours) * 1e6
+        prof_o = row.profile_ours
+        if not row.theirs:
+            lines.append(f"| {row.algorithm} | {row.batch} | {row.ours_label} | — | {ours_us:.1f} | — "
+                         f"| — → {prof_o[0]:.0f} | — → {prof_o[1]:.0f} |")
+            continue
+        ratios = [o / t for o, t in zip(row.ours, row.theirs)]
+        prof_t = row.profile_theirs
+        lines.append(f"| {row.algorithm} | {row.batch} | {row.theirs_label} | "
+                     f"{statistics.median(row.theirs) * 1e6:.1f} | {ours_us:.1f} | "
+                     f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}) | "
+                     f"{prof_t[0]:.0f} → {prof_o[0]:.0f} | {prof_t[1]:.0f} → {prof_o[1]:.0f} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    preloaded = "tcmalloc" in Path("/proc/self/maps").read_text() if Path("/proc/self/maps").exists() else False
+    versions = []
+    for name in ("torch", "diffusers", "k-diffusion"):
+        try:
+            versions.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    return (f"{os.cpu_count()} cores ({cpu}), CPU only, torch threads {torch.get_num_threads()}, "
+            f"{'tcmalloc preloaded' if preloaded else 'glibc malloc (tcmalloc NOT preloaded)'}, "
+            f"load average at the end {load}; Python {platform.python_version()}, {', '.join(versions)}")
+
+
+def report(args, kd_how: str, accuracy_rows, timing_rows) -> str:
+    command = "python bench/samplers.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    parts = [f"Command: `{command.strip()}`  ",
+             f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC  ",
+             f"Machine: {machine()}  ",
+             f"k-diffusion: {kd_how}"]
+    if accuracy_rows:
+        parts += ["", f"### Error at equal NFE (oracle: {args.components}-component Gaussian mixture on "
+                      f"{'x'.join(map(str, args.shape))}, {args.samples} samples, float64)", "",
+                  "RMS distance of the final samples from `ode_adaptive` (rtol = atol = 1e-10, float64) "
+                  "run from the same noise to the grid's last noisy time, then the same final x0_hat step. "
+                  "NFE in parentheses: model calls made, where Heun's 2N − 1 cannot equal the target.", "",
+                  accuracy_table(accuracy_rows, args.nfe)]
+    if timing_rows:
+        parts += ["", f"### Per-step bookkeeping, {args.timing_steps} steps, float32, zero-cost model", "",
+                  f"(loop time − model calls × bare call cost) / steps; median of {args.rounds} alternating "
+                  "rounds. vs diffusers: ours runs an eps model through `NetworkDenoiser(net, EpsPrediction(), "
+                  "schedule)` and builds its grid with `time_grid` each run, as diffusers runs `set_timesteps`; "
+                  "vs k-diffusion: both get a zero-cost denoiser and a precomputed grid. ATen ops and Python "
+                  "calls are counted per step, the model's own call excluded.", "",
+                  timing_table(timing_rows)]
+    return "\n".join(parts)
+
+
+def write_doc(path: Path, text: str) -> None:
+    """Replace the generated block of `path` (between the markers), keeping the prose around it."""
+    block = f"{DOC_START}\n{text}\n{DOC_END}"
+    old = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    if DOC_START in old and DOC_END in old:
+        head, rest = old.split(DOC_START, 1)
+        new = head + block + rest.split(DOC_END, 1)[1]
+    else:
+        new = old.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(new)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Default run: about 2-3 minutes on 2 CPU cores.")
+    p.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20, 50], help="model-call budgets (accuracy)")
+    p.add_argument("--samples", type=int, default=256, help="samples in the accuracy run")
+    p.add_argument("--shape", type=int, nargs="+", default=[3, 8, 8], help="shape of one sample (accuracy)")
+    p.add_argument("--components", type=int, default=8, help="mixture components of the oracle")
+    p.add_argument("--seed", type=int, default=0, help="seed of the mixture and the initial noise")
+    p.add_argument("--timing-steps", type=int, default=50, help="sampler steps per timed loop")
+    p.add_argument("--batches", type=int, nargs="+", default=[64, 1], help="batch sizes timed (x 3x32x32)")
+    p.add_argument("--rounds", type=int, default=9, help="alternating timing rounds (>= 7 recommended)")
+    p.add_argument("--block", type=float, default=0.03, help="seconds of runs per timed measurement")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    p.add_argument("--skip-accuracy", action="store_true")
+    p.add_argument("--skip-timing", action="store_true")
+    p.add_argument("--doc", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md",
+                   help="markdown file whose generated block is replaced")
+    p.add_argument("--no-doc", action="store_true", help="print only")
+    p.add_argument("--no-preload", action="store_true", help="do not re-execute with tcmalloc preloaded")
+    args = p.parse_args(argv)
+    if min(args.nfe) < 2 or args.samples < 1 or args.rounds < 1 or min(args.batches) < 1 or args.timing_steps < 2:
+        p.error("--nfe and --timing-steps must be >= 2; --samples, --rounds and --batches >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    kd_sampling, kd_external, kd_how = load_k_diffusion()
+    print(f"k-diffusion: {kd_how}", file=sys.stderr)
+    start = time.perf_counter()
+    torch.set_num_threads(1)  # the oracle's tensors are small: threads only add synchronisation
+    accuracy_rows = [] if args.skip_accuracy else accuracy(args, kd_external)
+    print(f"  accuracy done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    torch.set_num_threads(args.threads)
+    timing_rows = [] if args.skip_timing else timing(args, kd_sampling)
+    text = report(args, kd_how, accuracy_rows, timing_rows)
+    print(text)
+    if not args.no_doc:
+        write_doc(args.doc, text)
+        print(f"\nwrote {args.doc}", file=sys.stderr)
+    print(f"total {time.perf_counter() - start:.0f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
