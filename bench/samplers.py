@@ -59,8 +59,9 @@ from unnoise.samplers import ddim, dpmpp_2m, euler, heun, ode_adaptive, unipc  #
 
 F64 = torch.float64
 DOC_START, DOC_END = "<!-- bench/samplers.py:start -->", "<!-- bench/samplers.py:end -->"
-# diffusers' DDPM-linear schedule, with the trailing spacing (integer timesteps from k = T - 1):
-# our default grid, and one on which every scheduler's timestep k means exactly t = (k + 1) / T.
+# diffusers' DDPM-linear schedule with the "trailing" spacing (Lin et al. 2024, Table 2), our default
+# grid: the only spacing that all five schedulers build alike (DPM-Solver and UniPC space "leading"
+# differently from DDIM), with whole timesteps k, each exactly our t = (k + 1) / T.
 SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
                         timestep_spacing="trailing")
 
@@ -77,6 +78,13 @@ class Peer:
     ve: bool = False  # the peer's state is x~ = x / alpha (Euler/Heun schedulers, k-diffusion)
     two_calls: bool = False  # Heun: 2N - 1 model calls for N steps
     timed: bool = True  # part of the timing table
+
+    def steps(self, nfe: int) -> int:
+        """The most steps whose model calls fit in nfe."""
+        return (nfe + 1) // 2 if self.two_calls else nfe
+
+    def calls(self, steps: int) -> int:
+        return 2 * steps - 1 if self.two_calls else steps
 
 
 def diffusers_peers() -> list[Peer]:
@@ -163,8 +171,40 @@ class EpsOracle:
         return (x - alpha * self.denoise(x, t)) / sigma
 
 
+class Problem:
+    """The oracle on diffusers' DDPM-linear schedule, true noisy samples, and exact reference solves."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.alphas_cumprod = DDIMScheduler(**SCHEDULER_CONFIG).alphas_cumprod.to(F64)  # (T,), float32 values
+        self.schedule = schedules.from_alphas_cumprod(self.alphas_cumprod)
+        base = GaussianMixture.random(math.prod(args.shape), args.components, args.seed, tuple(args.std_range))
+        self.mixture = GaussianMixture.create(base.means.view(-1, *args.shape), base.stds, base.weights)
+        self.denoise = self.mixture.denoiser(self.schedule)
+        self.net = EpsOracle(self.denoise, self.schedule)
+        self.samples, self.seed = args.samples, args.seed
+        self._references: dict[tuple[float, float], Tensor] = {}
+
+    def noise(self, t0: float) -> Tensor:
+        """True samples of x_t0, (N, *shape), drawn from the same seed whatever t0."""
+        generator = torch.Generator().manual_seed(self.seed)
+        return self.mixture.marginal(self.schedule, t0).sample(self.samples, generator)[0]
+
+    def error(self, x: Tensor, times: Tensor) -> float:
+        """RMS distance of x from the exact solve from noise(times[0]) down to times[-2], then x0_hat."""
+        key = (times[0].item(), times[-2].item())
+        if key not in self._references:
+            ends = torch.tensor([*key, 0.0], dtype=F64)
+            self._references[key] = ode_adaptive(self.denoise, self.schedule, self.noise(key[0]), ends,
+                                                 rtol=1e-10, atol=1e-10)
+        return rms(x, self._references[key])
+
+
+def rms(a: Tensor, b: Tensor) -> float:
+    return (a - b).square().mean().sqrt().item()
+
+
 def diffusers_loop(scheduler, net: Callable, x: Tensor, steps: int, init_scale) -> Tensor:
-    """diffusers' sampling loop as a pipeline writes it (scheduler state is reset by set_timesteps)."""
+    """diffusers' sampling loop as a pipeline writes it (set_timesteps also resets multistep state)."""
     scheduler.set_timesteps(steps)
     x = x * init_scale
     for k in scheduler.timesteps:
@@ -186,80 +226,100 @@ def diffusers_times(scheduler, schedule: schedules.Schedule, steps: int) -> Tens
     return times
 
 
+def k_diffusion_times(schedule: schedules.Schedule, steps: int) -> Tensor:
+    """k-diffusion's `DiscreteSchedule.get_sigmas(steps)` as our times: indices linspace(T - 1, 0, steps),
+    log sigma interpolated between indices as our log-SNR is, then t = 0. Runs from t = 1 to 1 / T."""
+    T = schedule.num_timesteps
+    return torch.cat([(torch.linspace(T - 1, 0, steps, dtype=F64) + 1) / T, torch.zeros(1, dtype=F64)])
+
+
 @dataclass
 class AccuracyRow:
-    peer: Peer
-    grid: str  # how the grid was built
-    nfe: list[int] = field(default_factory=list)  # model calls actually made
-    theirs: list[float] = field(default_factory=list)  # RMS error against the reference
-    ours: list[float] = field(default_factory=list)
-    delta: list[float] = field(default_factory=list)  # RMS(ours - theirs)
+    algorithm: str
+    grid: str
+    implementation: str
+    nfe: list[int] = field(default_factory=list)  # model calls made
+    values: list[float] = field(default_factory=list)  # RMS error; RMS(ours - peer) on agreement rows
+
+    def add(self, nfe: int, value: float) -> None:
+        self.nfe.append(nfe)
+        self.values.append(value)
 
 
-def rms(a: Tensor, b: Tensor) -> float:
-    return (a - b).square().mean().sqrt().item()
+AGREEMENT = "RMS(ours − peer)"
+DIFFUSERS_GRID = "diffusers trailing = ours default"
+KD_GRID = "k-diffusion get_sigmas(n)"
+
+
+def diffusers_rows(problem: Problem, peer: Peer, nfes: list[int]) -> list[AccuracyRow]:
+    """The peer and ours on the grid its set_timesteps builds, from the same noise."""
+    theirs, ours = AccuracyRow(peer.name, DIFFUSERS_GRID, "diffusers"), AccuracyRow(peer.name, "same", "unnoise")
+    delta = AccuracyRow(peer.name, "same", AGREEMENT)
+    for nfe in nfes:
+        steps = peer.steps(nfe)
+        scheduler = peer.make()
+        times = diffusers_times(scheduler, problem.schedule, steps)
+        if not torch.equal(times, time_grid(problem.schedule, steps)):
+            raise RuntimeError(f"{peer.name}: diffusers' grid is not our default grid at {steps} steps")
+        x_T = problem.noise(times[0].item())
+        scale = 1 / problem.schedule.alpha(times[0]).item() if peer.ve else 1.0  # x~ = x / alpha, exactly
+        x_theirs = diffusers_loop(scheduler, problem.net, x_T, steps, scale)
+        x_ours = peer.ours(problem.denoise, problem.schedule, x_T, times, **peer.ours_opts)
+        theirs.add(peer.calls(steps), problem.error(x_theirs, times))
+        ours.add(peer.calls(steps), problem.error(x_ours, times))
+        delta.add(peer.calls(steps), rms(x_ours, x_theirs))
+    return [theirs, ours, delta]
+
+
+def k_diffusion_rows(problem: Problem, peer: Peer, kd_sample: Callable | None, kd_external,
+                     nfes: list[int]) -> list[AccuracyRow]:
+    """On k-diffusion's grid from t = 1 to 1 / T: its sampler (where it has one) and ours, then ours
+    on the karras and logsnr grids between the same ends: same noise, same reference."""
+    schedule, x_T = problem.schedule, problem.noise(1.0)
+    theirs, delta = AccuracyRow(peer.name, KD_GRID, "k-diffusion"), AccuracyRow(peer.name, "same", AGREEMENT)
+    ours = AccuracyRow(peer.name, "same" if kd_sample else KD_GRID, "unnoise")
+    spaced = {spacing: AccuracyRow(peer.name, f"ours '{spacing}', same ends", "unnoise")
+              for spacing in ("karras", "logsnr")}
+    for nfe in nfes:
+        steps = peer.steps(nfe)
+        times = k_diffusion_times(schedule, steps)
+        x_ours = peer.ours(problem.denoise, schedule, x_T, times, **peer.ours_opts)
+        ours.add(peer.calls(steps), problem.error(x_ours, times))
+        for spacing, row in spaced.items():
+            grid = time_grid(schedule, steps, spacing)
+            row.add(peer.calls(steps), problem.error(peer.ours(problem.denoise, schedule, x_T, grid,
+                                                               **peer.ours_opts), grid))
+        if kd_sample is None:
+            continue
+        model = kd_external.DiscreteEpsDDPMDenoiser(problem.net, problem.alphas_cumprod.float(), quantize=False)
+        sigmas = model.get_sigmas(steps).to(F64)  # (steps + 1,), float32 values
+        if not torch.allclose(sigmas[:-1], schedule.sigma_tilde(times[:-1]), rtol=1e-5, atol=0):
+            raise RuntimeError(f"k-diffusion's sigmas differ from ours at {steps} steps")
+        x_theirs = kd_sample(model, x_T / schedule.alpha(1.0).item(), sigmas, disable=True)
+        theirs.add(peer.calls(steps), problem.error(x_theirs, times))
+        delta.add(peer.calls(steps), rms(x_ours, x_theirs))
+    return ([theirs, ours, delta] if kd_sample else [ours]) + list(spaced.values())
 
 
 def accuracy(args, kd_external) -> list[AccuracyRow]:
-    T = SCHEDULER_CONFIG["num_train_timesteps"]
-    alphas_cumprod = DDIMScheduler(**SCHEDULER_CONFIG).alphas_cumprod.to(F64)  # (T,), float32 values
-    schedule = schedules.from_alphas_cumprod(alphas_cumprod)
-    base = GaussianMixture.random(math.prod(args.shape), args.components, args.seed)
-    mixture = GaussianMixture.create(base.means.view(-1, *args.shape), base.stds, base.weights)
-    denoise = mixture.denoiser(schedule)
-    net = EpsOracle(denoise, schedule)
-    generator = torch.Generator().manual_seed(args.seed)
-    x_T = mixture.marginal(schedule, 1.0).sample(args.samples, generator)[0]  # (N, *shape), true x at t = 1
-    references: dict[tuple[float, float], Tensor] = {}
-
-    def reference(times: Tensor) -> Tensor:
-        key = (times[0].item(), times[-2].item())
-        if key not in references:
-            ends = torch.tensor([key[0], key[1], 0.0], dtype=F64)
-            references[key] = ode_adaptive(denoise, schedule, x_T, ends, rtol=1e-10, atol=1e-10)
-        return references[key]
-
-    peers = diffusers_peers() + (k_diffusion_peers(kd_external.sampling) if kd_external else [])
+    problem = Problem(args)
     rows = []
-    for peer in peers:
-        grid = "trailing (ours: default)" if peer.library == "diffusers" else "k-diffusion get_sigmas(n)"
-        row = AccuracyRow(peer, grid)
-        for nfe in args.nfe:
-            steps = (nfe + 1) // 2 if peer.two_calls else nfe
-            if peer.library == "diffusers":
-                scheduler = peer.make()
-                times = diffusers_times(scheduler, schedule, steps)
-                if not torch.equal(times, time_grid(schedule, steps, "trailing")):
-                    raise RuntimeError(f"{peer.name}: diffusers' trailing grid is not ours at {steps} steps")
-                scale = 1 / schedule.alpha(times[0]).item() if peer.ve else 1.0  # exact x~ at t = 1
-                theirs = diffusers_loop(scheduler, net, x_T, steps, scale)
-            else:
-                model = kd_external.DiscreteEpsDDPMDenoiser(net, alphas_cumprod.float(), quantize=False)
-                sigmas = model.get_sigmas(steps).to(F64)  # (steps + 1,), float32 values
-                times = torch.cat([schedule.t_from_sigma_tilde(sigmas[:-1]), torch.zeros(1, dtype=F64)])
-                theirs = peer.make()(model, x_T / schedule.alpha(times[0]).item(), sigmas, disable=True)
-            ours = peer.ours(denoise, schedule, x_T, times, **peer.ours_opts)
-            ref = reference(times)
-            row.nfe.append(2 * steps - 1 if peer.two_calls else steps)
-            row.theirs.append(rms(theirs, ref))
-            row.ours.append(rms(ours, ref))
-            row.delta.append(rms(ours, theirs))
-        rows.append(row)
+    for peer in diffusers_peers():
+        rows += diffusers_rows(problem, peer, args.nfe)
+    kd_samplers = {p.name: p.make() for p in k_diffusion_peers(kd_external.sampling)} if kd_external else {}
+    for peer in diffusers_peers():
+        rows += k_diffusion_rows(problem, peer, kd_samplers.get(peer.name), kd_external, args.nfe)
     return rows
 
 
 def accuracy_table(rows: list[AccuracyRow], nfe: list[int]) -> str:
-    head = "| algorithm | grid | implementation | " + " | ".join(f"NFE {n}" for n in nfe) + " |"
-    lines = [head, "|" + "---|" * (3 + len(nfe))]
+    lines = ["| algorithm | grid | implementation | " + " | ".join(f"NFE {n}" for n in nfe) + " |",
+             "|" + "---|" * (3 + len(nfe))]
     for row in rows:
-        label = f"{row.peer.name}"
-        calls = lambda i: "" if row.nfe[i] == nfe[i] else f" ({row.nfe[i]})"  # noqa: E731
-        lines.append(f"| {label} | {row.grid} | {row.peer.library} | "
-                     + " | ".join(f"{e:.2e}{calls(i)}" for i, e in enumerate(row.theirs)) + " |")
-        lines.append(f"| {label} | same | **unnoise** | "
-                     + " | ".join(f"{e:.2e}" for e in row.ours) + " |")
-        lines.append(f"| {label} | same | RMS(ours − peer) | "
-                     + " | ".join(f"{e:.1e}" for e in row.delta) + " |")
+        cells = [f"{v:.1e}" if row.implementation == AGREEMENT else f"{v:.2e}" for v in row.values]
+        cells = [c + ("" if n == target else f" ({n})") for c, n, target in zip(cells, row.nfe, nfe)]
+        impl = "**unnoise**" if row.implementation == "unnoise" else row.implementation
+        lines.append(f"| {row.algorithm} | {row.grid} | {impl} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -293,7 +353,7 @@ def timing_loops(peer: Peer, batch: int, steps: int, kd) -> tuple[Loop, Loop]:
     g = torch.Generator().manual_seed(0)
     x_T = torch.randn(batch, 3, 32, 32, generator=g)  # (B, 3, 32, 32) float32
     out = torch.randn(batch, 3, 32, 32, generator=g)  # the zero-cost model's answer, eps or x0
-    calls = 2 * steps - 1 if peer.two_calls else steps
+    calls = peer.calls(steps)
 
     def zero_cost(x, t, cond=None):
         return out
@@ -307,10 +367,10 @@ def timing_loops(peer: Peer, batch: int, steps: int, kd) -> tuple[Loop, Loop]:
                                                                        scheduler.init_noise_sigma),
                       steps, calls, bare_call_cost(zero_cost, x_T, k))
         ours = Loop(f"ours {peer.ours.__name__}", lambda: peer.ours(
-            denoise, schedule, x_T, time_grid(schedule, steps, "trailing"), **peer.ours_opts),
+            denoise, schedule, x_T, time_grid(schedule, steps), **peer.ours_opts),
             steps, calls, bare_call_cost(zero_cost, x_T, 1.0))
         return ours, theirs
-    times = time_grid(schedule, steps, "trailing")
+    times = k_diffusion_times(schedule, steps)
     sigmas = torch.cat([schedule.sigma_tilde(times[:-1]), torch.zeros(1, dtype=F64)]).float()  # same grid
     sample_fn, s_in = peer.make(), torch.ones(batch)
     x_ve = x_T * math.sqrt(1 + sigmas[0].item() ** 2)
@@ -324,7 +384,7 @@ def timing_loops(peer: Peer, batch: int, steps: int, kd) -> tuple[Loop, Loop]:
 def bare_ddim_loop(batch: int, steps: int) -> Loop:
     """The floor: DDIM's update as two in-place ops a step, coefficients precomputed as floats."""
     schedule = schedules.from_alphas_cumprod(DDIMScheduler(**SCHEDULER_CONFIG).alphas_cumprod)
-    times = time_grid(schedule, steps, "trailing")
+    times = time_grid(schedule, steps)
     a, s = schedule.alpha(times).tolist(), schedule.sigma(times).tolist()
     # x_s = (a_s / a_t) x_t + (s_s - a_s s_t / a_t) eps_hat (Song et al. 2021, eq. 12, eta = 0)
     coef = [(a[i + 1] / a[i], s[i + 1] - a[i + 1] * s[i] / a[i]) for i in range(steps)]
@@ -520,6 +580,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=256, help="samples in the accuracy run")
     p.add_argument("--shape", type=int, nargs="+", default=[3, 8, 8], help="shape of one sample (accuracy)")
     p.add_argument("--components", type=int, default=8, help="mixture components of the oracle")
+    p.add_argument("--std-range", type=float, nargs=2, default=[0.2, 0.5],
+                   help="range of the components' standard deviations (narrower components separate "
+                        "earlier and let a few samples switch component, which then dominate the RMS)")
     p.add_argument("--seed", type=int, default=0, help="seed of the mixture and the initial noise")
     p.add_argument("--timing-steps", type=int, default=50, help="sampler steps per timed loop")
     p.add_argument("--batches", type=int, nargs="+", default=[64, 1], help="batch sizes timed (x 3x32x32)")

@@ -94,3 +94,8 @@ def test_bad_arguments_are_named():
         ddpm_linear(beta_start=0.5, beta_end=0.1)
     with pytest.raises(ValueError, match="alphas_cumprod"):
         from_alphas_cumprod(torch.tensor([0.5, 0.9]))
+
+
+def test_zero_terminal_snr_needs_variance_preserving():
+    with pytest.raises(ValueError, match="variance-preserving"):
+        get_schedule("ve-ztsnr")

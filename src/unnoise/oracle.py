@@ -49,7 +49,8 @@ class GaussianMixture:
     def create(cls, means, stds, weights=None, labels=None) -> GaussianMixture:
         means = torch.as_tensor(means, dtype=_F64)
         K = means.shape[0]
-        stds = torch.as_tensor(stds, dtype=_F64).expand(K).clone()
+        stds = torch.as_tensor(stds, dtype=_F64)
+        stds = stds.expand(K).clone() if stds.ndim == 0 else stds
         weights = torch.full((K,), 1.0 / K, dtype=_F64) if weights is None else torch.as_tensor(weights, dtype=_F64)
         labels = torch.arange(K) if labels is None else torch.as_tensor(labels, dtype=torch.int64)
         return cls(means, stds, weights / weights.sum(), labels)

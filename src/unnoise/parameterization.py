@@ -61,6 +61,9 @@ class _PlainInputs:
 
 class EpsPrediction(_PlainInputs):
     def x0(self, output, x, p):
+        if not isinstance(p.alpha, Tensor) and p.alpha == 0:
+            raise ValueError(f"eps-prediction cannot give x0 where alpha = 0 (t = {p.t[0].item():g}): "
+                             "use the v, x0, velocity or edm parameterization, or a grid with t_max < 1")
         return (x - p.sigma * output) / p.alpha
 
     def target(self, x0, eps, p):
@@ -109,6 +112,9 @@ class EDMPreconditioning:
         return c_skip, c_out, c_in
 
     def network_inputs(self, x, p):
+        if not isinstance(p.alpha, Tensor) and p.alpha == 0:
+            raise ValueError(f"EDM preconditioning cannot be used where alpha = 0: its noise input ln(sigma / alpha) / 4 "
+                             f"is infinite at t = {p.t[0].item():g}; use a grid with t_max < 1")
         _, _, c_in = self._coefficients(p)
         sigma_tilde = torch.as_tensor(p.sigma / p.alpha, dtype=p.t.dtype, device=p.t.device)
         c_noise = 0.25 * torch.log(sigma_tilde).reshape(-1).expand(p.t.shape[0])  # ln(s~) / 4

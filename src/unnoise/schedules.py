@@ -59,7 +59,8 @@ class Schedule:
         map to the nearest end, 0 or 1."""
         target = _as_f64(log_snr)
         if self.log_snr_inverse is not None:
-            return self.log_snr_inverse(target).clamp(0, 1)
+            t = self.log_snr_inverse(target).clamp(0, 1)
+            return torch.where(target == math.inf, torch.zeros_like(t), t)
         lo, hi = torch.zeros_like(target), torch.ones_like(target)
         for _ in range(64):
             mid = 0.5 * (lo + hi)
@@ -110,9 +111,9 @@ def from_alphas_cumprod(alphas_cumprod: Tensor, name: str = "discrete") -> Sched
         i = x.floor().clamp(max=T - 1).long()
         frac = x - i
         lo, hi = table[i], table[i + 1]
-        # frac == 0 avoids inf - inf at index 0; (0, 1/T) is clean by construction.
-        inner = torch.where(torch.isinf(lo), lo, lo + frac * (hi - lo))
-        return torch.where(frac == 0, lo, inner)
+        # Index 0 is +inf (clean): (0, 1/T) stays clean rather than computing inf - inf. At an
+        # index the derivative is the right-hand one, (hi - lo) T.
+        return torch.where(torch.isinf(lo), lo, lo + frac * (hi - lo))
 
     def inverse(lam: Tensor) -> Tensor:
         descending = -table[1:]  # increasing in the index
@@ -140,8 +141,8 @@ def cosine(s: float = 0.008) -> Schedule:
     f0 = math.cos(s / (1 + s) * math.pi / 2)
 
     def alpha(t: Tensor) -> Tensor:
-        a = (torch.cos((t + s) / (1 + s) * math.pi / 2) / f0).clamp(0, 1)
-        return torch.where(t >= 1, torch.zeros_like(a), a)  # cos(pi/2) is 6e-17 in floating point
+        # cos((t + s) / (1 + s) pi / 2) written as a sine, which is exactly 0 at t = 1.
+        return (torch.sin((1 - t) / (1 + s) * math.pi / 2) / f0).clamp(0, 1)
 
     def inverse(lam: Tensor) -> Tensor:  # cos(u pi / 2) = f0 alpha, u = (t + s) / (1 + s)
         return torch.acos(f0 * torch.sigmoid(lam).sqrt()) * 2 / math.pi * (1 + s) - s
@@ -198,21 +199,30 @@ def rectified_flow() -> Schedule:
 def zero_terminal_snr(schedule: Schedule) -> Schedule:
     """Lin et al. 2024, Algorithm 1: shift and scale alpha so alpha(1) = 0 while alpha at the anchor
     is kept (the first index 1/T for discrete schedules, as in the paper; t = 0 otherwise), and keep
-    the process variance preserving."""
+    the process variance preserving. Only variance-preserving schedules can be rescaled so."""
+    probe = torch.linspace(0, 1, 11, dtype=_F64)
+    if not torch.allclose(schedule.alpha(probe) ** 2 + schedule.sigma(probe) ** 2, torch.ones_like(probe)):
+        raise ValueError(f"zero-terminal-SNR rescaling needs a variance-preserving schedule, "
+                         f"not {schedule.name!r}; use ddpm, cosine or vp")
     anchor = schedule.t_min if schedule.num_timesteps else 0.0
     a_anchor = schedule.alpha(anchor).item()
     a_end = schedule.alpha(1.0).item()
     if a_end <= 0:
         return schedule
+    scale = a_anchor / (a_anchor - a_end)
 
     def alpha(t: Tensor) -> Tensor:
-        rescaled = (schedule.alpha_fn(t) - a_end) * a_anchor / (a_anchor - a_end)
+        rescaled = (schedule.alpha_fn(t) - a_end) * scale
         return torch.where(t < anchor, schedule.alpha_fn(t), rescaled.clamp(0, 1))
 
     def sigma(t: Tensor) -> Tensor:
         return (1 - alpha(t) ** 2).clamp(min=0).sqrt()
 
-    return Schedule(f"{schedule.name}-ztsnr", alpha, sigma, schedule.t_min, schedule.num_timesteps)
+    def inverse(lam: Tensor) -> Tensor:  # undo the affine map on alpha, then the base inverse
+        a = (torch.sigmoid(lam).sqrt() / scale + a_end).clamp(max=1.0)
+        return schedule.t_from_log_snr(2 * torch.log(a) - torch.log1p(-(a**2)))
+
+    return Schedule(f"{schedule.name}-ztsnr", alpha, sigma, schedule.t_min, schedule.num_timesteps, inverse)
 
 
 PRESETS: dict[str, Callable[[], Schedule]] = {

@@ -43,7 +43,8 @@ def _multistep(denoise: Denoiser, schedule: Schedule, x: Tensor, times, order: i
         h_eta = (1 + eta) * h
         one_minus = -math.expm1(-h_eta)  # 1 - e^{-(1+eta) h}
         a_s = grid.alpha[i + 1]
-        x_next = x.mul(grid.sigma[i + 1] / grid.sigma[i] * math.exp(-eta * h))
+        decay = math.exp(-eta * h) if eta > 0 else 1.0  # 0 * inf is nan where h = inf (alpha_t = 0)
+        x_next = x.mul(grid.sigma[i + 1] / grid.sigma[i] * decay)
         if order == 2 and history:
             # Algorithm 2 (midpoint form): D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1}.
             c = h / (2 * (lam_t - history[0][1]))
