@@ -336,6 +336,8 @@ class Loop:
     steps: int  # sampler steps (the divisor)
     calls: int  # model calls per run (their bare cost is subtracted)
     call_cost: float  # seconds per bare model call
+    numel: int  # elements of the state x, to tell full-size ops from scalar ones
+    cold: Callable[[], object] | None = None  # a run with fresh caches (ours: a new NetworkDenoiser)
 
 
 def bare_call_cost(model: Callable, x: Tensor, t, n: int = 20000) -> float:
@@ -360,24 +362,26 @@ def timing_loops(peer: Peer, batch: int, steps: int, kd) -> tuple[Loop, Loop]:
 
     if peer.library == "diffusers":
         scheduler = peer.make()
-        denoise = NetworkDenoiser(zero_cost, EpsPrediction(), schedule)  # eps -> x0 is our bookkeeping
-        denoise(x_T, 1.0)  # fills its coefficient cache for t = 1, as any earlier batch would
-        k = torch.tensor(T - 1)
+
+        def run_ours(denoise):  # the eps -> x0 conversion of NetworkDenoiser is our bookkeeping
+            return peer.ours(denoise, schedule, x_T, time_grid(schedule, steps), **peer.ours_opts)
+
+        denoise = NetworkDenoiser(zero_cost, EpsPrediction(), schedule)  # warmed by time_loops' first runs
         theirs = Loop(f"diffusers {peer.name}", lambda: diffusers_loop(scheduler, zero_cost, x_T, steps,
                                                                        scheduler.init_noise_sigma),
-                      steps, calls, bare_call_cost(zero_cost, x_T, k))
-        ours = Loop(f"ours {peer.ours.__name__}", lambda: peer.ours(
-            denoise, schedule, x_T, time_grid(schedule, steps), **peer.ours_opts),
-            steps, calls, bare_call_cost(zero_cost, x_T, 1.0))
+                      steps, calls, bare_call_cost(zero_cost, x_T, torch.tensor(T - 1)), x_T.numel())
+        ours = Loop(f"ours {peer.ours.__name__}", lambda: run_ours(denoise), steps, calls,
+                    bare_call_cost(zero_cost, x_T, 1.0), x_T.numel(),
+                    cold=lambda: run_ours(NetworkDenoiser(zero_cost, EpsPrediction(), schedule)))
         return ours, theirs
     times = k_diffusion_times(schedule, steps)
     sigmas = torch.cat([schedule.sigma_tilde(times[:-1]), torch.zeros(1, dtype=F64)]).float()  # same grid
     sample_fn, s_in = peer.make(), torch.ones(batch)
     x_ve = x_T * math.sqrt(1 + sigmas[0].item() ** 2)
     theirs = Loop(f"k-diffusion {sample_fn.__name__}", lambda: sample_fn(zero_cost, x_ve, sigmas, disable=True),
-                  steps, calls, bare_call_cost(zero_cost, x_T, sigmas[0] * s_in))
+                  steps, calls, bare_call_cost(zero_cost, x_T, sigmas[0] * s_in), x_T.numel())
     ours = Loop(f"ours {peer.ours.__name__}", lambda: peer.ours(zero_cost, schedule, x_T, times, **peer.ours_opts),
-                steps, calls, bare_call_cost(zero_cost, x_T, 1.0))
+                steps, calls, bare_call_cost(zero_cost, x_T, 1.0), x_T.numel())
     return ours, theirs
 
 
@@ -400,7 +404,7 @@ def bare_ddim_loop(batch: int, steps: int) -> Loop:
             x.mul_(c_x).add_(zero_cost(x, i), alpha=c_eps)
         return x
 
-    return Loop("bare in-place DDIM update", run, steps, steps, bare_call_cost(zero_cost, x_T, 0))
+    return Loop("bare in-place DDIM update", run, steps, steps, bare_call_cost(zero_cost, x_T, 0), x_T.numel())
 
 
 def time_loops(loops: list[Loop], rounds: int, block: float) -> list[list[float]]:
@@ -422,31 +426,46 @@ def time_loops(loops: list[Loop], rounds: int, block: float) -> list[list[float]
             order = range(len(loops)) if r % 2 == 0 else reversed(range(len(loops)))
             for j in order:
                 loop, n = loops[j], reps[j]
-                start = time.perf_counter()
-                for _ in range(n):
-                    loop.run()
-                per_run = (time.perf_counter() - start) / n
-                results[j].append((per_run - loop.calls * loop.call_cost) / loop.steps)
+                results[j].append(per_step(loop, loop.run, n))
     finally:
         gc.enable()
     return results
 
 
-class OpCounter(TorchDispatchMode):
-    """Counts the ATen operations that reach the dispatcher (tensor ops, including 0-d ones)."""
+def per_step(loop: Loop, run: Callable[[], object], n: int) -> float:
+    """Seconds a step of bookkeeping: the mean of n runs, less the bare model calls, over the steps."""
+    start = time.perf_counter()
+    for _ in range(n):
+        run()
+    per_run = (time.perf_counter() - start) / n
+    return (per_run - loop.calls * loop.call_cost) / loop.steps
 
-    def __init__(self):
+
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen operations that reach the dispatcher (tensor ops, including 0-d ones), and
+    those whose output is as large as the state (the ones that cost memory bandwidth at large batch)."""
+
+    def __init__(self, numel: int):
         super().__init__()
-        self.count = 0
+        self.numel, self.count, self.full_size = numel, 0, 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
         self.count += 1
-        return func(*args, **(kwargs or {}))
+        self.full_size += isinstance(out, Tensor) and out.numel() >= self.numel
+        return out
 
 
-def overhead_profile(loop: Loop) -> tuple[float, float]:
-    """(ATen ops, Python function calls) per step of one run, the model's own call excluded."""
-    with OpCounter() as counter:
+@dataclass(frozen=True)
+class Profile:
+    ops: float  # ATen ops per step
+    full_size: float  # of which full-size
+    python_calls: float  # Python and builtin function calls per step, the model's own excluded
+
+
+def overhead_profile(loop: Loop) -> Profile:
+    """Count one (warm) run."""
+    with OpCounter(loop.numel) as counter:
         loop.run()
     calls = 0
 
@@ -459,7 +478,7 @@ def overhead_profile(loop: Loop) -> tuple[float, float]:
         loop.run()
     finally:
         sys.setprofile(None)
-    return counter.count / loop.steps, (calls - loop.calls) / loop.steps
+    return Profile(counter.count / loop.steps, counter.full_size / loop.steps, (calls - loop.calls) / loop.steps)
 
 
 @dataclass
@@ -470,8 +489,9 @@ class TimingRow:
     ours_label: str
     theirs: list[float]  # seconds a step, one per round
     ours: list[float]
-    profile_theirs: tuple[float, float] | None = None
-    profile_ours: tuple[float, float] | None = None
+    profile_theirs: Profile | None
+    profile_ours: Profile
+    ours_cold: float | None = None  # seconds a step of ours' first run with fresh caches
 
 
 def timing(args, kd) -> list[TimingRow]:
@@ -485,29 +505,35 @@ def timing(args, kd) -> list[TimingRow]:
                                   None, overhead_profile(floor)))
             for peer in peers:
                 ours, theirs = timing_loops(peer, batch, args.timing_steps, kd)
+                cold = None
+                if ours.cold is not None:  # before any warm run: the caches are the first run's to fill
+                    cold = statistics.median(per_step(ours, ours.cold, 1) for _ in range(3))
                 t_ours, t_theirs = time_loops([ours, theirs], args.rounds, args.block)
                 rows.append(TimingRow(peer.name, batch, theirs.label, ours.label, t_theirs, t_ours,
-                                      overhead_profile(theirs), overhead_profile(ours)))
+                                      overhead_profile(theirs), overhead_profile(ours), cold))
                 print(f"  timed {theirs.label} vs {ours.label}, batch {batch}", file=sys.stderr, flush=True)
     return rows
 
 
 def timing_table(rows: list[TimingRow]) -> str:
-    lines = ["| algorithm | batch | peer | peer µs/step | ours µs/step | ours / peer: median (min–max) "
-             "| ops/step peer → ours | Python calls/step peer → ours |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| algorithm | batch | peer | peer µs/step | ours µs/step | ours / peer: median (min–max) | "
+             "≤ 0.5 | ours, first run µs/step | ATen ops/step (full-size) peer → ours | "
+             "Python calls/step peer → ours |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        ours_us = statistics.median(row.ours) * 1e6
-        prof_o = row.profile_ours
+        o, t = row.profile_ours, row.profile_theirs
+        ours_us = f"{statistics.median(row.ours) * 1e6:.1f}"
+        cold = "—" if row.ours_cold is None else f"{row.ours_cold * 1e6:.0f}"
         if not row.theirs:
-            lines.append(f"| {row.algorithm} | {row.batch} | {row.ours_label} | — | {ours_us:.1f} | — "
-                         f"| — → {prof_o[0]:.0f} | — → {prof_o[1]:.0f} |")
+            lines.append(f"| {row.algorithm} | {row.batch} | — | — | {ours_us} ({row.ours_label}) | — | — | {cold} | "
+                         f"— → {o.ops:.0f} ({o.full_size:.0f}) | — → {o.python_calls:.0f} |")
             continue
-        ratios = [o / t for o, t in zip(row.ours, row.theirs)]
-        prof_t = row.profile_theirs
+        ratios = [a / b for a, b in zip(row.ours, row.theirs)]
+        ratio = statistics.median(ratios)
         lines.append(f"| {row.algorithm} | {row.batch} | {row.theirs_label} | "
-                     f"{statistics.median(row.theirs) * 1e6:.1f} | {ours_us:.1f} | "
-                     f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}) | "
-                     f"{prof_t[0]:.0f} → {prof_o[0]:.0f} | {prof_t[1]:.0f} → {prof_o[1]:.0f} |")
+                     f"{statistics.median(row.theirs) * 1e6:.1f} | {ours_us} | "
+                     f"{ratio:.2f} ({min(ratios):.2f}–{max(ratios):.2f}) | {'yes' if ratio <= 0.5 else '**no**'} | "
+                     f"{cold} | {t.ops:.0f} ({t.full_size:.0f}) → {o.ops:.0f} ({o.full_size:.0f}) | "
+                     f"{t.python_calls:.0f} → {o.python_calls:.0f} |")
     return "\n".join(lines)
 
 

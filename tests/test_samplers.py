@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from tests.test_parameterization import oracle_network
+from oracle_nets import oracle_network
 from unnoise.convergence import CASES, measure
 from unnoise.grids import time_grid
 from unnoise.noise import per_sample_generators

@@ -39,7 +39,10 @@ def _positive_int(text: str) -> int:
 
 
 def _schedule_name(text: str) -> str:
-    get_schedule(text)  # raises with the list of presets
+    try:
+        get_schedule(text)
+    except ValueError as err:  # names the presets
+        raise argparse.ArgumentTypeError(str(err)) from None
     return text
 
 

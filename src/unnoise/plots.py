@@ -27,7 +27,8 @@ def plot_convergence(report: Report, path: str | os.PathLike, title: str = "") -
     fig, ax = plt.subplots(figsize=(7, 5))
     for row in report.rows:
         if row.errors:
-            ax.loglog(row.nfe, row.errors, "o-", ms=3, label=f"{row.case.label} (order {row.order:.2f})")
+            note = f"order {row.order:.2f}" if row.order is not None else "tolerances 1e-3..1e-8"
+            ax.loglog(row.nfe, row.errors, "o-", ms=3, label=f"{row.case.label} ({note})")
     ax.set_xlabel("denoiser calls (NFE)")
     ax.set_ylabel("RMS endpoint error vs reference ODE solve")
     ax.set_title(title or "Convergence on the exact Gaussian-mixture denoiser")
