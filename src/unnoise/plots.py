@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -29,6 +30,8 @@ def plot_convergence(report: Report, path: str | os.PathLike, title: str = "") -
         if row.errors:
             note = f"order {row.order:.2f}" if row.order is not None else "tolerances 1e-3..1e-8"
             ax.loglog(row.nfe, row.errors, "o-", ms=3, label=f"{row.case.label} ({note})")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("denoiser calls (NFE)")
     ax.set_ylabel("RMS endpoint error vs reference ODE solve")
     ax.set_title(title or "Convergence on the exact Gaussian-mixture denoiser")
