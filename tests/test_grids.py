@@ -36,7 +36,8 @@ def test_karras_and_logsnr_spacing():
     grid = time_grid(s, 10, "karras")
     sig = s.sigma_tilde(grid[:-1])
     rho = 7
-    expected = (80 ** (1 / rho) + torch.linspace(0, 1, 10, dtype=torch.float64) * (0.002 ** (1 / rho) - 80 ** (1 / rho))) ** rho
+    frac = torch.linspace(0, 1, 10, dtype=torch.float64)
+    expected = (80 ** (1 / rho) + frac * (0.002 ** (1 / rho) - 80 ** (1 / rho))) ** rho
     assert torch.allclose(sig, expected, rtol=1e-10)
     lam = get_schedule("ddpm").log_snr(time_grid(get_schedule("ddpm"), 9, "logsnr")[:-1])
     assert torch.allclose(lam.diff(), lam.diff()[0].expand(8), rtol=1e-8)

@@ -20,8 +20,8 @@ def per_sample_generators(seed: int, n: int, start: int = 0) -> list[torch.Gener
     """Generators for samples start .. start + n - 1 of run `seed`, decorrelated by SeedSequence."""
     if n < 0 or start < 0:
         raise ValueError(f"n and start must be >= 0, got {n}, {start}")
-    return [torch.Generator().manual_seed(int(np.random.SeedSequence([seed, start + i]).generate_state(1, np.uint64)[0]))
-            for i in range(n)]
+    seeds = [np.random.SeedSequence([seed, start + i]).generate_state(1, np.uint64)[0] for i in range(n)]
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
 
 
 def randn_like(x: Tensor, generator: Generators = None) -> Tensor:

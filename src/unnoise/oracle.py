@@ -86,7 +86,8 @@ class GaussianMixture:
     def marginal(self, schedule: Schedule, t: float) -> GaussianMixture:
         """The exact law of x_t = alpha x0 + sigma eps: a mixture of N(alpha mu_k, v_k I)."""
         alpha, sigma = schedule.alpha(t).item(), schedule.sigma(t).item()
-        return GaussianMixture(alpha * self.means, (alpha**2 * self.stds**2 + sigma**2).sqrt(), self.weights, self.labels)
+        stds = (alpha**2 * self.stds**2 + sigma**2).sqrt()
+        return GaussianMixture(alpha * self.means, stds, self.weights, self.labels)
 
     def _log_joint(self, x: Tensor, alpha, var: Tensor) -> Tensor:
         """log w_k + log N(x; alpha mu_k, var_k I) for x (B, D): shape (B, K)."""

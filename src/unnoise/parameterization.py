@@ -113,8 +113,8 @@ class EDMPreconditioning:
 
     def network_inputs(self, x, p):
         if not isinstance(p.alpha, Tensor) and p.alpha == 0:
-            raise ValueError(f"EDM preconditioning cannot be used where alpha = 0: its noise input ln(sigma / alpha) / 4 "
-                             f"is infinite at t = {p.t[0].item():g}; use a grid with t_max < 1")
+            raise ValueError("EDM preconditioning cannot be used where alpha = 0: its noise input "
+                             f"ln(sigma / alpha) / 4 is infinite at t = {p.t[0].item():g}; use a grid with t_max < 1")
         _, _, c_in = self._coefficients(p)
         sigma_tilde = torch.as_tensor(p.sigma / p.alpha, dtype=p.t.dtype, device=p.t.device)
         c_noise = 0.25 * torch.log(sigma_tilde).reshape(-1).expand(p.t.shape[0])  # ln(s~) / 4

@@ -116,11 +116,11 @@ def from_alphas_cumprod(alphas_cumprod: Tensor, name: str = "discrete") -> Sched
         return torch.where(torch.isinf(lo), lo, lo + frac * (hi - lo))
 
     def inverse(lam: Tensor) -> Tensor:
-        descending = -table[1:]  # increasing in the index
-        j = torch.searchsorted(descending, -lam.reshape(-1)).clamp(1, T - 1)  # table[j] >= lam > table[j+1]
+        flat = lam.reshape(-1)
+        j = torch.searchsorted(-table[1:], -flat).clamp(1, T - 1)  # table[j] >= lam > table[j + 1]
         lo, hi = table[j], table[j + 1]
-        t = (j + (lam.reshape(-1) - lo) / (hi - lo)) / T
-        return torch.where(lam.reshape(-1) >= table[1], torch.where(lam.reshape(-1) == math.inf, 0.0, 1.0 / T), t).view_as(lam)
+        t = (j + (flat - lo) / (hi - lo)) / T
+        return torch.where(flat >= table[1], 1.0 / T, t).view_as(lam)  # above index 1: its time
 
     return _vp_from_log_snr(name, log_snr, 1.0 / T, T, inverse)
 
