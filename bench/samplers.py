@@ -317,7 +317,7 @@ def accuracy_table(rows: list[AccuracyRow], nfe: list[int]) -> str:
              "|" + "---|" * (3 + len(nfe))]
     for row in rows:
         cells = [f"{v:.1e}" if row.implementation == AGREEMENT else f"{v:.2e}" for v in row.values]
-        cells = [c + ("" if n == target else f" ({n})") for c, n, target in zip(cells, row.nfe, nfe)]
+        cells = [c + ("" if n == target else f" ({n})") for c, n, target in zip(cells, row.nfe, nfe, strict=True)]
         impl = "**unnoise**" if row.implementation == "unnoise" else row.implementation
         lines.append(f"| {row.algorithm} | {row.grid} | {impl} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -527,7 +527,7 @@ def timing_table(rows: list[TimingRow]) -> str:
             lines.append(f"| {row.algorithm} | {row.batch} | — | — | {ours_us} ({row.ours_label}) | — | — | {cold} | "
                          f"— → {o.ops:.0f} ({o.full_size:.0f}) | — → {o.python_calls:.0f} |")
             continue
-        ratios = [a / b for a, b in zip(row.ours, row.theirs)]
+        ratios = [a / b for a, b in zip(row.ours, row.theirs, strict=True)]
         ratio = statistics.median(ratios)
         lines.append(f"| {row.algorithm} | {row.batch} | {row.theirs_label} | "
                      f"{statistics.median(row.theirs) * 1e6:.1f} | {ours_us} | "
@@ -541,7 +541,7 @@ def timing_table(rows: list[TimingRow]) -> str:
 # Report
 
 
-def machine() -> str:
+def machine(load_at_start: tuple[float, float, float]) -> str:
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -557,17 +557,18 @@ def machine() -> str:
             versions.append(f"{name} {importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:
             pass
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    load = [" / ".join(f"{v:.2f}" for v in avg) for avg in (load_at_start, os.getloadavg())]
     return (f"{os.cpu_count()} cores ({cpu}), CPU only, torch threads {torch.get_num_threads()}, "
             f"{'tcmalloc preloaded' if preloaded else 'glibc malloc (tcmalloc NOT preloaded)'}, "
-            f"load average at the end {load}; Python {platform.python_version()}, {', '.join(versions)}")
+            f"load average (1/5/15 min) {load[0]} at the start, {load[1]} at the end; "
+            f"Python {platform.python_version()}, {', '.join(versions)}")
 
 
-def report(args, kd_how: str, accuracy_rows, timing_rows) -> str:
+def report(args, kd_how: str, load_at_start, accuracy_rows, timing_rows) -> str:
     command = "python bench/samplers.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     parts = [f"Command: `{command.strip()}`  ",
              f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC  ",
-             f"Machine: {machine()}  ",
+             f"Machine: {machine(load_at_start)}  ",
              f"k-diffusion: {kd_how}"]
     if accuracy_rows:
         parts += ["", f"### Error at equal NFE (oracle: {args.components}-component Gaussian mixture on "
@@ -600,8 +601,8 @@ def write_doc(path: Path, text: str) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Default run: about 2-3 minutes on 2 CPU cores.")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog="Default run: about one minute on 2 quiet CPU cores.")
     p.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20, 50], help="model-call budgets (accuracy)")
     p.add_argument("--samples", type=int, default=256, help="samples in the accuracy run")
     p.add_argument("--shape", type=int, nargs="+", default=[3, 8, 8], help="shape of one sample (accuracy)")
@@ -629,6 +630,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    load_at_start = os.getloadavg()
+    if load_at_start[0] > 0.5:
+        print(f"warning: load average {load_at_start[0]:.2f}: other processes share the cores and will "
+              "distort the timings (2 threads wait on each other when one is preempted)", file=sys.stderr)
     kd_sampling, kd_external, kd_how = load_k_diffusion()
     print(f"k-diffusion: {kd_how}", file=sys.stderr)
     start = time.perf_counter()
@@ -637,7 +642,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  accuracy done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     torch.set_num_threads(args.threads)
     timing_rows = [] if args.skip_timing else timing(args, kd_sampling)
-    text = report(args, kd_how, accuracy_rows, timing_rows)
+    text = report(args, kd_how, load_at_start, accuracy_rows, timing_rows)
     print(text)
     if not args.no_doc:
         write_doc(args.doc, text)

@@ -61,10 +61,12 @@ class _PlainInputs:
 
 class EpsPrediction(_PlainInputs):
     def x0(self, output, x, p):
-        if not isinstance(p.alpha, Tensor) and p.alpha == 0:
+        if isinstance(p.alpha, Tensor):
+            return (x - p.sigma * output) / p.alpha
+        if p.alpha == 0:
             raise ValueError(f"eps-prediction cannot give x0 where alpha = 0 (t = {p.t[0].item():g}): "
                              "use the v, x0, velocity or edm parameterization, or a grid with t_max < 1")
-        return (x - p.sigma * output) / p.alpha
+        return torch.add(x, output, alpha=-p.sigma).div_(p.alpha)  # two fused ops for scalar coefficients
 
     def target(self, x0, eps, p):
         return eps
@@ -88,6 +90,8 @@ class VPrediction(_PlainInputs):
 
 
 class VelocityPrediction(_PlainInputs):
+    needs_derivatives = True  # the only parameterisation that reads alpha' and sigma'
+
     # Solve x = alpha x0 + sigma eps, u = alpha' x0 + sigma' eps for x0 (for flow: x0 = x - t u).
     def x0(self, output, x, p):
         return (p.d_sigma * x - p.sigma * output) / (p.d_sigma * p.alpha - p.sigma * p.d_alpha)
@@ -153,11 +157,12 @@ def get_parameterization(name: str) -> Parameterization:
     return PARAMETERIZATIONS[name]()
 
 
-def path_point(schedule: Schedule, t: Tensor, ndim: int) -> PathPoint:
-    """Coefficients at per-example times t (B,), shaped (B, 1, ..., 1) to broadcast against x."""
+def path_point(schedule: Schedule, t: Tensor, ndim: int, derivatives: bool = True) -> PathPoint:
+    """Coefficients at per-example times t (B,), shaped (B, 1, ..., 1) to broadcast against x.
+    derivatives=False leaves d_alpha, d_sigma at 0 (taking them costs a forward-mode pass)."""
     shape = (-1,) + (1,) * (ndim - 1)
     t64 = t.to(torch.float64)
-    d_alpha, d_sigma = schedule.derivatives(t64)
+    d_alpha, d_sigma = schedule.derivatives(t64) if derivatives else (torch.zeros_like(t64),) * 2
     cast = lambda v: v.to(t.dtype if t.is_floating_point() else torch.float32).reshape(shape)  # noqa: E731
     return PathPoint(t, cast(schedule.alpha(t64)), cast(schedule.sigma(t64)), cast(d_alpha), cast(d_sigma))
 
@@ -171,18 +176,22 @@ class NetworkDenoiser:
 
     def __init__(self, net: Callable[..., Tensor], parameterization: Parameterization, schedule: Schedule):
         self.net, self.parameterization, self.schedule = net, parameterization, schedule
-        self._cache: dict[float, tuple[float, float, float, float]] = {}
+        self._derivatives = getattr(parameterization, "needs_derivatives", False)
+        self._cache: dict[tuple, PathPoint] = {}  # (t, batch, dtype, device) -> point; samplers reuse times
 
     def point(self, x: Tensor, t: float | Tensor) -> PathPoint:
         if isinstance(t, Tensor) and t.ndim > 0:
-            return path_point(self.schedule, t.to(x.device, x.dtype), x.ndim)
-        t = float(t)
-        if t not in self._cache:
-            d_alpha, d_sigma = self.schedule.derivatives(t)
-            self._cache[t] = (self.schedule.alpha(t).item(), self.schedule.sigma(t).item(),
-                              d_alpha.item(), d_sigma.item())
-        alpha, sigma, d_alpha, d_sigma = self._cache[t]
-        return PathPoint(torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device), alpha, sigma, d_alpha, d_sigma)
+            return path_point(self.schedule, t.to(x.device, x.dtype), x.ndim, self._derivatives)
+        key = (float(t), x.shape[0], x.dtype, x.device)
+        if key not in self._cache:
+            if len(self._cache) > 4096:  # adaptive solvers visit new times without end
+                self._cache.clear()
+            t = key[0]
+            d_alpha, d_sigma = self.schedule.derivatives(t) if self._derivatives else (torch.zeros(()),) * 2
+            self._cache[key] = PathPoint(torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device),
+                                         self.schedule.alpha(t).item(), self.schedule.sigma(t).item(),
+                                         d_alpha.item(), d_sigma.item())
+        return self._cache[key]
 
     def __call__(self, x: Tensor, t: float | Tensor, cond: Any = None) -> Tensor:
         p = self.point(x, t)

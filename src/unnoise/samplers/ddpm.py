@@ -13,7 +13,7 @@ from typing import Any
 from torch import Tensor
 
 from unnoise.noise import Generators, randn_like
-from unnoise.samplers.steps import Callback, Denoiser, ddim_update, path_grid, report
+from unnoise.samplers.steps import Callback, Denoiser, ddim_update, owns_state, path_grid, report
 from unnoise.schedules import Schedule
 
 
@@ -50,6 +50,7 @@ def ddim(denoise: Denoiser, schedule: Schedule, x: Tensor, times, *, eta: float 
         x0_hat = denoise(x, grid.t[i], cond)
         c = eta * grid.sigma[i + 1] * math.sqrt(1 - grid.decay(i) ** 2)
         noise = randn_like(x, generator) if c > 0 else None
-        x = ddim_update(x, x0_hat, grid.alpha[i], grid.sigma[i], grid.alpha[i + 1], grid.sigma[i + 1], c, noise)
+        x = ddim_update(x, x0_hat, grid.alpha[i], grid.sigma[i], grid.alpha[i + 1], grid.sigma[i + 1], c, noise,
+                        inplace=owns_state(callback, i))
         x = report(callback, grid, i, x, x0_hat)
     return x

@@ -17,7 +17,7 @@ from typing import Any
 from torch import Tensor
 
 from unnoise.noise import Generators, randn_like
-from unnoise.samplers.steps import Callback, Denoiser, Grid, ddim_update, path_grid, report
+from unnoise.samplers.steps import Callback, Denoiser, Grid, ddim_update, owns_state, path_grid, report
 from unnoise.schedules import Schedule
 
 
@@ -51,7 +51,8 @@ def euler(denoise: Denoiser, schedule: Schedule, x: Tensor, times, *, s_churn: f
     for i in range(grid.steps):
         x, t_hat, a_hat, s_hat = _churn(x, schedule, grid, i, s_churn, s_tmin, s_tmax, s_noise, generator)
         x0_hat = denoise(x, t_hat, cond)
-        x = ddim_update(x, x0_hat, a_hat, s_hat, grid.alpha[i + 1], grid.sigma[i + 1])
+        x = ddim_update(x, x0_hat, a_hat, s_hat, grid.alpha[i + 1], grid.sigma[i + 1],
+                        inplace=owns_state(callback, i) and s_churn == 0)
         x = report(callback, grid, i, x, x0_hat)
     return x
 
@@ -92,10 +93,15 @@ def heun(denoise: Denoiser, schedule: Schedule, x: Tensor, times, *, s_churn: fl
         a_s, s_s = grid.alpha[i + 1], grid.sigma[i + 1]
         x = ddim_update(x_hat, x0_hat, a_hat, s_hat, a_s, s_s)  # Euler predictor (line 7)
         if s_s > 0 and a_hat > 0:
-            # Trapezoid correction (line 10): x~_s = x~_euler + (s~_s - s~_hat)(eps' - eps) / 2.
+            # Trapezoid correction (line 10): x~_s = x~_euler + (s~_s - s~_hat)(eps' - eps) / 2 with
+            # eps' = (x_euler - a_s x0') / s_s, eps = (x_hat - a_hat x0_hat) / s_hat and
+            # x_euler = k x_hat + m x0_hat, collected into A x_hat + B x0_hat + C x0'.
             x0_next = denoise(x, grid.t[i + 1], cond)
-            h = s_s / a_s - s_hat / a_hat
-            eps_diff = (x - a_s * x0_next) / s_s - (x_hat - a_hat * x0_hat) / s_hat
-            x = x.add_(eps_diff, alpha=0.5 * a_s * h)
+            c = 0.5 * a_s * (s_s / a_s - s_hat / a_hat)
+            k = s_s / s_hat
+            m = a_s - k * a_hat
+            A, B, C = (1 + c / s_s) * k - c / s_hat, (1 + c / s_s) * m + c * a_hat / s_hat, -c * a_s / s_s
+            inplace = owns_state(callback, i) and s_churn == 0 and x0_hat is not x_hat and x0_next is not x_hat
+            x = (x_hat.mul_(A) if inplace else x_hat.mul(A)).add_(x0_hat, alpha=B).add_(x0_next, alpha=C)
         x = report(callback, grid, i, x, x0_hat)
     return x

@@ -79,6 +79,12 @@ def path_grid(schedule: Schedule, times: Sequence[float] | Tensor) -> Grid:
     return Grid(t.tolist(), alpha.tolist(), sigma.tolist())
 
 
+def owns_state(callback: Callback | None, i: int) -> bool:
+    """Whether a sampler may update x in place at step i: never the caller's x_T (step 0), and never
+    a state a callback has seen (it may have kept it)."""
+    return callback is None and i > 0
+
+
 def report(callback: Callback | None, grid: Grid, i: int, x: Tensor, x0_hat: Tensor | None) -> Tensor:
     """Tell the callback about step i; it may hand back a replacement state."""
     if callback is None:
@@ -93,13 +99,13 @@ def eps_from_x0(x: Tensor, x0_hat: Tensor, alpha: float, sigma: float) -> Tensor
 
 
 def ddim_update(x: Tensor, x0_hat: Tensor, a_t: float, s_t: float, a_s: float, s_s: float,
-                noise_std: float = 0.0, noise: Tensor | None = None) -> Tensor:
+                noise_std: float = 0.0, noise: Tensor | None = None, inplace: bool = False) -> Tensor:
     """The DDIM step t -> s (Song et al. 2021, eq. 12): x_s = alpha_s x0_hat + k eps_hat + c z with
     k = sqrt(sigma_s^2 - c^2), c = noise_std. With c = 0 it is also Euler's step in the VE view and
     DPM-Solver's first-order step, exact when x0_hat is constant; it stays finite where alpha_t = 0.
-    A step to sigma_s = 0 returns x0_hat."""
+    A step to sigma_s = 0 returns x0_hat. `inplace` overwrites x (for a state the caller owns)."""
     if s_s == 0:
         return x0_hat
     k = math.sqrt(max(s_s * s_s - noise_std * noise_std, 0.0)) / s_t  # on eps_hat = (x - a_t x0_hat) / s_t
-    x = x.mul(k).add_(x0_hat, alpha=a_s - k * a_t)
+    x = (x.mul_(k) if inplace and x0_hat is not x else x.mul(k)).add_(x0_hat, alpha=a_s - k * a_t)
     return x.add_(noise, alpha=noise_std) if noise_std > 0 else x

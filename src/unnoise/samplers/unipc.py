@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 from torch import Tensor
 
 from unnoise.noise import Generators
@@ -38,12 +37,29 @@ def _rhos(h: float, rks: list[float], corrector: bool) -> list[float]:
         b.append(h_phi_k * factorial / b_h)
         factorial *= j + 1
         h_phi_k = h_phi_k / hh - 1 / factorial
-    R = np.array([[r ** (j - 1) for r in rks] for j in range(1, n + 1)])
+    R = [[r ** (j - 1) for r in rks] for j in range(1, n + 1)]
     if corrector:
-        return [0.5] if n == 1 else list(np.linalg.solve(R, np.array(b)))
+        return [0.5] if n == 1 else _solve(R, b)
     if n == 1:
         return []
-    return [0.5] if n == 2 else list(np.linalg.solve(R[:-1, :-1], np.array(b[:-1])))
+    return [0.5] if n == 2 else _solve([row[:-1] for row in R[:-1]], b[:-1])
+
+
+def _solve(a: list[list[float]], b: list[float]) -> list[float]:
+    """Gaussian elimination with partial pivoting for the tiny (<= 3 x 3) systems above: in plain
+    Python it costs a few microseconds, a NumPy call several times that."""
+    n = len(b)
+    m = [row[:] + [rhs] for row, rhs in zip(a, b)]
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda r: abs(m[r][col]))
+        m[col], m[pivot] = m[pivot], m[col]
+        for r in range(col + 1, n):
+            f = m[r][col] / m[col][col]
+            m[r] = [v - f * w for v, w in zip(m[r], m[col])]
+    x = [0.0] * n
+    for r in reversed(range(n)):
+        x[r] = (m[r][n] - sum(m[r][c] * x[c] for c in range(r + 1, n))) / m[r][r]
+    return x
 
 
 def _combine(x: Tensor, grid, i: int, m0: Tensor, history: list[tuple[Tensor, float]],
@@ -67,10 +83,13 @@ def _combine(x: Tensor, grid, i: int, m0: Tensor, history: list[tuple[Tensor, fl
 
 
 def unipc(denoise: Denoiser, schedule: Schedule, x: Tensor, times, *, order: int = 3,
-          corrector: bool = True, cond: Any = None, generator: Generators = None,
-          callback: Callback | None = None) -> Tensor:
+          corrector: bool = True, lower_order_final: bool = True, cond: Any = None,
+          generator: Generators = None, callback: Callback | None = None) -> Tensor:
     """UniPC-p with B(h) = e^h - 1: order p predictor, UniC corrector (order p + 1), one call a
-    step. The first steps warm up at lower order. `generator` is accepted for the common signature."""
+    step. The first steps warm up at lower order; with `lower_order_final` the last ones step at
+    order min(p, steps left), as Zhao et al.'s code does: on grids whose last steps are long (such as
+    "trailing") extrapolating at full order there costs accuracy (measured in docs/benchmarks.md), and
+    one step at order 2 keeps the global order 3. `generator` is accepted for the common signature."""
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order}")
     grid = path_grid(schedule, times)
@@ -86,7 +105,8 @@ def unipc(denoise: Denoiser, schedule: Schedule, x: Tensor, times, *, order: int
         if grid.sigma[i + 1] == 0:
             x = report(callback, grid, i, m, m)
             continue
-        hist = history[: order - 1]
+        step_order = min(order, grid.steps - i) if lower_order_final else order
+        hist = history[: step_order - 1]
         h = grid.lam(i + 1) - grid.lam(i)
         rks = [(lam - grid.lam(i)) / h for _, lam in hist]
         last = (x, m, hist, i)
