@@ -123,7 +123,7 @@ def test_bad_arguments(mixture, ddpm):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", [c for c in CASES if c.order is None], ids=lambda c: c.label)
+@pytest.mark.parametrize("case", [c for c in CASES if c.order is None and not c.tolerances], ids=lambda c: c.label)
 def test_stochastic_samplers_reach_the_true_distribution(mixture, ddpm, case):
     report = measure(mixture, ddpm, stochastic_steps=1024, n=2000, cases=[case])
     assert report.rows[0].distance <= report.margin * report.floor, (report.rows[0].distance, report.floor)
