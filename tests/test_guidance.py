@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from unnoise.convergence import CountingDenoiser
 from unnoise.grids import time_grid
 from unnoise.guidance import ClassifierFreeGuidance
 from unnoise.oracle import GaussianMixture
@@ -12,22 +13,13 @@ def labelled(mixture):
     return GaussianMixture(mixture.means, mixture.stds, mixture.weights, torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]))
 
 
-class Counting:
-    def __init__(self, denoise):
-        self.denoise, self.calls = denoise, 0
-
-    def __call__(self, x, t, cond=None):
-        self.calls += 1
-        return self.denoise(x, t, cond)
-
-
 def test_scale_one_is_conditional_and_zero_unconditional(labelled, ddpm):
     den = labelled.denoiser(ddpm)
     x, cond = torch.randn(16, 2, dtype=torch.float64), torch.randint(0, 4, (16,))
     x0_c, x0_u = den(x, 0.4, cond), den(x, 0.4)
     assert torch.allclose(ClassifierFreeGuidance(den, 1.0, -1)(x, 0.4, cond), x0_c, atol=1e-12)
     assert torch.allclose(ClassifierFreeGuidance(den, 0.0, -1)(x, 0.4, cond), x0_u, atol=1e-12)
-    counted = Counting(den)
+    counted = CountingDenoiser(den)
     guided = ClassifierFreeGuidance(counted, 3.0, -1)(x, 0.4, cond)
     assert counted.calls == 1  # both branches in one batched call
     assert torch.allclose(guided, x0_u + 3.0 * (x0_c - x0_u), atol=1e-12)

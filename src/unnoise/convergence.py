@@ -104,7 +104,9 @@ def fit_order(steps: list[int], errors: list[float]) -> float:
     return float(-slope)
 
 
-class _Counter:
+class CountingDenoiser:
+    """Wraps a denoiser and counts its calls (the NFE a sampler spends)."""
+
     def __init__(self, denoise):
         self.denoise, self.calls = denoise, 0
 
@@ -141,7 +143,7 @@ def measure(mixture: GaussianMixture, schedule: Schedule, *, steps=(16, 32, 64, 
                 else [(s, {}) for s in steps] if deterministic else [(stochastic_steps, {})])
         nfe, errors, out = [], [], None
         for s, extra in runs:
-            counter = _Counter(denoise)
+            counter = CountingDenoiser(denoise)
             out = sampler(counter, schedule, x_T, grids[s], generator=torch.Generator().manual_seed(seed + s),
                           **case.options, **extra)
             nfe.append(counter.calls)
@@ -183,5 +185,5 @@ def report_ok(report: Report) -> bool:
     return all(r.passed for r in report.rows)
 
 
-__all__ = ["CASES", "Case", "Report", "Row", "fit_order", "format_report", "measure", "report_ok",
+__all__ = ["CASES", "Case", "CountingDenoiser", "Report", "Row", "fit_order", "format_report", "measure", "report_ok",
            "sliced_wasserstein"]
