@@ -10,6 +10,7 @@ import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from unnoise.convergence import Report  # noqa: E402
@@ -52,4 +53,46 @@ def plot_samples(sets: dict[str, Tensor], path: str | os.PathLike, limit: float 
         ax.set_aspect("equal")
         ax.set_xticks([])
         ax.set_yticks([])
+    return _save(fig, path)
+
+
+def save_image_grid(images: Tensor, path: str | os.PathLike, columns: int | None = None) -> Path:
+    """Images (N, C, H, W) in [-1, 1] tiled into one PNG (grey for C = 1, RGB for C = 3), 1-pixel gaps."""
+    import math
+
+    import numpy as np
+    from PIL import Image
+
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"expected images of shape (N, 1 or 3, H, W), got {tuple(images.shape)}")
+    n, c, h, w = images.shape
+    columns = columns or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / columns)
+    pixels = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    grid = np.zeros((rows * (h + 1) + 1, columns * (w + 1) + 1, c), dtype=np.uint8)
+    for k in range(n):
+        r, q = divmod(k, columns)
+        grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = pixels[k].transpose(1, 2, 0)
+    image = Image.fromarray(grid[..., 0] if c == 1 else grid)
+    return write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def plot_loss(log_path: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """The loss curve of a JSON-lines training log (raw and smoothed), as PNG."""
+    import json
+
+    records = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
+    points = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if points:
+        steps, losses = zip(*points)
+        ax.plot(steps, losses, alpha=0.35, label="loss")
+        k = max(1, len(losses) // 20)
+        smooth = [sum(losses[max(0, i - k):i + 1]) / len(losses[max(0, i - k):i + 1]) for i in range(len(losses))]
+        ax.plot(steps, smooth, label=f"running mean ({k + 1} logs)")
+        ax.set_yscale("log")
+        ax.legend()
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.grid(True, alpha=0.3)
     return _save(fig, path)

@@ -1,0 +1,198 @@
+"""Run configuration: frozen dataclasses, read from TOML, overridable with `--set section.key=value`.
+
+    [data]      DataConfig (unnoise.data)
+    [model]     preset = "<name in MODEL_PRESETS>" plus any field of that preset's config
+    [diffusion] schedule, parameterization
+    [loss]      LossConfig (unnoise.losses)
+    [train]     TrainConfig below
+    [sample]    SampleConfig below
+Unknown keys are refused with the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from unnoise.losses import LossConfig
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    schedule: str = "edm"  # a preset of unnoise.schedules (e.g. ddpm, cosine, edm, flow, ddpm-ztsnr)
+    parameterization: str = "edm"  # eps | x0 | v | velocity | edm
+    sigma_data: float = 0.5  # data std for EDM preconditioning
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 10_000  # optimiser steps to train for
+    max_seconds: float = 0.0  # stop (and checkpoint) after this much wall-clock time; 0 = no limit
+    batch_size: int = 64  # global batch, split across DDP ranks
+    lr: float = 1e-3  # peak AdamW learning rate
+    warmup_steps: int = 200  # linear learning-rate warm-up
+    weight_decay: float = 0.0  # AdamW weight decay
+    grad_clip: float = 1.0  # max gradient norm; 0 = no clipping
+    ema_decay: float = 0.999  # EMA decay after warm-up
+    ema_warmup: bool = True  # decay min(ema_decay, (1 + step) / (10 + step)) early on
+    bf16: bool = False  # bfloat16 autocast for the forward pass
+    compile: bool = False  # torch.compile the network
+    seed: int = 0  # seeds data order, noise, times and initial weights
+    log_every: int = 50  # steps between log lines
+    sample_every: int = 0  # steps between sample grids (EMA weights, fixed seed); 0 = at the end only
+    checkpoint_every: int = 1000  # steps between checkpoints (one is always written at the end)
+    keep_checkpoints: int = 2  # complete checkpoints kept
+    max_nonfinite: int = 10  # stop after this many non-finite losses or gradients in a row
+    label_dropout: float = 0.0  # probability of replacing a label by the null label (classifier-free guidance)
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    sampler: str = "heun"  # a name in unnoise.samplers.SAMPLERS
+    steps: int = 18  # sampler steps
+    spacing: str = "karras"  # time-grid spacing
+    n: int = 64  # samples in a grid
+    seed: int = 0  # per-sample seeds start here
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: Any  # unnoise.data.DataConfig
+    model: Any  # a model config dataclass (from a preset)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    out: str = "runs/default"  # run folder: log, pictures, checkpoints
+    tree: dict = field(default_factory=dict, compare=False, repr=False)  # the TOML it came from, overrides applied
+
+
+def _closest(key: str, valid: list[str]) -> str:
+    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check and convert a TOML value to a field's annotated type (int, float, bool, str, tuples)."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, vars(typing) | vars(types) | {"Any": Any})  # field annotations are strings
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            try:
+                return _coerce(value, option, where)
+            except ValueError:
+                continue
+        raise ValueError(f"{where}: {value!r} fits none of {annotation}")
+    if annotation is type(None):
+        if value is None:
+            return None
+        raise ValueError(f"{where}: expected nothing, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        inner = typing.get_args(annotation)[0]
+        return tuple(_coerce(v, inner, where) for v in value)
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, float, str, bool) and not (isinstance(value, annotation) and
+                                                      (annotation is bool or not isinstance(value, bool))):
+        raise ValueError(f"{where}: expected {annotation.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, values: dict, where: str) -> Any:
+    """Build dataclass `cls` from a dict, refusing unknown keys with the closest valid one."""
+    known = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ValueError(f"unknown key {where}.{key}{_closest(key, list(known))}")
+        f = known[key]
+        kwargs[key] = _coerce(value, f.type, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def build_model_config(section: dict) -> Any:
+    from unnoise.models import MODEL_PRESETS
+
+    section = dict(section)
+    preset = section.pop("preset", None)
+    if preset not in MODEL_PRESETS:
+        raise ValueError(f"[model] preset must be one of {', '.join(MODEL_PRESETS)}, got {preset!r}"
+                         + (_closest(str(preset), list(MODEL_PRESETS)) if preset else ""))
+    base = MODEL_PRESETS[preset]()
+    overrides = from_dict(type(base), section, "model")  # validates keys and types
+    return replace(base, **{k: getattr(overrides, k) for k in section})
+
+
+def _set(tree: dict, dotted: str, raw: str) -> None:
+    """Apply one `--set section.key=value` to the raw TOML tree (value parsed as TOML, else a string)."""
+    path = dotted.split(".")
+    if len(path) < 2 or not all(path):
+        raise ValueError(f"--set needs section.key=value, got {dotted!r}")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    node = tree
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"--set {dotted}: {part!r} is not a section")
+    node[path[-1]] = value
+
+
+SECTIONS = ("data", "model", "diffusion", "loss", "train", "sample", "out")
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), tree: dict | None = None) -> RunConfig:
+    """Read a TOML file (or a ready tree), apply `key=value` overrides, and validate everything."""
+    from unnoise.data import DataConfig
+
+    tree = dict(tree or {})
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file {path} does not exist")
+        try:
+            tree = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"{path}: not valid TOML: {err}") from None
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set needs key=value, got {item!r}")
+        _set(tree, key.strip(), raw.strip())
+    for key in tree:
+        if key not in SECTIONS:
+            raise ValueError(f"unknown section [{key}]{_closest(key, list(SECTIONS))}")
+    if "model" not in tree or "data" not in tree:
+        raise ValueError("a config needs a [data] and a [model] section")
+    return RunConfig(
+        data=from_dict(DataConfig, tree["data"], "data"),
+        model=build_model_config(tree["model"]),
+        diffusion=from_dict(DiffusionConfig, tree.get("diffusion", {}), "diffusion"),
+        loss=from_dict(LossConfig, tree.get("loss", {}), "loss"),
+        train=from_dict(TrainConfig, tree.get("train", {}), "train"),
+        sample=from_dict(SampleConfig, tree.get("sample", {}), "sample"),
+        out=_coerce(tree.get("out", "runs/default"), str, "out"),
+        tree=tree,
+    )
+
+
+def to_dict(config: Any) -> Any:
+    """A JSON-ready view of a (nested) config, for reading (runs are rebuilt from `tree`)."""
+    if is_dataclass(config):
+        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config) if f.name != "tree"}
+    if isinstance(config, tuple):
+        return list(config)
+    return config

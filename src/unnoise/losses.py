@@ -1,0 +1,103 @@
+"""The training loss: weight(t) * |network output - target|^2, with t drawn from p(t).
+
+    loss = DiffusionLoss(schedule, parameterization, LossConfig())
+    per_example = loss(net, x0, cond, generator)       # (B,)
+
+Weightings are stated as weights on the x0 error and carried to the network's output space by the
+parameterisation's own slope: every adapter is affine, x0_hat = a x_t + b F, so
+|x0_hat - x0|^2 = b^2 |F - target|^2 and a weight w on the x0 error is w b^2 on the output.
+
+    simple    weight 1 on |F - target|^2, whatever the target (Ho et al. 2020, eq. 14)
+    min-snr   w = min(SNR, gamma) on the x0 error (Hang et al. 2023, eq. 7)
+    edm       w = lambda(sigma) = (s~^2 + s_d^2) / (s~ s_d)^2 on the x0 error (Karras et al. 2022, eq. 8;
+              with EDM preconditioning this is weight 1 on F)
+
+Time distributions: "uniform" in t (on the indices 1..T for discrete schedules), or "lognormal"
+ln s~ ~ N(p_mean, p_std^2) (Karras et al. 2022, §5 "Training"), mapped to t through the schedule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from unnoise.parameterization import EDMPreconditioning, Parameterization, path_point
+from unnoise.schedules import Schedule
+
+WEIGHTINGS = ("simple", "min-snr", "edm")
+TIME_SAMPLING = ("uniform", "lognormal")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    weighting: str = "edm"  # simple | min-snr | edm (see module docstring)
+    time_sampling: str = "lognormal"  # uniform | lognormal
+    p_mean: float = -1.2  # lognormal: mean of ln(sigma~) (Karras et al. use -1.2)
+    p_std: float = 1.2  # lognormal: std of ln(sigma~)
+    min_snr_gamma: float = 5.0  # gamma of min-SNR weighting (Hang et al. use 5)
+    sigma_data: float = 0.5  # data std in the edm weighting
+
+    def __post_init__(self):
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
+        if self.time_sampling not in TIME_SAMPLING:
+            raise ValueError(f"time_sampling must be one of {', '.join(TIME_SAMPLING)}, got {self.time_sampling!r}")
+        if self.p_std <= 0 or self.min_snr_gamma <= 0 or self.sigma_data <= 0:
+            raise ValueError("p_std, min_snr_gamma and sigma_data must be > 0")
+
+
+class DiffusionLoss:
+    """Draws its own times and noise; returns per-example losses."""
+
+    def __init__(self, schedule: Schedule, parameterization: Parameterization, config: LossConfig = LossConfig()):
+        self.schedule, self.parameterization, self.config = schedule, parameterization, config
+        self._derivatives = getattr(parameterization, "needs_derivatives", False)
+
+    def sample_times(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """(n,) float64 times in [t_min, 1]."""
+        s, c = self.schedule, self.config
+        if c.time_sampling == "lognormal":
+            log_sigma = c.p_mean + c.p_std * torch.randn(n, generator=generator, dtype=torch.float64)
+            t = s.t_from_sigma_tilde(log_sigma.exp())
+        elif s.num_timesteps:
+            t = torch.randint(1, s.num_timesteps + 1, (n,), generator=generator).double() / s.num_timesteps
+        else:
+            t = torch.rand(n, generator=generator, dtype=torch.float64)
+        return t.clamp(s.t_min, 1.0)
+
+    def x0_weight(self, t: Tensor) -> Tensor:
+        """The weight on the x0 error at times t (float64), for min-snr and edm."""
+        st = self.schedule.sigma_tilde(t)
+        if self.config.weighting == "min-snr":
+            return torch.clamp(st**-2, max=self.config.min_snr_gamma)
+        sd = self.config.sigma_data
+        return (st**2 + sd**2) / (st * sd) ** 2
+
+    def __call__(self, net: Any, x0: Tensor, cond: Any = None, generator: torch.Generator | None = None,
+                 noise: Tensor | None = None, t: Tensor | None = None) -> Tensor:
+        """Per-example loss (B,). `noise` and `t` may be given (for reproducible sharding); else drawn."""
+        B = x0.shape[0]
+        t = self.sample_times(B, generator) if t is None else t
+        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device) if noise is None else noise
+        p = path_point(self.schedule, t.to(x0.device, x0.dtype), x0.ndim, self._derivatives)
+        x_t = p.alpha * x0 + p.sigma * eps
+        x_in, t_in = self.parameterization.network_inputs(x_t, p)
+        out = net(x_in, t_in, cond)
+        per_example = ((out.float() - self.parameterization.target(x0, eps, p).float()) ** 2).flatten(1).mean(1)
+        if self.config.weighting == "simple":
+            return per_example
+        return per_example * self._output_weight(t, p, x_t).to(per_example.device)
+
+    def _output_weight(self, t: Tensor, p, x_t: Tensor) -> Tensor:
+        """w(t) b(t)^2 with b = d x0_hat / d F, read off the (affine) adapter."""
+        if isinstance(self.parameterization, EDMPreconditioning) and self.config.weighting == "edm":
+            return torch.ones(t.shape[0], dtype=torch.float32)  # lambda c_out^2 = 1 exactly (eq. 8)
+        ones = torch.ones((t.shape[0],) + (1,) * (x_t.ndim - 1), dtype=torch.float64, device=x_t.device)
+        p64 = type(p)(p.t.double(), *(v.double() if isinstance(v, Tensor) else v
+                                     for v in (p.alpha, p.sigma, p.d_alpha, p.d_sigma)))
+        zero = torch.zeros_like(ones)
+        b = (self.parameterization.x0(ones, zero, p64) - self.parameterization.x0(zero, zero, p64)).flatten()
+        return (self.x0_weight(t.to(b.device)) * b**2).float()

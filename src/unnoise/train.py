@@ -1,0 +1,307 @@
+"""The training loop: a plain loop a reader follows top to bottom.
+
+    run = Run.create(config)   # data, network, EMA, optimiser, loss; resumes if asked
+    train(config)              # the loop below
+
+Reproducibility: the data order of epoch e is a permutation drawn from (seed, e); the noise, times
+and label dropout of the k-th global batch come from a generator seeded by (seed, k). A resumed run
+therefore draws exactly what an uninterrupted one would, and under DDP each rank takes its slice of
+the same global batch, so N processes compute what one process computes (up to summation order).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from unnoise.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from unnoise.config import RunConfig, to_dict
+from unnoise.losses import DiffusionLoss
+from unnoise.parameterization import EDMPreconditioning, NetworkDenoiser, get_parameterization
+from unnoise.schedules import get_schedule
+
+
+def seeded_generator(*key: int) -> torch.Generator:
+    """A CPU generator seeded from a tuple of integers (NumPy's SeedSequence decorrelates them)."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0]))
+
+
+def ema_decay(step: int, decay: float, warmup: bool) -> float:
+    """EMA decay at optimiser step `step` (0-based): min(decay, (1 + step) / (10 + step)) with warm-up,
+    so early averages forget the random initialisation quickly (as in Tan & Le 2019's EMA schedule)."""
+    return min(decay, (1 + step) / (10 + step)) if warmup else decay
+
+
+def build_parameterization(config: RunConfig):
+    name = config.diffusion.parameterization
+    if name == "edm":
+        return EDMPreconditioning(config.diffusion.sigma_data)
+    return get_parameterization(name)
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str | None = None) -> Distributed:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1): gloo on CPU, nccl on CUDA."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        dev = torch.device(device if device and ":" in device else f"cuda:{local}")
+        torch.cuda.set_device(dev)
+    else:
+        dev = torch.device(device or "cpu")
+    return Distributed(rank, world, dev)
+
+
+class Batches:
+    """Global batches in a reproducible order; `position` (batches drawn so far) is the resume state."""
+
+    def __init__(self, dataset, batch_size: int, seed: int, position: int = 0):
+        self.images, self.labels = _as_tensors(dataset)
+        self.n, self.batch_size, self.seed, self.position = len(self.images), batch_size, seed, position
+        if self.n < batch_size:
+            raise ValueError(f"the data set has {self.n} examples, fewer than batch_size {batch_size}")
+        self._epoch, self._perm = -1, None
+
+    def _order(self, epoch: int) -> Tensor:
+        if epoch != self._epoch:
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=seeded_generator(self.seed, 1, epoch))
+        return self._perm
+
+    def next(self) -> tuple[Tensor, Tensor]:
+        """The next global batch: float images in [-1, 1] and int64 labels."""
+        per_epoch = self.n // self.batch_size  # drop the ragged end of each epoch
+        epoch, k = divmod(self.position, per_epoch)
+        idx = self._order(epoch)[k * self.batch_size:(k + 1) * self.batch_size]
+        self.position += 1
+        x = self.images[idx]
+        x = x.float() / 127.5 - 1 if x.dtype == torch.uint8 else x.float()
+        return x, self.labels[idx]
+
+
+def _as_tensors(dataset) -> tuple[Tensor, Tensor]:
+    if hasattr(dataset, "images") and hasattr(dataset, "labels"):
+        return dataset.images, torch.as_tensor(dataset.labels, dtype=torch.int64)
+    pairs = [dataset[i] for i in range(len(dataset))]
+    return torch.stack([p[0] for p in pairs]), torch.tensor([int(p[1]) for p in pairs], dtype=torch.int64)
+
+
+class EMA:
+    """Exponential moving average of a network's parameters (buffers copied)."""
+
+    def __init__(self, model: nn.Module):
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, decay: float) -> None:
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                self.shadow[k].lerp_(v.float(), 1 - decay)
+            else:
+                self.shadow[k].copy_(v)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "module", model)  # DDP
+    return getattr(model, "_orig_mod", model)  # torch.compile
+
+
+def train(config: RunConfig, resume: str | None = None, device: str | None = None, quiet: bool = False) -> dict:
+    """Train as configured; returns a summary. `resume`: "latest", a checkpoint path, or None."""
+    from unnoise.data import load_dataset
+    from unnoise.models import build_model
+
+    tc = config.train
+    # 1. Processes, devices, data.
+    ddp = setup_distributed(device)
+    if tc.batch_size % ddp.world:
+        raise ValueError(f"batch_size {tc.batch_size} must be divisible by the {ddp.world} processes")
+    out = Path(config.out)
+    if ddp.main:
+        out.mkdir(parents=True, exist_ok=True)
+    dataset = load_dataset(config.data)
+    schedule = get_schedule(config.diffusion.schedule)
+    parameterization = build_parameterization(config)
+    if config.diffusion.parameterization in ("eps", "edm") and schedule.alpha(1.0).item() == 0:
+        raise ValueError(f"{config.diffusion.parameterization} cannot be trained on schedule "
+                         f"{schedule.name!r}, whose alpha(1) = 0: use v or velocity")
+
+    # 2. Network (same initial weights on every rank), EMA, optimiser, loss.
+    torch.manual_seed(tc.seed)
+    model = build_model(config.model).to(ddp.device)
+    ema = EMA(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    loss_fn = DiffusionLoss(schedule, parameterization, config.loss)
+    step, position, skipped_total = 0, 0, 0
+
+    # 3. Resume: weights, EMA, optimiser, RNG, step and data position.
+    if resume:
+        ckpt = load_checkpoint(out / "checkpoints" if resume == "latest" else resume)
+        model.load_state_dict(ckpt.model)
+        ema.shadow = {k: v.to(ddp.device) for k, v in ckpt.ema.items()}
+        optimizer.load_state_dict(ckpt.state["optimizer"])
+        step, position, skipped_total = ckpt.state["step"], ckpt.state["position"], ckpt.state["skipped"]
+        torch.set_rng_state(ckpt.state["torch_rng"])
+        if ckpt.state["world"] != ddp.world and ddp.main and not quiet:
+            print(f"resuming a {ckpt.state['world']}-process run on {ddp.world}: data, noise and times follow "
+                  "the same global batches; dropout noise differs")
+    batches = Batches(dataset, tc.batch_size, tc.seed, position)
+    net = model
+    if ddp.world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[ddp.device] if ddp.device.type == "cuda" else None)
+    if tc.compile:
+        net = torch.compile(net)
+
+    # 4. The loop.
+    log = (out / "log.jsonl").open("a") if ddp.main else None
+    bar = tqdm(total=tc.steps, initial=step, disable=None if ddp.main and not quiet else True, desc="train")
+    started, last_log, nonfinite_run = time.perf_counter(), time.perf_counter(), 0
+    local = slice(ddp.rank * tc.batch_size // ddp.world, (ddp.rank + 1) * tc.batch_size // ddp.world)
+    num_classes = getattr(config.model, "num_classes", 0)
+    stop_reason = "steps"
+    while step < tc.steps:
+        # 4a. The global batch and its noise, times and dropped labels; this rank's slice of them.
+        x0, labels = batches.next()
+        g = seeded_generator(tc.seed, 2, batches.position)
+        t = loss_fn.sample_times(len(x0), g)
+        noise = torch.randn(x0.shape, generator=g)
+        cond = None
+        if num_classes:
+            drop = torch.rand(len(x0), generator=g) < tc.label_dropout
+            cond = torch.where(drop, torch.full_like(labels, num_classes), labels)[local].to(ddp.device)
+        x0, t, noise = x0[local].to(ddp.device), t[local], noise[local].to(ddp.device)
+
+        # 4b. Forward, backward, and the finiteness check every rank agrees on (gradients are reduced).
+        lr = tc.lr * min(1.0, (step + 1) / max(tc.warmup_steps, 1))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(ddp.device.type, dtype=torch.bfloat16, enabled=tc.bf16):
+            loss = loss_fn(net, x0, cond, noise=noise, t=t).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
+        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+            # Skip: optimiser, EMA, learning-rate schedule and step counter stay as they were.
+            skipped_total, nonfinite_run = skipped_total + 1, nonfinite_run + 1
+            optimizer.zero_grad(set_to_none=True)
+            if log:
+                log.write(json.dumps({"step": step, "skipped": skipped_total, "nonfinite": True}) + "\n")
+            if nonfinite_run >= tc.max_nonfinite:
+                stop_reason = f"{nonfinite_run} non-finite losses or gradients in a row"
+                break
+            continue
+        nonfinite_run = 0
+        optimizer.step()
+        ema.update(model, ema_decay(step, tc.ema_decay, tc.ema_warmup))
+        step += 1
+        bar.update()
+
+        # 4c. Log, pictures, checkpoints (rank 0 writes; the others only compute).
+        if log and (step % tc.log_every == 0 or step == tc.steps):
+            now = time.perf_counter()
+            rate = tc.log_every * tc.batch_size / max(now - last_log, 1e-9)
+            last_log = now
+            record = {"step": step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm.item(),
+                      "img_per_s": round(rate, 2), "skipped": skipped_total}
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
+        if ddp.main and tc.sample_every and step % tc.sample_every == 0:
+            write_samples(config, ema.shadow, out / f"samples_{step:08d}.png", ddp.device)
+        out_of_time = tc.max_seconds and time.perf_counter() - started > tc.max_seconds
+        if tc.checkpoint_every and step % tc.checkpoint_every == 0 or step == tc.steps or out_of_time:
+            if ddp.main:
+                state = {"optimizer": optimizer.state_dict(), "step": step, "position": batches.position,
+                         "skipped": skipped_total, "torch_rng": torch.get_rng_state(), "world": ddp.world}
+                save_checkpoint(out / "checkpoints", step, _unwrap(model).state_dict(), ema.shadow, state,
+                                {"tree": config.tree, "resolved": to_dict(config)}, keep=tc.keep_checkpoints)
+        if out_of_time:
+            stop_reason = f"time limit of {tc.max_seconds:g} s"
+            break
+    bar.close()
+    if log:
+        log.close()
+    summary = {"step": step, "skipped": skipped_total, "stopped": stop_reason, "seconds": time.perf_counter() - started,
+               "out": str(out), "checkpoints": [str(p) for p in list_checkpoints(out / "checkpoints")]}
+    if ddp.main:
+        from unnoise.plots import plot_loss
+
+        if (out / "log.jsonl").exists():
+            plot_loss(out / "log.jsonl", out / "loss.png")
+        summary["samples"] = str(write_samples(config, ema.shadow, out / "samples.png", ddp.device))
+    if stop_reason.endswith("in a row"):
+        raise RuntimeError(f"training stopped at step {step}: {stop_reason} (learning rate {tc.lr:g}; try a "
+                           "lower one, gradient clipping, or bf16 off)")
+    return summary
+
+
+def load_denoiser(config: RunConfig, weights: dict[str, Tensor], device: torch.device | str = "cpu"):
+    """The denoiser of a trained network (weights: typically the EMA)."""
+    from unnoise.models import build_model
+
+    model = build_model(config.model)
+    model.load_state_dict(weights)
+    model.to(device).eval()
+    schedule = get_schedule(config.diffusion.schedule)
+    return NetworkDenoiser(model, build_parameterization(config), schedule), schedule
+
+
+@torch.no_grad()
+def generate(config: RunConfig, weights: dict[str, Tensor], n: int, *, sampler: str | None = None,
+             steps: int | None = None, spacing: str | None = None, seed: int | None = None,
+             device: torch.device | str = "cpu", cond: Any = None, denoiser_wrapper=None) -> Tensor:
+    """n samples from a trained network with per-sample seeds seed, seed+1, ... (batch-independent)."""
+    from unnoise.grids import time_grid
+    from unnoise.noise import per_sample_generators
+    from unnoise.samplers import get_sampler
+
+    sc = config.sample
+    denoise, schedule = load_denoiser(config, weights, device)
+    if denoiser_wrapper is not None:
+        denoise = denoiser_wrapper(denoise)
+    shape = _sample_shape(config)
+    gens = per_sample_generators(sc.seed if seed is None else seed, n)
+    sigma_1 = schedule.sigma(1.0).item()
+    x = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device) * sigma_1  # x_1 ~ N(0, sigma_1^2 I)
+    times = time_grid(schedule, steps or sc.steps, spacing or sc.spacing)
+    return get_sampler(sampler or sc.sampler)(denoise, schedule, x, times, cond=cond, generator=gens)
+
+
+def _sample_shape(config: RunConfig) -> tuple[int, ...]:
+    model = config.model
+    if hasattr(model, "image_size"):
+        return (model.in_channels, model.image_size, model.image_size)
+    return (model.dim,)
+
+
+def write_samples(config: RunConfig, weights: dict[str, Tensor], path: Path, device="cpu") -> Path:
+    from unnoise.plots import plot_samples, save_image_grid
+
+    x = generate(config, {k: v.to(device) for k, v in weights.items()}, config.sample.n, device=device)
+    if x.ndim == 4:
+        return save_image_grid(x, path)
+    return plot_samples({"samples": x}, path, limit=1.6)

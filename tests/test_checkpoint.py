@@ -1,0 +1,85 @@
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from unnoise.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
+
+
+def _weights(seed):
+    g = torch.Generator().manual_seed(seed)
+    return {"a.weight": torch.randn(64, 64, generator=g), "b.bias": torch.randn(64, generator=g)}
+
+
+def test_round_trip_and_keep(tmp_path):
+    for step in (10, 20, 30):
+        state = {"step": step, "rng": torch.get_rng_state(), "opt": {"state": {0: {"m": torch.ones(3)}}}}
+        save_checkpoint(tmp_path, step, _weights(step), _weights(step + 1), state, {"tree": {"x": step}}, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000020", "step_00000030"]
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt.step == 30 and ckpt.state["step"] == 30 and ckpt.config == {"tree": {"x": 30}}
+    assert all(torch.equal(ckpt.model[k], _weights(30)[k]) for k in ckpt.model)
+    assert all(torch.equal(ckpt.ema[k], _weights(31)[k]) for k in ckpt.ema)
+    assert resolve_checkpoint(tmp_path / "step_00000020").name == "step_00000020"
+
+
+def test_pickle_weights_are_refused_and_never_run(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "model.pt"
+    evil.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(ValueError, match="refusing to load .*pickle"):
+        load_checkpoint(evil)
+    # A checkpoint folder whose state.pt carries code: torch.load(weights_only=True) refuses it.
+    save_checkpoint(tmp_path / "run", 1, _weights(0), _weights(0), {"step": 1}, {})
+    (tmp_path / "run" / "step_00000001" / "state.pt").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(tmp_path / "run")
+    assert not marker.exists()
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no complete checkpoint"):
+        load_checkpoint(tmp_path)
+
+
+WRITER = textwrap.dedent("""
+    import sys, torch
+    from unnoise.checkpoint import save_checkpoint
+    folder, start = sys.argv[1], int(sys.argv[2])
+    big = {"w": torch.randn(1024, 1024)}  # 4 MB per file: writes take long enough to be interrupted
+    step = start
+    while True:
+        step += 1
+        save_checkpoint(folder, step, big, big, {"step": step, "rng": torch.get_rng_state()}, {"step": step}, keep=2)
+        print(step, flush=True)
+""")
+
+
+@pytest.mark.slow
+def test_sigkill_never_leaves_zero_or_broken_checkpoints(tmp_path):
+    rng = random.Random(0)
+    step = 0
+    for attempt in range(8):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), str(step)], stdout=subprocess.PIPE,
+                                text=True)
+        proc.stdout.readline()  # at least one complete checkpoint exists from here on
+        time.sleep(rng.uniform(0.0, 0.4))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        found = list_checkpoints(tmp_path)
+        assert found, f"attempt {attempt}: no complete checkpoint left"
+        latest = load_checkpoint(tmp_path)  # the newest complete one loads
+        assert latest.state["step"] == latest.step
+        step = latest.step
