@@ -90,21 +90,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set train.lr=2e-4 (repeatable)")
     p.add_argument("--resume", default=None, help="'latest' (newest complete checkpoint of the run) or a checkpoint path")
     p.add_argument("--out", default=None, help="run folder (overrides the config's out)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N; None: cuda when present, else cpu")
 
     p = sub.add_parser("sample", formatter_class=fmt, help="sample a trained checkpoint into a PNG grid or .npz",
                        description="Sample a checkpoint (EMA weights, loaded through safetensors only).")
     p.add_argument("checkpoint", type=Path, help="a checkpoint folder, or a run folder (its newest checkpoint)")
-    p.add_argument("--sampler", default=None, help="sampler name (default: the run's [sample] sampler)")
-    p.add_argument("--steps", type=_positive_int, default=None, help="sampler steps (default: the run's)")
-    p.add_argument("--spacing", choices=SPACINGS, default=None, help="time-grid spacing (default: the run's)")
+    p.add_argument("--sampler", default=None, help="sampler name; None: the run's [sample] sampler")
+    p.add_argument("--steps", type=_positive_int, default=None, help="sampler steps; None: the run's")
+    p.add_argument("--spacing", choices=SPACINGS, default=None, help="time-grid spacing; None: the run's")
     p.add_argument("--n", type=_positive_int, default=64, help="number of samples")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i: same seed, same image")
     p.add_argument("--label", type=int, default=None, help="class label to sample (class-conditional models)")
     p.add_argument("--guidance", type=float, default=1.0,
                    help="classifier-free guidance scale (needs --label; 1 = plain conditional)")
     p.add_argument("--out", type=Path, default=Path("samples.png"), help="output .png grid or .npz of raw samples")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N; None: cuda when present, else cpu")
 
     p = sub.add_parser("demo", formatter_class=fmt,
                        help="sample a 2-D Gaussian mixture with several samplers; print a table, write PNGs",
