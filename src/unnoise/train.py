@@ -81,8 +81,8 @@ class Batches:
     """Global batches in a reproducible order; `position` (batches drawn so far) is the resume state."""
 
     def __init__(self, dataset, batch_size: int, seed: int, position: int = 0):
-        self.images, self.labels = _as_tensors(dataset)
-        self.n, self.batch_size, self.seed, self.position = len(self.images), batch_size, seed, position
+        self.dataset = dataset
+        self.n, self.batch_size, self.seed, self.position = len(dataset), batch_size, seed, position
         if self.n < batch_size:
             raise ValueError(f"the data set has {self.n} examples, fewer than batch_size {batch_size}")
         self._epoch, self._perm = -1, None
@@ -98,16 +98,7 @@ class Batches:
         epoch, k = divmod(self.position, per_epoch)
         idx = self._order(epoch)[k * self.batch_size:(k + 1) * self.batch_size]
         self.position += 1
-        x = self.images[idx]
-        x = x.float() / 127.5 - 1 if x.dtype == torch.uint8 else x.float()
-        return x, self.labels[idx]
-
-
-def _as_tensors(dataset) -> tuple[Tensor, Tensor]:
-    if hasattr(dataset, "images") and hasattr(dataset, "labels"):
-        return dataset.images, torch.as_tensor(dataset.labels, dtype=torch.int64)
-    pairs = [dataset[i] for i in range(len(dataset))]
-    return torch.stack([p[0] for p in pairs]), torch.tensor([int(p[1]) for p in pairs], dtype=torch.int64)
+        return self.dataset.batch(idx)  # float32 in [-1, 1], int64 labels
 
 
 class EMA:

