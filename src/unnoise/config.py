@@ -11,6 +11,7 @@ Unknown keys are refused with the closest valid key.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import tomllib
@@ -42,6 +43,7 @@ class TrainConfig:
     ema_decay: float = 0.999  # EMA decay after warm-up
     ema_warmup: bool = True  # decay min(ema_decay, (1 + step) / (10 + step)) early on
     bf16: bool = False  # bfloat16 autocast for the forward pass
+    dtype: str = "float32"  # parameter and data precision: float32, or float64 (for exactness tests)
     compile: bool = False  # torch.compile the network
     seed: int = 0  # seeds data order, noise, times and initial weights
     log_every: int = 50  # steps between log lines
@@ -74,7 +76,10 @@ class RunConfig:
 
 
 def _closest(key: str, valid: list[str]) -> str:
-    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
+    """A suggestion: a valid key spelled by the initials of `key` (learning_rate -> lr), else the
+    most similar by difflib."""
+    initials = "".join(word[:1] for word in key.split("_"))
+    match = [v for v in valid if v == initials] or difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
     return f"; did you mean {match[0]!r}?" if match else ""
 
 
@@ -130,8 +135,13 @@ def build_model_config(section: dict) -> Any:
         raise ValueError(f"[model] preset must be one of {', '.join(MODEL_PRESETS)}, got {preset!r}"
                          + (_closest(str(preset), list(MODEL_PRESETS)) if preset else ""))
     base = MODEL_PRESETS[preset]()
-    overrides = from_dict(type(base), section, "model")  # validates keys and types
-    return replace(base, **{k: getattr(overrides, k) for k in section})
+    known = {f.name: f for f in fields(base)}
+    coerced = {}
+    for key, value in section.items():
+        if key not in known:
+            raise ValueError(f"unknown key model.{key}{_closest(key, list(known))}")
+        coerced[key] = _coerce(value, known[key].type, f"model.{key}")
+    return replace(base, **coerced)  # the preset's own values, then the overrides, checked together
 
 
 def _set(tree: dict, dotted: str, raw: str) -> None:
@@ -158,7 +168,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), tree: dict |
     """Read a TOML file (or a ready tree), apply `key=value` overrides, and validate everything."""
     from unnoise.data import DataConfig
 
-    tree = dict(tree or {})
+    tree = copy.deepcopy(tree or {})  # overrides must not reach the caller's dict
     if path is not None:
         path = Path(path)
         if not path.is_file():

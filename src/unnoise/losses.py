@@ -86,7 +86,8 @@ class DiffusionLoss:
         x_t = p.alpha * x0 + p.sigma * eps
         x_in, t_in = self.parameterization.network_inputs(x_t, p)
         out = net(x_in, t_in, cond)
-        per_example = ((out.float() - self.parameterization.target(x0, eps, p).float()) ** 2).flatten(1).mean(1)
+        target = self.parameterization.target(x0, eps, p)
+        per_example = ((out.to(target.dtype) - target) ** 2).flatten(1).mean(1)  # bf16 outputs upcast
         if self.config.weighting == "simple":
             return per_example
         return per_example * self._output_weight(t, p, x_t).to(per_example.device)
@@ -100,4 +101,4 @@ class DiffusionLoss:
                                      for v in (p.alpha, p.sigma, p.d_alpha, p.d_sigma)))
         zero = torch.zeros_like(ones)
         b = (self.parameterization.x0(ones, zero, p64) - self.parameterization.x0(zero, zero, p64)).flatten()
-        return (self.x0_weight(t.to(b.device)) * b**2).float()
+        return (self.x0_weight(t.to(b.device)) * b**2).to(x_t.dtype)

@@ -105,13 +105,13 @@ class EMA:
     """Exponential moving average of a network's parameters (buffers copied)."""
 
     def __init__(self, model: nn.Module):
-        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     @torch.no_grad()
     def update(self, model: nn.Module, decay: float) -> None:
         for k, v in model.state_dict().items():
             if v.is_floating_point():
-                self.shadow[k].lerp_(v.float(), 1 - decay)
+                self.shadow[k].lerp_(v, 1 - decay)
             else:
                 self.shadow[k].copy_(v)
 
@@ -142,8 +142,11 @@ def train(config: RunConfig, resume: str | None = None, device: str | None = Non
                          f"{schedule.name!r}, whose alpha(1) = 0: use v or velocity")
 
     # 2. Network (same initial weights on every rank), EMA, optimiser, loss.
+    if tc.dtype not in ("float32", "float64"):
+        raise ValueError(f"train.dtype must be float32 or float64, got {tc.dtype!r}")
+    dtype = getattr(torch, tc.dtype)
     torch.manual_seed(tc.seed)
-    model = build_model(config.model).to(ddp.device)
+    model = build_model(config.model).to(ddp.device, dtype)
     ema = EMA(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     loss_fn = DiffusionLoss(schedule, parameterization, config.loss)
@@ -184,7 +187,7 @@ def train(config: RunConfig, resume: str | None = None, device: str | None = Non
         if num_classes:
             drop = torch.rand(len(x0), generator=g) < tc.label_dropout
             cond = torch.where(drop, torch.full_like(labels, num_classes), labels)[local].to(ddp.device)
-        x0, t, noise = x0[local].to(ddp.device), t[local], noise[local].to(ddp.device)
+        x0, t, noise = x0[local].to(ddp.device, dtype), t[local], noise[local].to(ddp.device, dtype)
 
         # 4b. Forward, backward, and the finiteness check every rank agrees on (gradients are reduced).
         lr = tc.lr * min(1.0, (step + 1) / max(tc.warmup_steps, 1))

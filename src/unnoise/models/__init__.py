@@ -1,0 +1,56 @@
+"""Denoising networks. Every one is an nn.Module called as
+
+    net(x, t, cond=None) -> Tensor of x's shape: (B, C, H, W) images, or (B, dim) for the toy MLP
+
+with t a (B,) float tensor (a time in [0, 1], or EDM's c_noise = ln(sigma~) / 4) and cond None,
+a (B,) int64 tensor of class labels (label num_classes = the null label), or a dict with optional
+keys "labels" (B,) and "context" (B, L, context_dim). A `Parameterization` decides what the output
+means; the networks know nothing of schedules.
+
+    config = MODEL_PRESETS["unet_small"]()                    # a frozen dataclass
+    net = build_model(dataclasses.replace(config, num_classes=10))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from unnoise.models.dit import DIT_PRESETS, DiT, DiTConfig
+from unnoise.models.mlp import MLP, MLPConfig
+from unnoise.models.unet import UNET_PRESETS, UNet, UNetConfig
+
+ModelConfig = UNetConfig | DiTConfig | MLPConfig
+
+MODEL_PRESETS: dict[str, Callable[[], ModelConfig]] = {**UNET_PRESETS, **DIT_PRESETS, "mlp_toy": MLPConfig}
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """The network a config describes: UNet for a UNetConfig, DiT for a DiTConfig, MLP for an MLPConfig."""
+    if isinstance(config, UNetConfig):
+        return UNet(config)
+    if isinstance(config, DiTConfig):
+        return DiT(config)
+    if isinstance(config, MLPConfig):
+        return MLP(config)
+    raise TypeError(f"build_model takes a UNetConfig, DiTConfig or MLPConfig, got {type(config).__name__}")
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameter elements (only those with requires_grad if trainable_only)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+__all__ = [
+    "MLP",
+    "MODEL_PRESETS",
+    "DiT",
+    "DiTConfig",
+    "MLPConfig",
+    "ModelConfig",
+    "UNet",
+    "UNetConfig",
+    "build_model",
+    "count_parameters",
+]

@@ -1,0 +1,226 @@
+"""The ADM U-Net (Dhariwal & Nichol 2021, "Diffusion Models Beat GANs on Image Synthesis", §3),
+which refines the DDPM U-Net (Ho et al. 2020, Appendix B).
+
+    input conv -> [ResBlock (+ attention)] x blocks, downsample   per level, skips kept
+               -> ResBlock, attention, ResBlock                   at the lowest resolution
+               -> [concat skip, ResBlock (+ attention)] x (blocks + 1), upsample   per level
+               -> GroupNorm, SiLU, zero-initialised output conv
+
+What ADM adds and we keep: adaptive group norm (the time+label embedding gives a scale and a shift
+applied after the second norm of each residual block), multi-head self-attention at chosen
+resolutions and in the middle, and zero-initialised last layers in every residual branch and at
+the output, so a fresh network is the zero function and each block starts as the identity.
+Optional cross-attention to a context sequence follows each self-attention (Rombach et al. 2022, §3.3).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from unnoise.models.embeddings import Attention, Cond, ConditionEmbedding, check_images, scale_shift, zero_
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    in_channels: int = 3  # channels of the input images
+    out_channels: int = 3  # channels of the output (what the parameterisation predicts)
+    image_size: int = 32  # side of the training images; other sizes work if divisible by the downsampling
+    base_channels: int = 64  # channels at full resolution (a multiple of 4)
+    channel_mult: tuple[int, ...] = (1, 2, 2)  # each level's width / base_channels; levels after the first halve H, W
+    blocks_per_level: int = 2  # residual blocks per level on the way down (one more on the way up)
+    attention_factors: tuple[int, ...] = (2,)  # levels with self-attention, by downsampling factor (1 = full size)
+    head_channels: int = 64  # channels per attention head; a narrower level uses one head of its width
+    dropout: float = 0.0  # dropout probability inside residual blocks
+    num_classes: int = 0  # class labels 0..num_classes - 1, num_classes is the null label; 0 = unconditional
+    context_dim: int = 0  # width of the context vectors for cross-attention; 0 = no cross-attention
+    time_scale: float = 1000.0  # the network embeds sinusoid(time_scale * t)
+
+    def __post_init__(self) -> None:
+        levels = len(self.channel_mult)
+        factors = [2**i for i in range(levels)]
+        for name in ("in_channels", "out_channels", "image_size", "base_channels", "blocks_per_level",
+                     "head_channels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.base_channels % 4:
+            raise ValueError(f"base_channels must be a multiple of 4 (group norm), got {self.base_channels}")
+        if levels == 0 or min(self.channel_mult) < 1:
+            raise ValueError(f"channel_mult must be a non-empty tuple of positive integers, got {self.channel_mult}")
+        if self.image_size % self.downsampling:
+            raise ValueError(f"image_size must be a multiple of {self.downsampling} for {levels} levels, "
+                             f"got {self.image_size}")
+        if not set(self.attention_factors) <= set(factors):
+            raise ValueError(f"attention_factors must be among the levels' downsampling factors {factors}, "
+                             f"got {self.attention_factors}")
+        for mult in self.channel_mult:
+            _heads(mult * self.base_channels, self.head_channels)  # raises if the width does not split
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if self.num_classes < 0 or self.context_dim < 0:
+            raise ValueError(f"num_classes and context_dim must be >= 0, got {self.num_classes}, {self.context_dim}")
+
+    @property
+    def downsampling(self) -> int:
+        """How much the lowest level is smaller than the input: H and W must be multiples of this."""
+        return 2 ** (len(self.channel_mult) - 1)
+
+
+def _heads(channels: int, head_channels: int) -> int:
+    if channels <= head_channels:
+        return 1
+    if channels % head_channels:
+        raise ValueError(f"a level of {channels} channels does not split into heads of head_channels={head_channels}")
+    return channels // head_channels
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """At most 32 groups (Wu & He 2018; ADM), and at least 4 channels per group for narrow layers."""
+    return nn.GroupNorm(math.gcd(32, channels // 4), channels)
+
+
+def _upsample(channels: int) -> nn.Module:
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(channels, channels, 3, padding=1))
+
+
+class ResBlock(nn.Module):
+    """x + conv(SiLU(AdaGN(conv(SiLU(GN(x))), emb))), with a 1x1 conv on the skip when widths differ."""
+
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float):
+        super().__init__()
+        self.norm1 = group_norm(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * out_channels)  # -> (scale, shift)
+        self.norm2 = group_norm(out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = zero_(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))  # (B, C_out, H, W)
+        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)  # (B, C_out, 1, 1) each
+        h = scale_shift(self.norm2(h), scale, shift)
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention over the H*W positions, then (if built with context_dim) cross-attention to the
+    context; each a pre-norm residual branch with a zero-initialised output projection."""
+
+    def __init__(self, channels: int, heads: int, context_dim: int):
+        super().__init__()
+        self.norm = group_norm(channels)
+        self.attn = Attention(channels, heads)
+        zero_(self.attn.out)
+        self.cross_norm = group_norm(channels) if context_dim else None
+        self.cross = Attention(channels, heads, context_dim) if context_dim else None
+        if self.cross is not None:
+            zero_(self.cross.out)
+
+    def forward(self, x: Tensor, context: Tensor | None) -> Tensor:
+        h = x.flatten(2)  # (B, C, H*W)
+        h = h + self.attn(self.norm(h).transpose(1, 2)).transpose(1, 2)
+        if self.cross is not None and context is not None:
+            h = h + self.cross(self.cross_norm(h).transpose(1, 2), context).transpose(1, 2)
+        return h.reshape(x.shape)  # (B, C, H, W)
+
+
+class Step(nn.Module):
+    """One entry of a path: a residual block, attention and a resampling layer, each optional."""
+
+    def __init__(self, res: ResBlock | None, attn: AttentionBlock | None = None, resample: nn.Module | None = None):
+        super().__init__()
+        self.res, self.attn, self.resample = res, attn, resample
+
+    def forward(self, x: Tensor, emb: Tensor, context: Tensor | None) -> Tensor:
+        if self.res is not None:
+            x = self.res(x, emb)
+        if self.attn is not None:
+            x = self.attn(x, context)
+        if self.resample is not None:
+            x = self.resample(x)
+        return x
+
+
+class UNet(nn.Module):
+    """forward(x, t, cond=None) -> (B, out_channels, H, W); see the module docstring for the layout."""
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = c = config
+        emb_dim = 4 * c.base_channels
+        self.embed = ConditionEmbedding(emb_dim, c.num_classes, c.context_dim, c.time_scale)
+        self.input = nn.Conv2d(c.in_channels, c.base_channels, 3, padding=1)
+        widths = [c.base_channels * m for m in c.channel_mult]
+
+        def step(in_ch: int, out_ch: int, attend: bool, resample: nn.Module | None = None) -> Step:
+            attn = AttentionBlock(out_ch, _heads(out_ch, c.head_channels), c.context_dim) if attend else None
+            return Step(ResBlock(in_ch, out_ch, emb_dim, c.dropout), attn, resample)
+
+        # 1. Down path: record the width of every output, as the up path concatenates each of them.
+        self.down, skips, ch = nn.ModuleList(), [c.base_channels], c.base_channels
+        for level, width in enumerate(widths):
+            for _ in range(c.blocks_per_level):
+                self.down.append(step(ch, width, 2**level in c.attention_factors))
+                ch = width
+                skips.append(ch)
+            if level < len(widths) - 1:
+                self.down.append(Step(None, None, nn.Conv2d(ch, ch, 3, stride=2, padding=1)))
+                skips.append(ch)
+        # 2. Middle: always with attention (ADM).
+        self.middle = nn.ModuleList([step(ch, ch, True), step(ch, ch, False)])
+        # 3. Up path: one more block per level than on the way down, the last one upsampling.
+        self.up = nn.ModuleList()
+        for level, width in reversed(list(enumerate(widths))):
+            for i in range(c.blocks_per_level + 1):
+                upsample = _upsample(width) if level > 0 and i == c.blocks_per_level else None
+                self.up.append(step(ch + skips.pop(), width, 2**level in c.attention_factors, upsample))
+                ch = width
+        self.out = nn.Sequential(group_norm(ch), nn.SiLU(), zero_(nn.Conv2d(ch, c.out_channels, 3, padding=1)))
+
+    def forward(self, x: Tensor, t: Tensor, cond: Cond = None) -> Tensor:
+        """x (B, in_channels, H, W), t (B,), cond: None, labels (B,) or {"labels", "context"}."""
+        c = self.config
+        check_images(x, c.in_channels, c.downsampling, f"the U-Net halves them {len(c.channel_mult) - 1} times")
+        emb, context = self.embed(t, cond, x.shape[0])  # (B, 4 * base), (B, L, context_dim) or None
+        h = self.input(x)  # (B, base, H, W)
+        skips = [h]
+        for step in self.down:
+            h = step(h, emb, context)  # down to (B, base * mult[-1], H / f, W / f), f = c.downsampling
+            skips.append(h)
+        for step in self.middle:
+            h = step(h, emb, context)  # (B, base * mult[-1], H / f, W / f)
+        for step in self.up:
+            h = step(torch.cat([h, skips.pop()], dim=1), emb, context)  # up to (B, base * mult[0], H, W)
+        return self.out(h)  # (B, out_channels, H, W)
+
+
+def unet_tiny() -> UNetConfig:
+    """For tests: about 57k parameters, 16x16 RGB."""
+    return UNetConfig(image_size=16, base_channels=8, channel_mult=(1, 2), blocks_per_level=1,
+                      attention_factors=(2,), head_channels=16)
+
+
+def unet_small() -> UNetConfig:
+    """About 1.2M parameters for 28x28 MNIST; self-attention at 14x14 and in the 7x7 middle."""
+    return UNetConfig(in_channels=1, out_channels=1, image_size=28, base_channels=32, channel_mult=(1, 2, 2),
+                      blocks_per_level=1, attention_factors=(2,), head_channels=64)
+
+
+def unet_base() -> UNetConfig:
+    """About 4.8M parameters for 32x32 RGB: unet_small at twice the width; attention at 16x16 and 8x8."""
+    return UNetConfig(image_size=32, base_channels=64, channel_mult=(1, 2, 2), blocks_per_level=1,
+                      attention_factors=(2,), head_channels=64)
+
+
+UNET_PRESETS: dict[str, Callable[[], UNetConfig]] = {
+    "unet_tiny": unet_tiny,
+    "unet_small": unet_small,
+    "unet_base": unet_base,
+}
