@@ -48,10 +48,44 @@ def test_bad_values_give_one_line_errors(tmp_path):
         assert message in result.stderr and "Traceback" not in result.stderr
 
 
-def test_demo_writes_pictures(tmp_path, capsys):
-    assert main(["demo", "--n", "300", "--out", str(tmp_path)]) == 0
-    assert (tmp_path / "demo_samples.png").stat().st_size > 10_000
+def test_samplers_writes_pictures(tmp_path, capsys):
+    assert main(["samplers", "--n", "300", "--steps", "8,16", "--stochastic-steps", "8", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "samplers_samples.png").stat().st_size > 10_000
     assert "dpmpp_2m" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_demo_trains_and_samples(tmp_path, capsys):
+    # The README's main job, cut to a few seconds of training: it must leave a grid, a loss curve and a
+    # checkpoint that `unnoise sample` can read.
+    assert main(["demo", "--minutes", "0.1", "--out", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "samples.png" in out
+    assert (tmp_path / "demo" / "samples.png").stat().st_size > 1_000
+    assert (tmp_path / "demo" / "loss.png").is_file()
+    assert main(["sample", str(tmp_path / "demo"), "--n", "4", "--steps", "3", "--out", str(tmp_path / "s.npz")]) == 0
+    import numpy as np
+
+    with np.load(tmp_path / "s.npz") as f:
+        assert f["samples"].shape == (4, 1, 28, 28)
+
+
+def test_train_and_sample_commands(tmp_path, capsys):
+    run = tmp_path / "toy"
+    assert main(["train", "toy-2d", "--set", "train.steps=30", "--set", "train.checkpoint_every=10",
+                 "--out", str(run)]) == 0
+    assert "trained 30 steps" in capsys.readouterr().out
+    assert main(["train", "toy-2d", "--set", "train.steps=40", "--out", str(run), "--resume", "latest"]) == 0
+    assert "trained 40 steps" in capsys.readouterr().out
+    assert main(["sample", str(run), "--n", "16", "--seed", "3", "--out", str(tmp_path / "a.npz")]) == 0
+    assert main(["sample", str(run), "--n", "16", "--seed", "3", "--out", str(tmp_path / "b.npz")]) == 0
+    import numpy as np
+
+    with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
+        assert a["samples"].shape == (16, 2) and np.array_equal(a["samples"], b["samples"])
+    assert main(["sample", str(run), "--out", str(tmp_path / "x.jpg")]) == 2  # only .png or .npz
+    assert main(["train", "no-such-config"]) == 2
+    assert main(["sample", str(run), "--label", "1", "--out", str(tmp_path / "c.png")]) == 2  # unconditional
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@ import json
 import math
 import os
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -133,3 +134,16 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     assert a.step == b.step == 20
     for k in a.model:
         assert torch.allclose(a.model[k], b.model[k], rtol=0, atol=1e-6), (k, (a.model[k] - b.model[k]).abs().max())
+
+
+def test_every_shipped_config_loads_and_builds():
+    from importlib.resources import files
+
+    from unnoise.models import build_model
+
+    shipped = sorted(Path(str(files("unnoise") / "configs")).glob("*.toml"))
+    assert {p.stem for p in shipped} >= {"mnist-demo", "fashion-unet", "fashion-dit", "toy-2d"}
+    for path in shipped:
+        config = load_config(path)
+        net = build_model(config.model)
+        assert sum(p.numel() for p in net.parameters()) > 0, path

@@ -81,11 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true",
                    help="exit with status 1 if any sampler misses its theoretical order by more than 0.2 "
                    "or its distribution error exceeds margin x noise floor")
+    p.add_argument("--demo-steps", type=_positive_int, default=10,
+                   help="steps for the side-by-side scatter of samples from four samplers")
 
     p = sub.add_parser("train", formatter_class=fmt, help="train a diffusion model from a TOML config",
                        description="Train a diffusion model. Runs unchanged under torchrun (DDP: gloo on CPU, "
                        "nccl on GPU). Writes log.jsonl, loss.png, sample grids and checkpoints to the run folder.")
-    p.add_argument("config", type=Path, help="TOML config (see configs/)")
+    p.add_argument("config", type=Path, help="a TOML config file, or the name of a shipped one (src/unnoise/configs)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.lr=2e-4 (repeatable)")
     p.add_argument("--resume", default=None, help="'latest' (newest complete checkpoint of the run) or a checkpoint path")
@@ -107,12 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N; None: cuda when present, else cpu")
 
     p = sub.add_parser("demo", formatter_class=fmt,
-                       help="sample a 2-D Gaussian mixture with several samplers; print a table, write PNGs",
-                       description="The main job until training lands: sample the exact denoiser of a 2-D "
-                       "Gaussian mixture with several samplers at a small NFE, compare with true samples, "
-                       "and measure every sampler's convergence order.")
-    _oracle_options(p)
-    p.add_argument("--demo-steps", type=_positive_int, default=10, help="steps for the side-by-side samples")
+                       help="train the demo U-Net on the embedded MNIST digits for a few minutes, then sample",
+                       description="The main job: train the packaged mnist-demo config (a 1.2M-parameter U-Net, "
+                       "EDM recipe) on the 5,000 MNIST digits that install with unnoise, then sample a grid with "
+                       "Heun's method and print where the files are.")
+    p.add_argument("--out", default="runs/demo", help="run folder")
+    p.add_argument("--minutes", type=float, default=None, help="training time; None: the config's (about 4)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N; None: cuda when present, else cpu")
     return parser
 
 
@@ -132,26 +135,14 @@ def _measure(args, steps: list[int], stochastic_steps: int, margin: float) -> tu
 
 
 def cmd_samplers(args) -> int:
-    from unnoise.plots import plot_convergence
-
-    _, report = _measure(args, args.steps, args.stochastic_steps, args.margin)
-    print(f"Gaussian mixture: dim {args.dim}, {args.components} components, seed {args.seed}; "
-          f"schedule {args.schedule}, spacing {args.spacing}, {args.n} samples")
-    print(format_report(report))
-    path = plot_convergence(report, args.out / "samplers_convergence.png")
-    print(f"wrote {path}")
-    if args.check and not report_ok(report):
-        failed = ", ".join(r.case.label for r in report.rows if not r.passed)
-        print(f"check failed: {failed}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def cmd_demo(args) -> int:
     from unnoise.plots import plot_convergence, plot_samples
     from unnoise.samplers import get_sampler
 
-    mixture, report = _measure(args, [16, 32, 64, 128], 512, 1.5)
+    mixture, report = _measure(args, args.steps, args.stochastic_steps, args.margin)
+    print(f"Gaussian mixture: dim {args.dim}, {args.components} components, seed {args.seed}; "
+          f"schedule {args.schedule}, spacing {args.spacing}, {args.n} samples")
+    print(format_report(report))
+    curve = plot_convergence(report, args.out / "samplers_convergence.png")
     schedule = get_schedule(args.schedule)
     g = torch.Generator().manual_seed(args.seed)
     x_T, _ = mixture.marginal(schedule, 1.0).sample(args.n, g)
@@ -160,11 +151,44 @@ def cmd_demo(args) -> int:
     for name in ("ddim", "dpmpp_2m", "unipc", "ddpm"):
         sets[f"{name}, {args.demo_steps} steps"] = get_sampler(name)(
             mixture.denoiser(schedule), schedule, x_T, times, generator=torch.Generator().manual_seed(args.seed))
-    print(format_report(report))
-    samples_png = plot_samples(sets, args.out / "demo_samples.png")
-    curve_png = plot_convergence(report, args.out / "demo_convergence.png")
-    print(f"wrote {samples_png} (samples side by side) and {curve_png} (error against NFE)")
+    scatter = plot_samples(sets, args.out / "samplers_samples.png")
+    print(f"wrote {curve} (error against NFE) and {scatter} (samples side by side)")
+    if args.check and not report_ok(report):
+        failed = ", ".join(r.case.label for r in report.rows if not r.passed)
+        print(f"check failed: {failed}", file=sys.stderr)
+        return 1
     return 0
+
+
+def cmd_demo(args) -> int:
+    from unnoise.config import load_config
+    from unnoise.train import train
+
+    overrides = [f"out={json.dumps(args.out)}"]
+    if args.minutes is not None:
+        if args.minutes <= 0:
+            raise ValueError(f"--minutes must be > 0, got {args.minutes}")
+        overrides.append(f"train.max_seconds={60 * args.minutes}")
+    config = load_config(packaged_config("mnist-demo"), overrides)
+    print(f"training a U-Net on 5,000 MNIST digits for {config.train.max_seconds / 60:.1f} minutes "
+          f"({'CUDA' if torch.cuda.is_available() else 'CPU'}); progress below, log in {config.out}/log.jsonl")
+    summary = train(config, device=args.device)
+    print(f"trained {summary['step']} steps in {summary['seconds']:.0f} s. Wrote:\n"
+          f"  {summary['samples']}  ({config.sample.n} samples, {config.sample.sampler} "
+          f"{config.sample.steps} steps)\n  {config.out}/loss.png  (loss curve)\n"
+          f"  {summary['checkpoints'][-1]}  (checkpoint: unnoise sample {config.out} --out more.png)")
+    return 0
+
+
+def packaged_config(name: str) -> Path:
+    """A config shipped inside the package (src/unnoise/configs/NAME.toml)."""
+    from importlib.resources import files
+
+    path = Path(str(files("unnoise") / "configs" / f"{name}.toml"))
+    if not path.is_file():
+        shipped = sorted(p.stem for p in path.parent.glob("*.toml"))
+        raise ValueError(f"no config file {name!r} and no shipped config of that name; shipped: {', '.join(shipped)}")
+    return path
 
 
 def cmd_train(args) -> int:
@@ -172,7 +196,8 @@ def cmd_train(args) -> int:
     from unnoise.train import train
 
     overrides = list(args.overrides) + ([f"out={json.dumps(args.out)}"] if args.out else [])  # a TOML string
-    config = load_config(args.config, overrides)
+    config_path = args.config if args.config.suffix == ".toml" or args.config.exists() else packaged_config(str(args.config))
+    config = load_config(config_path, overrides)
     summary = train(config, resume=args.resume, device=args.device)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"trained {summary['step']} steps in {summary['seconds']:.0f} s ({summary['stopped']}), "

@@ -61,6 +61,7 @@ class SampleConfig:
     spacing: str = "karras"  # time-grid spacing
     n: int = 64  # samples in a grid
     seed: int = 0  # per-sample seeds start here
+    guidance: float = 1.0  # classifier-free guidance scale for class-conditional models (1 = none)
 
 
 @dataclass(frozen=True)
@@ -147,8 +148,8 @@ def build_model_config(section: dict) -> Any:
 def _set(tree: dict, dotted: str, raw: str) -> None:
     """Apply one `--set section.key=value` to the raw TOML tree (value parsed as TOML, else a string)."""
     path = dotted.split(".")
-    if len(path) < 2 or not all(path):
-        raise ValueError(f"--set needs section.key=value, got {dotted!r}")
+    if not all(path):
+        raise ValueError(f"--set needs section.key=value (or out=...), got {dotted!r}")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:

@@ -273,10 +273,17 @@ def generate(config: RunConfig, weights: dict[str, Tensor], n: int, *, sampler: 
     from unnoise.noise import per_sample_generators
     from unnoise.samplers import get_sampler
 
+    from unnoise.guidance import ClassifierFreeGuidance
+
     sc = config.sample
     denoise, schedule = load_denoiser(config, weights, device)
+    num_classes = getattr(config.model, "num_classes", 0)
     if denoiser_wrapper is not None:
         denoise = denoiser_wrapper(denoise)
+    elif num_classes and cond is None:  # a class-conditional grid: sample i shows class i mod num_classes
+        cond = torch.arange(n, device=device) % num_classes
+        if sc.guidance != 1.0:
+            denoise = ClassifierFreeGuidance(denoise, sc.guidance, num_classes)
     shape = _sample_shape(config)
     gens = per_sample_generators(sc.seed if seed is None else seed, n)
     sigma_1 = schedule.sigma(1.0).item()
