@@ -134,6 +134,13 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     assert a.step == b.step == 20
     for k in a.model:
         assert torch.allclose(a.model[k], b.model[k], rtol=0, atol=1e-6), (k, (a.model[k] - b.model[k]).abs().max())
+    # A two-process run resumes on one process and follows the same global batches.
+    train(config(tmp_path, "one", steps=30, checkpoint_every=10, dtype="float64"), resume="latest", quiet=True)
+    train(config(tmp_path, "two", steps=30, checkpoint_every=10, dtype="float64"), resume="latest", quiet=True)
+    a, b = load_checkpoint(tmp_path / "one" / "checkpoints"), load_checkpoint(tmp_path / "two" / "checkpoints")
+    assert a.step == b.step == 30
+    for k in a.model:
+        assert torch.allclose(a.model[k], b.model[k], rtol=0, atol=1e-6), k
 
 
 def test_every_shipped_config_loads_and_builds():
