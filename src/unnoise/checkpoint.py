@@ -87,7 +87,8 @@ def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if p.is_dir() and _NAME.match(p.name) and all((p / f).is_file() for f in FILES)]
+    found = [p for p in folder.iterdir()
+             if p.is_dir() and _NAME.match(p.name) and all((p / f).is_file() for f in FILES)]
     return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
 
 

@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", type=Path, help="a TOML config file, or the name of a shipped one (src/unnoise/configs)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.lr=2e-4 (repeatable)")
-    p.add_argument("--resume", default=None, help="'latest' (newest complete checkpoint of the run) or a checkpoint path")
+    p.add_argument("--resume", default=None,
+                   help="'latest' (newest complete checkpoint of the run) or a checkpoint path")
     p.add_argument("--out", default=None, help="run folder (overrides the config's out)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N; None: cuda when present, else cpu")
 
@@ -196,7 +197,8 @@ def cmd_train(args) -> int:
     from unnoise.train import train
 
     overrides = list(args.overrides) + ([f"out={json.dumps(args.out)}"] if args.out else [])  # a TOML string
-    config_path = args.config if args.config.suffix == ".toml" or args.config.exists() else packaged_config(str(args.config))
+    is_file = args.config.suffix == ".toml" or args.config.exists()
+    config_path = args.config if is_file else packaged_config(str(args.config))
     config = load_config(config_path, overrides)
     summary = train(config, resume=args.resume, device=args.device)
     if int(os.environ.get("RANK", "0")) == 0:
