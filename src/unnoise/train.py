@@ -116,6 +116,20 @@ class EMA:
                 self.shadow[k].copy_(v)
 
 
+def draw_batch(batches: Batches, loss_fn: DiffusionLoss, tc, num_classes: int):
+    """The next global batch with its times, noise and (label-dropped) conditions, all drawn from a
+    generator seeded by (seed, batch number): independent of the process count and of resumes."""
+    x0, labels = batches.next()
+    g = seeded_generator(tc.seed, 2, batches.position)
+    t = loss_fn.sample_times(len(x0), g)
+    noise = torch.randn(x0.shape, generator=g)
+    cond = None
+    if num_classes:
+        drop = torch.rand(len(x0), generator=g) < tc.label_dropout  # classifier-free guidance training
+        cond = torch.where(drop, torch.full_like(labels, num_classes), labels)
+    return x0, t, noise, cond
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     model = getattr(model, "module", model)  # DDP
     return getattr(model, "_orig_mod", model)  # torch.compile
@@ -179,15 +193,9 @@ def train(config: RunConfig, resume: str | None = None, device: str | None = Non
     stop_reason = "steps"
     while step < tc.steps:
         # 4a. The global batch and its noise, times and dropped labels; this rank's slice of them.
-        x0, labels = batches.next()
-        g = seeded_generator(tc.seed, 2, batches.position)
-        t = loss_fn.sample_times(len(x0), g)
-        noise = torch.randn(x0.shape, generator=g)
-        cond = None
-        if num_classes:
-            drop = torch.rand(len(x0), generator=g) < tc.label_dropout
-            cond = torch.where(drop, torch.full_like(labels, num_classes), labels)[local].to(ddp.device)
+        x0, t, noise, cond = draw_batch(batches, loss_fn, tc, num_classes)
         x0, t, noise = x0[local].to(ddp.device, dtype), t[local], noise[local].to(ddp.device, dtype)
+        cond = cond[local].to(ddp.device) if cond is not None else None
 
         # 4b. Forward, backward, and the finiteness check every rank agrees on (gradients are reduced).
         lr = tc.lr * min(1.0, (step + 1) / max(tc.warmup_steps, 1))
@@ -227,12 +235,11 @@ def train(config: RunConfig, resume: str | None = None, device: str | None = Non
         if ddp.main and tc.sample_every and step % tc.sample_every == 0:
             write_samples(config, ema.shadow, out / f"samples_{step:08d}.png", ddp.device)
         out_of_time = tc.max_seconds and time.perf_counter() - started > tc.max_seconds
-        if tc.checkpoint_every and step % tc.checkpoint_every == 0 or step == tc.steps or out_of_time:
-            if ddp.main:
-                state = {"optimizer": optimizer.state_dict(), "step": step, "position": batches.position,
-                         "skipped": skipped_total, "torch_rng": torch.get_rng_state(), "world": ddp.world}
-                save_checkpoint(out / "checkpoints", step, _unwrap(model).state_dict(), ema.shadow, state,
-                                {"tree": config.tree, "resolved": to_dict(config)}, keep=tc.keep_checkpoints)
+        if ddp.main and (tc.checkpoint_every and step % tc.checkpoint_every == 0 or step == tc.steps or out_of_time):
+            state = {"optimizer": optimizer.state_dict(), "step": step, "position": batches.position,
+                     "skipped": skipped_total, "torch_rng": torch.get_rng_state(), "world": ddp.world}
+            save_checkpoint(out / "checkpoints", step, _unwrap(model).state_dict(), ema.shadow, state,
+                            {"tree": config.tree, "resolved": to_dict(config)}, keep=tc.keep_checkpoints)
         if out_of_time:
             stop_reason = f"time limit of {tc.max_seconds:g} s"
             break
