@@ -64,7 +64,7 @@ from unnoise.models import build_model, count_parameters  # noqa: E402
 from unnoise.parameterization import EpsPrediction, NetworkDenoiser  # noqa: E402
 from unnoise.samplers import ddim  # noqa: E402
 from unnoise.schedules import from_alphas_cumprod, get_schedule  # noqa: E402
-from unnoise.train import EMA, Batches, build_parameterization, seeded_generator, train  # noqa: E402
+from unnoise.train import EMA, Batches, build_parameterization, draw_batch, seeded_generator, train  # noqa: E402
 
 DOC_START, DOC_END = "<!-- bench/train.py:start -->", "<!-- bench/train.py:end -->"
 CONV_PEAK = {"fp32": 430.0, "bf16": 850.0}  # GFLOP/s of a large convolution on this machine (DESIGN.md)
@@ -114,12 +114,11 @@ def edm_loss(net: Callable, x0: Tensor, sigma: Tensor, noise: Tensor, sigma_data
     return (out.float() - (x0 - c_skip * x) / c_out).square().mean()
 
 
-def bare_edm_step(model: nn.Module, x0: Tensor, bf16: bool, config: RunConfig,
-                  optimizer: torch.optim.Optimizer | None = None) -> Callable[[], None]:
-    """(b): lognormal sigma (Karras et al. 2022, §5), the loss, backward, AdamW as the trainer builds it."""
+def bare_edm_step(model: nn.Module, x0: Tensor, bf16: bool, config: RunConfig) -> Callable[[], None]:
+    """(b): lognormal sigma (Karras et al. 2022, §5), the loss, backward, AdamW as `unnoise.train` builds it."""
     loss_cfg, schedule = config.loss, get_schedule(config.diffusion.schedule)
-    optimizer = optimizer or torch.optim.AdamW(model.parameters(), lr=config.train.lr,
-                                               weight_decay=config.train.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay,
+                                  fused=True)
     lo, hi = schedule.sigma_tilde(schedule.t_min).item(), schedule.sigma_tilde(1.0).item()  # EDM's sigma range
 
     def step():
@@ -261,11 +260,6 @@ def training_contenders(args, workdir: Path) -> tuple[list[Contender], dict, nn.
 
 def variants() -> dict[str, Callable]:
     """Candidate speed-ups of (b), each a maker of (step, context to run it in); only with --variants."""
-    def fused_adamw(model, x0, bf16, config):
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay,
-                                      fused=True)
-        return bare_edm_step(model, x0, bf16, config, optimizer), contextlib.nullcontext
-
     def matmul_attention(model, x0, bf16, config):
         return bare_edm_step(model, x0, bf16, config), attention_as_matmuls
 
@@ -274,8 +268,7 @@ def variants() -> dict[str, Callable]:
         step = bare_edm_step(model, x0.contiguous(memory_format=torch.channels_last), bf16, config)
         return step, contextlib.nullcontext
 
-    return {"(b) + fused AdamW": fused_adamw, "(b) + attention as matmuls": matmul_attention,
-            "(b) + channels_last": channels_last}
+    return {"(b) + attention as matmuls": matmul_attention, "(b) + channels_last": channels_last}
 
 
 def alternate(contenders: list[Contender], rounds: int, n: int) -> list[list[Any]]:
@@ -313,24 +306,17 @@ def trainer_pieces(model: nn.Module, batch: int, reps: int) -> list[tuple[str, f
     dataset = load_dataset(DataConfig(**DATA))
     batches = Batches(dataset, batch, 0)
     loss_fn = DiffusionLoss(get_schedule(config.diffusion.schedule), build_parameterization(config), config.loss)
-    x0 = batches.next()[0]
+    x0, t, noise, _ = draw_batch(batches, loss_fn, config.train, 0)
     out = torch.zeros(x0.shape, requires_grad=True)  # a zero-cost network's output
-
-    def draws():
-        g = seeded_generator(0, 2, batches.position)
-        return loss_fn.sample_times(batch, g), torch.randn(x0.shape, generator=g)
-
-    t, noise = draws()
     sigma = loss_fn.schedule.sigma_tilde(t).float()
     ema = EMA(model)
     params = [p for p in model.parameters() if p.grad is not None]
     return [
-        ("batch from the data set (`Batches.next`)", median_ms(batches.next, reps), 0.0),
-        ("times and noise (`seeded_generator`, `sample_times`, `randn`)", median_ms(draws, reps),
+        ("batch, times and noise (`draw_batch`)", median_ms(lambda: draw_batch(batches, loss_fn, config.train, 0), reps),
          median_ms(lambda: (torch.randn(batch), torch.randn(x0.shape)), reps)),
         ("loss around a zero-cost network, forward + backward",
          median_ms(lambda: loss_fn(lambda *a: out, x0, None, noise=noise, t=t).mean().backward(), reps),
-         median_ms(lambda: edm_loss(lambda *a: out, x0, sigma, noise, 0.5).backward(), reps)),
+         median_ms(lambda: edm_loss(lambda *a: out, x0, sigma, noise, config.loss.sigma_data).backward(), reps)),
         ("gradient clipping (`clip_grad_norm_`)", median_ms(lambda: nn.utils.clip_grad_norm_(params, 1.0), reps), 0.0),
         ("EMA update (`EMA.update`)", median_ms(lambda: ema.update(model, 0.999), reps), 0.0),
     ]
@@ -366,7 +352,8 @@ class NetworkClock:
 
 def sampling_contenders(args) -> tuple[list[Contender], Callable[[], float]]:
     """Bare calls, ours, diffusers' pipeline (each measure(n) -> (wall s, s inside the network) of one
-    run), and the max difference of ours from the pipeline's images in [0, 1]."""
+    run), and a function giving the max difference of ours from the pipeline's images in [0, 1], in their
+    last runs."""
     torch.manual_seed(0)
     unet = diffusers_unet().eval()
     clock = NetworkClock(unet)
@@ -393,17 +380,18 @@ def sampling_contenders(args) -> tuple[list[Contender], Callable[[], float]]:
         for k in time_grid(schedule, steps)[:-1] * T - 1:
             unet(x, k.round().long()).sample  # noqa: B018
 
+    last = {}  # the latest output of each loop
+
     def timed(run: Callable[[int], Any]) -> Callable[[int], tuple[float, float]]:
         def measure(steps: int) -> tuple[float, float]:
             with torch.no_grad():
                 clock.seconds, start = 0.0, time.perf_counter()
-                run(steps)
+                last[run] = run(steps)
                 return time.perf_counter() - start, clock.seconds
         return measure
 
     def agreement() -> float:
-        with torch.no_grad():
-            return ((ours(args.sample_steps) / 2 + 0.5).clamp(0, 1) - theirs(args.sample_steps)).abs().max().item()
+        return ((last[ours] / 2 + 0.5).clamp(0, 1) - last[theirs]).abs().max().item()
 
     contenders = [Contender("bare", "fp32", f"bare: {args.sample_steps} × `unet(x, k).sample`", timed(bare)),
                   Contender("ours", "fp32", "ours: `ddim` + `NetworkDenoiser(eps)`", timed(ours)),
@@ -456,12 +444,14 @@ def training_report(args, contenders, results, info, pieces, adamw) -> list[str]
               "| piece | (a) ms | (b) ms | extra ms |", "|---|---|---|---|"]
     for name, ours, bare in pieces:
         lines.append(f"| {name} | {ours:.2f} | {bare:.2f} | {ours - bare:+.2f} |")
-    measured = {p: 1e3 * args.batch * (1 / statistics.median(by["a", p]) - 1 / statistics.median(by["b", p]))
-                for p in args.precisions}
-    lines += [f"| **sum** | | | **{sum(o - b for _, o, b in pieces):+.1f}** |", "",
-              "Measured (a) − (b) per step, from the medians: "
+    extra = sum(ours - bare for _, ours, bare in pieces)
+    step_ms = {p: 1e3 * args.batch / statistics.median(by["b", p]) for p in args.precisions}  # (b)'s step
+    measured = {p: 1e3 * args.batch / statistics.median(by["a", p]) - step_ms[p] for p in args.precisions}
+    lines += [f"| **sum** | | | **{extra:+.1f}** |", "",
+              "The sum is " + ", ".join(f"{extra / step_ms[p]:.1%} of (b)'s {p} step" for p in args.precisions)
+              + "; (a) − (b) per step from the medians above: "
               + ", ".join(f"{p} {ms:+.0f} ms" for p, ms in measured.items())
-              + ". AdamW step (in (a), (b) and (c)): " + ", ".join(f"{k} {v:.1f} ms" for k, v in adamw.items())
+              + ". One AdamW step ((a) and (b) use fused, (c) the default): " + ", ".join(f"{k} {v:.1f} ms" for k, v in adamw.items())
               + f". (b)'s loss equals `DiffusionLoss`'s to {info['loss check']:.0e} (relative)."]
     return lines
 
@@ -501,7 +491,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "steps run slower, as those of a fresh process do)")
     p.add_argument("--rounds", type=int, default=5, help="alternating training rounds")
     p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
-    p.add_argument("--variants", action="store_true", help="also time candidate speed-ups of (b) (+2 min)")
+    p.add_argument("--variants", action="store_true", help="also time candidate speed-ups of (b) (+1–2 min)")
     p.add_argument("--reps", type=int, default=10, help="repetitions of each piece timed alone")
     p.add_argument("--sample-n", type=int, default=16, help="images sampled")
     p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps")
