@@ -18,7 +18,7 @@ Sampling, 16 images, 50 DDIM steps, float32, with diffusers' UNet2DModel as an e
 (`ddim` over `NetworkDenoiser`) against `DDPMPipeline` with `DDIMScheduler`, both against the bare
 network calls (50 forwards); forward hooks also time the network inside each run.
 
-Run:  python bench/train.py            (~5 min on 2 quiet cores; re-executes itself with tcmalloc)
+Run:  python bench/train.py            (~6 min on 2 quiet cores; re-executes itself with tcmalloc)
       python bench/train.py --quick    (smoke test: batch 8, one round, no doc update)
 """
 
@@ -483,15 +483,15 @@ def write_block(path: Path, text: str) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog="Default run: about 5 minutes on 2 quiet cores.")
+                                epilog="Default run: about 6 minutes on 2 quiet cores.")
     p.add_argument("--batch", type=int, default=64, help="training batch (images of 3x32x32)")
     p.add_argument("--steps", type=int, default=3, help="timed training steps per loop and round")
     p.add_argument("--warmup", type=int, default=2,
                    help="untimed steps: once for (b) and (c), at the start of every run of (a) (its first two "
                         "steps run slower, as those of a fresh process do)")
-    p.add_argument("--rounds", type=int, default=5, help="alternating training rounds")
+    p.add_argument("--rounds", type=int, default=4, help="alternating training rounds")
     p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
-    p.add_argument("--variants", action="store_true", help="also time candidate speed-ups of (b) (+1–2 min)")
+    p.add_argument("--variants", action="store_true", help="also time candidate speed-ups of (b) (+2 min)")
     p.add_argument("--reps", type=int, default=10, help="repetitions of each piece timed alone")
     p.add_argument("--sample-n", type=int, default=16, help="images sampled")
     p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps")
