@@ -18,26 +18,19 @@ Needs diffusers; k-diffusion is optional (`pip install k-diffusion --no-deps`).
 
 from __future__ import annotations
 
-import os
-import sys
+from common import check_load, machine, preload_tcmalloc, write_block  # bench/common.py
 
-TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
-
-if __name__ == "__main__" and "--no-preload" not in sys.argv and "--help" not in sys.argv \
-        and "-h" not in sys.argv and "tcmalloc" not in os.environ.get("LD_PRELOAD", "") \
-        and os.path.exists(TCMALLOC):
-    # glibc malloc makes these timings 15-25% slower and noisy (DESIGN.md): restart before torch loads.
-    env = dict(os.environ, LD_PRELOAD=f"{TCMALLOC} {os.environ.get('LD_PRELOAD', '')}".strip())
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+if __name__ == "__main__":
+    preload_tcmalloc()
 
 import argparse  # noqa: E402
 import gc  # noqa: E402
 import importlib.metadata  # noqa: E402
 import importlib.util  # noqa: E402
 import math  # noqa: E402
-import platform  # noqa: E402
 import shlex  # noqa: E402
 import statistics  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 import types  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -46,8 +39,13 @@ from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
-from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,  # noqa: E402
-                       HeunDiscreteScheduler, UniPCMultistepScheduler)
+from diffusers import (  # noqa: E402
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
 from torch import Tensor  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
@@ -58,7 +56,6 @@ from unnoise.parameterization import EpsPrediction, NetworkDenoiser  # noqa: E40
 from unnoise.samplers import ddim, dpmpp_2m, euler, heun, ode_adaptive, unipc  # noqa: E402
 
 F64 = torch.float64
-DOC_START, DOC_END = "<!-- bench/samplers.py:start -->", "<!-- bench/samplers.py:end -->"
 # diffusers' DDPM-linear schedule with the "trailing" spacing (Lin et al. 2024, Table 2), our default
 # grid: the only spacing that all five schedulers build alike (DPM-Solver and UniPC space "leading"
 # differently from DDIM), with whole timesteps k, each exactly our t = (k + 1) / T.
@@ -541,29 +538,6 @@ def timing_table(rows: list[TimingRow]) -> str:
 # Report
 
 
-def machine(load_at_start: tuple[float, float, float]) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    preloaded = "tcmalloc" in Path("/proc/self/maps").read_text() if Path("/proc/self/maps").exists() else False
-    versions = []
-    for name in ("torch", "diffusers", "k-diffusion"):
-        try:
-            versions.append(f"{name} {importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    load = [" / ".join(f"{v:.2f}" for v in avg) for avg in (load_at_start, os.getloadavg())]
-    return (f"{os.cpu_count()} cores ({cpu}), CPU only, torch threads {torch.get_num_threads()}, "
-            f"{'tcmalloc preloaded' if preloaded else 'glibc malloc (tcmalloc NOT preloaded)'}, "
-            f"load average (1/5/15 min) {load[0]} at the start, {load[1]} at the end; "
-            f"Python {platform.python_version()}, {', '.join(versions)}")
-
-
 def report(args, kd_how: str, load_at_start, accuracy_rows, timing_rows) -> str:
     command = "python bench/samplers.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     parts = [f"Command: `{command.strip()}`  ",
@@ -586,18 +560,6 @@ def report(args, kd_how: str, load_at_start, accuracy_rows, timing_rows) -> str:
                   "calls are counted per step, the model's own call excluded.", "",
                   timing_table(timing_rows)]
     return "\n".join(parts)
-
-
-def write_doc(path: Path, text: str) -> None:
-    """Replace the generated block of `path` (between the markers), keeping the prose around it."""
-    block = f"{DOC_START}\n{text}\n{DOC_END}"
-    old = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    if DOC_START in old and DOC_END in old:
-        head, rest = old.split(DOC_START, 1)
-        new = head + block + rest.split(DOC_END, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(new)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -630,10 +592,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    load_at_start = os.getloadavg()
-    if load_at_start[0] > 0.5:
-        print(f"warning: load average {load_at_start[0]:.2f}: other processes share the cores and will "
-              "distort the timings (2 threads wait on each other when one is preempted)", file=sys.stderr)
+    load_at_start = check_load()
     kd_sampling, kd_external, kd_how = load_k_diffusion()
     print(f"k-diffusion: {kd_how}", file=sys.stderr)
     start = time.perf_counter()
@@ -645,7 +604,7 @@ def main(argv: list[str] | None = None) -> None:
     text = report(args, kd_how, load_at_start, accuracy_rows, timing_rows)
     print(text)
     if not args.no_doc:
-        write_doc(args.doc, text)
+        write_block(args.doc, text, "samplers.py")
         print(f"\nwrote {args.doc}", file=sys.stderr)
     print(f"total {time.perf_counter() - start:.0f} s", file=sys.stderr)
 

@@ -24,16 +24,16 @@ Run:  python bench/train.py            (~6 min on 2 quiet cores; re-executes its
 
 from __future__ import annotations
 
-import os
-import sys
+from common import (  # bench/common.py
+    check_load,
+    machine,
+    preload_tcmalloc,
+    spread,
+    write_block,
+)
 
-if __name__ == "__main__" and "--no-preload" not in sys.argv and "--help" not in sys.argv \
-        and "-h" not in sys.argv and "tcmalloc" not in os.environ.get("LD_PRELOAD", ""):
-    # Before torch loads (DESIGN.md: glibc malloc makes timings slower and noisy); same as bench/samplers.py.
-    _TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
-    if os.path.exists(_TCMALLOC):
-        env = dict(os.environ, LD_PRELOAD=f"{_TCMALLOC} {os.environ.get('LD_PRELOAD', '')}".strip())
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+if __name__ == "__main__":
+    preload_tcmalloc()
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
@@ -41,6 +41,7 @@ import gc  # noqa: E402
 import json  # noqa: E402
 import shlex  # noqa: E402
 import statistics  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -52,10 +53,10 @@ from typing import Any  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel  # noqa: E402
+from samplers import SCHEDULER_CONFIG  # noqa: E402  (bench/samplers.py, this script's folder)
 from torch import Tensor, nn  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count  # noqa: E402
 
-from samplers import SCHEDULER_CONFIG, machine  # noqa: E402  (bench/samplers.py, this script's folder)
 from unnoise.config import RunConfig, load_config  # noqa: E402
 from unnoise.data import DataConfig, load_dataset  # noqa: E402
 from unnoise.grids import time_grid  # noqa: E402
@@ -64,9 +65,15 @@ from unnoise.models import build_model, count_parameters  # noqa: E402
 from unnoise.parameterization import EpsPrediction, NetworkDenoiser  # noqa: E402
 from unnoise.samplers import ddim  # noqa: E402
 from unnoise.schedules import from_alphas_cumprod, get_schedule  # noqa: E402
-from unnoise.train import EMA, Batches, build_parameterization, draw_batch, seeded_generator, train  # noqa: E402
+from unnoise.train import (  # noqa: E402
+    EMA,
+    Batches,
+    build_parameterization,
+    draw_batch,
+    seeded_generator,
+    train,
+)
 
-DOC_START, DOC_END = "<!-- bench/train.py:start -->", "<!-- bench/train.py:end -->"
 CONV_PEAK = {"fp32": 430.0, "bf16": 850.0}  # GFLOP/s of a large convolution on this machine (DESIGN.md)
 DATA = {"name": "mnist", "image_size": 32, "channels": 3, "fit": "pad"}  # the only built-in 3x32x32 set
 
@@ -405,10 +412,6 @@ def sampling_contenders(args) -> tuple[list[Contender], Callable[[], float]]:
 # Report
 
 
-def spread(values: list[float], fmt: str = ".1f") -> str:
-    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}–{max(values):{fmt}})"
-
-
 def ratios(a: list[float], b: list[float], scale: float = 1.0) -> list[float]:
     return [scale * x / y for x, y in zip(a, b, strict=True)]
 
@@ -470,17 +473,6 @@ def sampling_report(args, contenders, results, agreement: float) -> list[str]:
     return lines + ["", f"Ours and the pipeline from the same noise: max |difference| {agreement:.1e} on images in [0, 1]."]
 
 
-def write_block(path: Path, text: str) -> None:
-    """Replace this script's block of `path` (between its markers), keeping the prose around it."""
-    block = f"{DOC_START}\n{text}\n{DOC_END}"
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if DOC_START in old and DOC_END in old:
-        head, rest = old.split(DOC_START, 1)
-        path.write_text(head + block + rest.split(DOC_END, 1)[1])
-    else:
-        path.write_text(old.rstrip("\n") + "\n\n" + block + "\n")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 epilog="Default run: about 6 minutes on 2 quiet cores.")
@@ -516,10 +508,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    load_at_start = os.getloadavg()
-    if load_at_start[0] > 0.5:
-        print(f"warning: load average {load_at_start[0]:.2f}: other processes share the cores and will "
-              "distort the timings (2 threads wait on each other when one is preempted)", file=sys.stderr)
+    load_at_start = check_load()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     command = "python bench/train.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -540,7 +529,7 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(parts)
     print(text)
     if not args.no_doc:
-        write_block(args.doc, text)
+        write_block(args.doc, text, "train.py")
         print(f"\nwrote {args.doc}", file=sys.stderr)
     print(f"total {time.perf_counter() - start:.0f} s", file=sys.stderr)
 

@@ -38,7 +38,7 @@ def _check_image_set(ds, n, shape, num_classes):
 
 @pytest.fixture(scope="module")
 def mnist():
-    return load_dataset(DataConfig("mnist"))
+    return load_dataset(DataConfig("mnist", split="all"))
 
 
 def test_mnist_5k_has_500_real_digits_per_class(mnist):
@@ -53,12 +53,20 @@ def test_mnist_5k_has_500_real_digits_per_class(mnist):
     assert x.min() == -1 and x.max() == 1
 
 
+def test_mnist_holds_out_a_fixed_test_split(mnist):
+    train, test = (load_dataset(DataConfig("mnist", split=s)) for s in ("train", "test"))
+    assert len(train) == 4500 and len(test) == 500
+    assert torch.bincount(test.labels).tolist() == [50] * 10 and torch.bincount(train.labels).tolist() == [450] * 10
+    assert torch.equal(test.images, mnist.images[9::10])  # every tenth row, disjoint from train
+    assert torch.equal(torch.cat([train.images, test.images]).sum(0), mnist.images.sum(0))
+
+
 def test_mnist_padded_and_resized(mnist):
-    padded = load_dataset(DataConfig("mnist", image_size=32))
+    padded = load_dataset(DataConfig("mnist", split="all", image_size=32))
     assert padded.images.shape == (5000, 1, 32, 32)
     assert torch.equal(padded.images[:, :, 2:30, 2:30], mnist.images)  # centred, pixels untouched
     assert padded.images[:, :, :2].sum() == 0 and padded.images[:, :, :, 30:].sum() == 0
-    small = load_dataset(DataConfig("mnist", image_size=16, fit="resize", channels=3))
+    small = load_dataset(DataConfig("mnist", split="all", image_size=16, fit="resize", channels=3))
     assert small.images.shape == (5000, 3, 16, 16)
     assert torch.equal(small.images[:, 0], small.images[:, 2])  # grey replicated
     with pytest.raises(ValueError, match="fit='resize'"):
@@ -281,8 +289,8 @@ def test_toy_noiseless_shapes_match_their_formulas():
 def test_config_rejects_bad_values_and_names_the_valid_ones():
     with pytest.raises(ValueError, match="valid names: mnist, fashion-mnist"):
         DataConfig("cifar")
-    with pytest.raises(ValueError, match="mnist has no test split"):
-        DataConfig("mnist", split="test")
+    with pytest.raises(ValueError, match="digits8x8 has no test split"):
+        DataConfig("digits8x8", split="test")
     with pytest.raises(ValueError, match="needs path"):
         DataConfig("folder")
     with pytest.raises(dataclasses.FrozenInstanceError):

