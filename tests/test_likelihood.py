@@ -78,6 +78,17 @@ def test_discretized_gaussian_decoder_sums_to_one_over_the_levels():
         assert torch.exp(-nll).sum().item() == pytest.approx(1.0, abs=1e-9)
 
 
+def test_discretized_gaussian_decoder_in_both_far_tails():
+    from scipy.stats import norm
+
+    x0 = torch.tensor([[0.2]], dtype=torch.float64)
+    for mean in (0.0, 0.1, 0.4):  # the bin 10 to 20 standard deviations above or below the mean
+        z = ((0.2 - PIXEL_BIN / 2 - mean) / 0.01, (0.2 + PIXEL_BIN / 2 - mean) / 0.01)
+        truth = -math.log(norm.sf(z[0]) - norm.sf(z[1])) if mean < 0.2 else -math.log(norm.cdf(z[1]) - norm.cdf(z[0]))
+        got = discretized_gaussian_nll(x0, torch.tensor([[mean]], dtype=torch.float64), 0.01).item()
+        assert got == pytest.approx(truth, rel=1e-9)
+
+
 def test_dequantize_fills_each_bin():
     x = torch.tensor([[-1.0, 0.0, 1.0]]).expand(10000, -1)
     y = dequantize(x, torch.Generator().manual_seed(0))

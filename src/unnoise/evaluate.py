@@ -119,8 +119,9 @@ def draw(config: RunConfig, weights: dict, n: int, *, sampler: str | None, steps
          spacing: str | None, guidance: float | None, seed: int, batch_size: int, device, options=None,
          progress: bool = True, desc: str = "sampling") -> tuple[Tensor, Tensor | None, int, float]:
     """n samples in batches: images (n, C, H, W) float32 in [-1, 1] (clamped), the labels asked for
-    (class-conditional models: i mod classes), the NFE per sample and the seconds per sample."""
-    from unnoise.train import generate
+    (class-conditional models: i mod classes), the NFE per sample (averaged over batches: an
+    adaptive solver's varies; with guidance one call is a doubled batch) and the seconds per sample."""
+    from unnoise.train import generate, load_denoiser
 
     counters: list[_Count] = []
 
@@ -128,19 +129,22 @@ def draw(config: RunConfig, weights: dict, n: int, *, sampler: str | None, steps
         counters.append(_Count(denoise))
         return counters[-1]
 
+    built = load_denoiser(config, weights, device)
     out = []
     start = time.perf_counter()
     with tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for first in range(0, n, batch_size):
             b = min(batch_size, n - first)
             out.append(generate(config, weights, b, sampler=sampler, steps=steps, spacing=spacing, seed=seed,
-                                device=device, guidance=guidance, first=first, wrap=count, options=options)
+                                device=device, guidance=guidance, first=first, wrap=count, options=options,
+                                built=built)
                        .float().clamp(-1, 1).cpu())
             bar.update(b)
     seconds = (time.perf_counter() - start) / n
     classes = getattr(config.model, "num_classes", 0)
     labels = torch.arange(n) % classes if classes else None
-    return torch.cat(out), labels, counters[0].calls, seconds
+    calls = sum(c.calls * len(x) for c, x in zip(counters, out, strict=True)) / n
+    return torch.cat(out), labels, round(calls, 2) if calls != int(calls) else int(calls), seconds
 
 
 def sample_metrics(images: Tensor, labels: Tensor | None, ref: Reference, feats: LoadedFeatures,
@@ -242,7 +246,8 @@ def evaluate(checkpoint: str | Path, opts: EvalOptions, device=None, progress: b
         result.update({"nll": {"trace": opts.trace, "rtol": opts.rtol, "atol": opts.atol},
                        "vlb steps": opts.vlb_steps})
         result.update(likelihood_metrics(config, ckpt.ema, opts, device, progress))
-    name = f"eval-{sampler}-{steps}-g{guidance}-n{opts.n}.json" if opts.metrics != ("nll",) else "eval-nll.json"
+    samples = any(m in SAMPLE_METRICS for m in opts.metrics)
+    name = f"eval-{sampler}-{steps}-g{guidance}-n{opts.n}.json" if samples else "eval-likelihood.json"
     path = ckpt.path / name
     write_text_atomic(path, json.dumps({**result, "options": asdict(opts)}, indent=1) + "\n")
     return result, path
@@ -261,22 +266,24 @@ def format_table(result: dict) -> str:
     return "\n".join(f"{k:<{width}}  {fmt(v)}" for k, v in rows)
 
 
-def steps_for_nfe(sampler: str, budget: int, cache: dict) -> tuple[int, int] | None:
-    """The largest step count whose NFE fits the budget, and that NFE (counted on a tiny oracle)."""
+def steps_for_nfe(sampler: str, budget: int, cache: dict, schedule_name: str = "edm",
+                  spacing: str = "karras") -> tuple[int, int] | None:
+    """The largest step count whose NFE fits the budget, and that NFE (counted on a tiny oracle with
+    the run's schedule and spacing)."""
     from unnoise.grids import time_grid
     from unnoise.oracle import GaussianMixture
     from unnoise.samplers import get_sampler
     from unnoise.schedules import get_schedule
 
-    schedule = get_schedule("edm")
+    schedule = get_schedule(schedule_name)
     oracle = GaussianMixture.random(2, 2, seed=0).denoiser(schedule)
     best = None
     for steps in range(1, budget + 1):
         if (sampler, steps) not in cache:
             counter = _Count(oracle)
             try:
-                x = torch.randn(2, 2, dtype=torch.float64) * 80.0
-                get_sampler(sampler)(counter, schedule, x, time_grid(schedule, steps, "karras"),
+                x = torch.randn(2, 2, dtype=torch.float64) * schedule.sigma(1.0).item()
+                get_sampler(sampler)(counter, schedule, x, time_grid(schedule, steps, spacing),
                                      generator=torch.Generator().manual_seed(0))
                 cache[(sampler, steps)] = counter.calls
             except ValueError:  # e.g. more steps of warm-up than the sampler can take
@@ -314,7 +321,7 @@ def sweep(checkpoint: str | Path, opts: EvalOptions, samplers: list[str], budget
         if s == "ode_adaptive":
             plan += [(s, 2, {"rtol": tol, "atol": tol}) for tol in ADAPTIVE_TOLERANCES]
             continue
-        chosen = {steps_for_nfe(s, b, cache) for b in budgets} - {None}
+        chosen = {steps_for_nfe(s, b, cache, config.diffusion.schedule, spacing) for b in budgets} - {None}
         plan += [(s, steps, None) for steps, _ in sorted(chosen)]
     rows = []
     for i, (s, steps, options) in enumerate(tqdm(plan, desc="sweep", disable=not progress)):

@@ -141,19 +141,18 @@ def image_nll(denoise: Denoiser, schedule: Schedule, x: Tensor, *, cond: Any = N
     return NLL(nats + y[0].numel() * math.log(1.0 / PIXEL_BIN), y[0].numel())
 
 
-def _log_normal_cdf(z: Tensor) -> Tensor:
-    return torch.special.log_ndtr(z)
-
-
 def discretized_gaussian_nll(x0: Tensor, mean: Tensor, std: float) -> Tensor:
     """-log of N(mean, std^2) integrated over each pixel's 8-bit bin (Ho et al. 2020, eq. 13), with
     the outermost bins reaching to -inf and +inf; summed per sample."""
     half = PIXEL_BIN / 2
     upper = torch.where(x0 > 1 - half, torch.full_like(x0, math.inf), (x0 + half - mean) / std)
     lower = torch.where(x0 < -1 + half, torch.full_like(x0, -math.inf), (x0 - half - mean) / std)
-    # log(Phi(upper) - Phi(lower)), stably: log Phi(u) + log(1 - exp(log Phi(l) - log Phi(u)))
-    log_up, log_low = _log_normal_cdf(upper), _log_normal_cdf(lower)
-    log_mass = log_up + torch.log1p(-torch.exp(log_low - log_up).clamp(max=1 - 1e-12))
+    # Phi(b) - Phi(a) = Phi(b) (1 - exp(log Phi(a) - log Phi(b))); for a bin in the upper tail use the
+    # mirror image Phi(-a) - Phi(-b), else both log Phi round to -0 and the mass to 0 there.
+    flip = lower > 0
+    a, b = torch.where(flip, -upper, lower), torch.where(flip, -lower, upper)
+    log_a, log_b = torch.special.log_ndtr(a), torch.special.log_ndtr(b)
+    log_mass = log_b + torch.log(-torch.expm1(log_a - log_b))
     return -log_mass.flatten(1).sum(1)
 
 
@@ -193,7 +192,8 @@ def vlb(denoise: Denoiser, schedule: Schedule, x0: Tensor, *, cond: Any = None, 
 
     # Prior term: q(x_T | x0) = N(alpha_T x0, sigma_T^2), p(x_T) = N(0, alpha_T^2 + sigma_T^2)
     total = _gaussian_kl(alpha[T] * x0, sigma[T] ** 2, torch.zeros_like(x0), alpha[T] ** 2 + sigma[T] ** 2)
-    # Decoder: x0 | x_1 ~ N(x0_hat, (sigma_1 / alpha_1)^2), the VE-view noise level (= beta_1 / alpha_1^2 in VP)
+    # Decoder: x0 | x_1 ~ N(x0_hat, (sigma_1 / alpha_1)^2), the VE-view noise level (beta_1 / (1 - beta_1)
+    # in VP, where Ho et al. take beta_1: a factor 1.0001 apart); `variance` does not apply to it.
     total = total + discretized_gaussian_nll(x0, x0_pred(noised(1), 1), sigma[1] / alpha[1])
     for i in range(2, T + 1):
         s, a_ts = i - 1, alpha[i] / alpha[i - 1]

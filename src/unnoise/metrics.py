@@ -29,7 +29,11 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
     if not np.isfinite(covmean).all():  # singular product: regularise as the reference FID code does
         offset = np.eye(cov1.shape[0]) * 1e-6
         covmean = scipy.linalg.sqrtm((cov1 + offset) @ (cov2 + offset))
-    covmean = covmean.real  # imaginary parts are round-off of a PSD square root
+    if np.iscomplexobj(covmean):  # round-off of a PSD square root is tiny; more means a broken covariance
+        if not np.allclose(covmean.imag, 0, atol=1e-3 * max(1.0, np.abs(covmean.real).max())):
+            raise ValueError(f"Fréchet distance: (C1 C2)^(1/2) has imaginary parts up to "
+                             f"{np.abs(covmean.imag).max():.3g}; the covariances are not valid")
+        covmean = covmean.real
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2.0 * np.trace(covmean))
 

@@ -277,13 +277,15 @@ def load_denoiser(config: RunConfig, weights: dict[str, Tensor], device: torch.d
 def generate(config: RunConfig, weights: dict[str, Tensor], n: int, *, sampler: str | None = None,
              steps: int | None = None, spacing: str | None = None, seed: int | None = None,
              device: torch.device | str = "cpu", cond: Any = None, guidance: float | None = None,
-             first: int = 0, wrap: Callable | None = None, options: dict | None = None) -> Tensor:
+             first: int = 0, wrap: Callable | None = None, options: dict | None = None,
+             built: tuple | None = None) -> Tensor:
     """n samples from a trained network with per-sample seeds seed + first, seed + first + 1, ...:
     sample i is the same whatever the batch (so `first` lets a caller draw a long series in batches).
 
     A class-conditional model without `cond` draws a grid: sample i shows class i mod num_classes.
     `guidance` (None: the config's [sample] guidance) is the classifier-free guidance scale;
-    `wrap(denoise)` may wrap the final denoiser (e.g. to count calls); `options` go to the sampler.
+    `wrap(denoise)` may wrap the final denoiser (e.g. to count calls); `options` go to the sampler;
+    `built` is load_denoiser's result, for callers drawing many batches from one model.
     """
     from unnoise.grids import time_grid
     from unnoise.guidance import ClassifierFreeGuidance
@@ -291,7 +293,7 @@ def generate(config: RunConfig, weights: dict[str, Tensor], n: int, *, sampler: 
     from unnoise.samplers import get_sampler
 
     sc = config.sample
-    denoise, schedule = load_denoiser(config, weights, device)
+    denoise, schedule = built or load_denoiser(config, weights, device)
     num_classes = getattr(config.model, "num_classes", 0)
     scale = sc.guidance if guidance is None else guidance
     if num_classes:
