@@ -34,13 +34,15 @@ def test_eval_prints_and_writes_every_metric(run, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     for name in ("FD[mnist-cnn]", "KID[mnist-cnn] se", "precision[mnist-cnn]", "recall[mnist-cnn]",
-                 "accuracy[mnist-cnn]", "nn_train median", "nll bits/dim", "vlb bits/dim"):
+                 "accuracy[mnist-cnn]", "nn_train median", "nll bits/dim", "vlb bits/dim",
+                 "FD[mnist-cnn] floor (40 training images)"):
         assert name in out
     written = sorted((run / "checkpoints").glob("step_*/eval-heun-3-g2.0-n40.json"))
     assert len(written) == 1
     result = json.loads(written[0].read_text())
     assert result["nfe"] == 5 and result["guidance"] == 2.0 and result["features"] == "mnist-cnn"
-    assert result["FD[mnist-cnn]"] > 0 and 0 <= result["accuracy[mnist-cnn]"] <= 1
+    assert result["FD[mnist-cnn]"] > result["FD[mnist-cnn] floor (40 training images)"] > 0  # 20 steps of training
+    assert 0 <= result["accuracy[mnist-cnn]"] <= 1
     assert result["nll images"] == 3 and result["nll bits/dim"] > 0 and result["nll bits/dim se"] > 0
     # An untrained-ish model: the bound sits far above a good one (~1 bit/dim), yet is finite.
     assert 0 < result["vlb bits/dim"] < 100

@@ -177,6 +177,18 @@ def sample_metrics(images: Tensor, labels: Tensor | None, ref: Reference, feats:
     return out
 
 
+def floor_metrics(ref: Reference, feats: LoadedFeatures, n: int, seed: int = 0) -> dict:
+    """FD and KID of n training images against the reference: what a perfect model scores at this n
+    (FD is biased upwards at finite n; the floor says how far)."""
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(ref.train_images), generator=g)[: min(n, len(ref.train_images))]
+    f, _ = feats.embed(ref.train_images[pick].float() / 127.5 - 1.0)
+    mu, cov = metrics.gaussian_stats(f)
+    kid, se = metrics.kernel_inception_distance(ref.features, f)
+    return {f"FD[{feats.name}] floor ({len(pick)} training images)": metrics.frechet_distance(mu, cov, ref.mu, ref.cov),
+            f"KID[{feats.name}] floor": kid, f"KID[{feats.name}] floor se": se}
+
+
 # ---- likelihoods -----------------------------------------------------------------------------
 
 
@@ -242,6 +254,8 @@ def evaluate(checkpoint: str | Path, opts: EvalOptions, device=None, progress: b
                        "reference": f"{config.data.name} {ref.split} ({len(ref.features)} images)",
                        "nfe": nfe, "seconds per sample": seconds})
         result.update(sample_metrics(images, labels, ref, feats, opts.metrics))
+        if "fd" in opts.metrics:
+            result.update(floor_metrics(ref, feats, opts.n, opts.seed))
     if any(m in LIKELIHOOD_METRICS for m in opts.metrics):
         result.update({"nll": {"trace": opts.trace, "rtol": opts.rtol, "atol": opts.atol},
                        "vlb steps": opts.vlb_steps})
