@@ -35,13 +35,13 @@ def test_eval_prints_and_writes_every_metric(run, capsys):
     out = capsys.readouterr().out
     for name in ("FD[mnist-cnn]", "KID[mnist-cnn] se", "precision[mnist-cnn]", "recall[mnist-cnn]",
                  "accuracy[mnist-cnn]", "nn_train median", "nll bits/dim", "vlb bits/dim",
-                 "FD[mnist-cnn] floor (40 training images)"):
+                 "FD[mnist-cnn] floor (40 training images, same classes)"):
         assert name in out
     written = sorted((run / "checkpoints").glob("step_*/eval-heun-3-g2.0-n40.json"))
     assert len(written) == 1
     result = json.loads(written[0].read_text())
     assert result["nfe"] == 5 and result["guidance"] == 2.0 and result["features"] == "mnist-cnn"
-    assert result["FD[mnist-cnn]"] > result["FD[mnist-cnn] floor (40 training images)"] > 0  # 20 steps of training
+    assert result["FD[mnist-cnn]"] > result["FD[mnist-cnn] floor (40 training images, same classes)"] > 0  # 20 steps of training
     assert 0 <= result["accuracy[mnist-cnn]"] <= 1
     assert result["nll images"] == 3 and result["nll bits/dim"] > 0 and result["nll bits/dim se"] > 0
     # An untrained-ish model: the bound sits far above a good one (~1 bit/dim), yet is finite.
@@ -90,7 +90,7 @@ def test_best_per_budget_and_the_table():
     best = best_per_budget(rows, (2, 3, 4))
     assert best[2] is rows[0] and best[3] is rows[2] and best[4] is rows[1]
     table = format_sweep(rows, (2, 3, 4))
-    assert "| a | **5.0** | 5.0 (2) | **3.0** |" in table and "| b |  | **4.0** | 4.0 (3) |" in table
+    assert "| a | **5** | 5 (2) | **3** |" in table and "| b |  | **4** | 4 (3) |" in table
 
 
 def test_bad_options_are_named(run, capsys):
