@@ -1,6 +1,6 @@
 """Train the feature network that unnoise's sample-quality metrics use for one data set.
 
-    python scripts/train_features.py --data fashion-mnist          # -> src/unnoise/weights/features-fashion-mnist.safetensors
+    python scripts/train_features.py --data fashion-mnist          # -> src/unnoise/weights/features-<data>.safetensors
     python scripts/train_features.py --data mnist
     python scripts/train_features.py --data fashion-mnist --check  # re-create; compare bit for bit with the file
     python scripts/train_features.py --data folder --path DIR --out feats.safetensors

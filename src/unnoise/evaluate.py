@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from unnoise import metrics
 from unnoise.config import RunConfig
+from unnoise.convergence import CountingDenoiser
 from unnoise.features import LoadedFeatures
 from unnoise.files import write_atomic, write_text_atomic
 
@@ -107,15 +108,6 @@ def reference(config: RunConfig, feats: LoadedFeatures, cache_dir: Path) -> Refe
 # ---- generation and the sample metrics -------------------------------------------------------
 
 
-class _Count:
-    def __init__(self, denoise):
-        self.denoise, self.calls = denoise, 0
-
-    def __call__(self, x, t, cond=None):
-        self.calls += 1
-        return self.denoise(x, t, cond)
-
-
 def draw(config: RunConfig, weights: dict, n: int, *, sampler: str | None, steps: int | None,
          spacing: str | None, guidance: float | None, seed: int, batch_size: int, device, options=None,
          progress: bool = True, desc: str = "sampling") -> tuple[Tensor, Tensor | None, int, float]:
@@ -124,10 +116,10 @@ def draw(config: RunConfig, weights: dict, n: int, *, sampler: str | None, steps
     adaptive solver's varies; with guidance one call is a doubled batch) and the seconds per sample."""
     from unnoise.train import generate, load_denoiser
 
-    counters: list[_Count] = []
+    counters: list[CountingDenoiser] = []
 
     def count(denoise):
-        counters.append(_Count(denoise))
+        counters.append(CountingDenoiser(denoise))
         return counters[-1]
 
     built = load_denoiser(config, weights, device)
@@ -306,7 +298,7 @@ def steps_for_nfe(sampler: str, budget: int, cache: dict, schedule_name: str = "
     best = None
     for steps in range(1, budget + 1):
         if (sampler, steps) not in cache:
-            counter = _Count(oracle)
+            counter = CountingDenoiser(oracle)
             try:
                 x = torch.randn(2, 2, dtype=torch.float64) * schedule.sigma(1.0).item()
                 get_sampler(sampler)(counter, schedule, x, time_grid(schedule, steps, spacing),
