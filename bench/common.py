@@ -69,6 +69,15 @@ def spread(values: list[float], fmt: str = ".1f") -> str:
     return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}–{max(values):{fmt}})"
 
 
+def publish(text: str, doc: Path | None, script: str, seconds: float) -> None:
+    """Print the report, write it into `doc`'s block for `script` (None: print only), and the time taken."""
+    print(text)
+    if doc is not None:
+        write_block(doc, text, script)
+        print(f"\nwrote {doc}", file=sys.stderr)
+    print(f"total {seconds:.0f} s", file=sys.stderr)
+
+
 def write_block(path: Path, text: str, script: str) -> None:
     """Replace `script`'s generated block of `path` (between its markers), keeping the prose around it."""
     start, end = f"<!-- bench/{script}:start -->", f"<!-- bench/{script}:end -->"

@@ -18,7 +18,7 @@ Needs diffusers; k-diffusion is optional (`pip install k-diffusion --no-deps`).
 
 from __future__ import annotations
 
-from common import check_load, machine, preload_tcmalloc, write_block  # bench/common.py
+from common import check_load, machine, preload_tcmalloc, publish  # bench/common.py
 
 if __name__ == "__main__":
     preload_tcmalloc()
@@ -602,11 +602,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     timing_rows = [] if args.skip_timing else timing(args, kd_sampling)
     text = report(args, kd_how, load_at_start, accuracy_rows, timing_rows)
-    print(text)
-    if not args.no_doc:
-        write_block(args.doc, text, "samplers.py")
-        print(f"\nwrote {args.doc}", file=sys.stderr)
-    print(f"total {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    publish(text, None if args.no_doc else args.doc, "samplers.py", time.perf_counter() - start)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ from common import (  # bench/common.py
     check_load,
     machine,
     preload_tcmalloc,
+    publish,
     spread,
-    write_block,
 )
 
 if __name__ == "__main__":
@@ -527,11 +527,7 @@ def main(argv: list[str] | None = None) -> None:
         parts += ["", "### Sampling overhead", "", *sampling_report(args, contenders, results, agreement())]
     parts.insert(2, f"Machine: {machine(load_at_start)}  ")
     text = "\n".join(parts)
-    print(text)
-    if not args.no_doc:
-        write_block(args.doc, text, "train.py")
-        print(f"\nwrote {args.doc}", file=sys.stderr)
-    print(f"total {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    publish(text, None if args.no_doc else args.doc, "train.py", time.perf_counter() - start)
 
 
 if __name__ == "__main__":

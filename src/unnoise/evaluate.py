@@ -27,6 +27,7 @@ from tqdm import tqdm
 from unnoise import metrics
 from unnoise.config import RunConfig
 from unnoise.convergence import CountingDenoiser
+from unnoise.data.image_set import to_signed_unit
 from unnoise.features import LoadedFeatures
 from unnoise.files import write_atomic, write_text_atomic
 
@@ -99,7 +100,7 @@ def reference(config: RunConfig, feats: LoadedFeatures, cache_dir: Path) -> Refe
     if path.is_file():
         features = load_file(str(path))["features"]
     else:
-        features, _ = feats.embed(test.images.float() / 127.5 - 1.0)
+        features, _ = feats.embed(to_signed_unit(test.images))
         write_atomic(path, lambda tmp: save_file({"features": features.contiguous()}, str(tmp)))
     mu, cov = metrics.gaussian_stats(features)
     return Reference(features, train.images, train.labels, test.images, test.labels, mu, cov, split)
@@ -162,9 +163,9 @@ def sample_metrics(images: Tensor, labels: Tensor | None, ref: Reference, feats:
         # Memorisation check (pixels): distance from each sample to its nearest training image, beside
         # the same for held-out test images. Samples much closer than test images are copies.
         m = min(1000, len(images), len(ref.test_images))
-        pool = ref.train_images.float() / 127.5 - 1.0
+        pool = to_signed_unit(ref.train_images)
         d_gen = metrics.nearest_distances(images[:m], pool)
-        d_test = metrics.nearest_distances(ref.test_images[:m].float() / 127.5 - 1.0, pool)
+        d_test = metrics.nearest_distances(to_signed_unit(ref.test_images[:m]), pool)
         out["nn_train median"], out["nn_train median (test images)"] = d_gen.median().item(), d_test.median().item()
         out["nn_train closer than 1% of test"] = (d_gen < d_test.quantile(0.01)).double().mean().item()
     return out
@@ -185,7 +186,7 @@ def floor_metrics(ref: Reference, feats: LoadedFeatures, n: int, labels: Tensor 
             pool = torch.nonzero(train_labels == c).flatten()
             parts.append(pool[torch.randperm(len(pool), generator=g)[: int(count)]])
         pick = torch.cat(parts)
-    f, _ = feats.embed(ref.train_images[pick].float() / 127.5 - 1.0)
+    f, _ = feats.embed(to_signed_unit(ref.train_images[pick]))
     mu, cov = metrics.gaussian_stats(f)
     kid, se = metrics.kernel_inception_distance(ref.features, f)
     kind = "training images" if labels is None else "training images, same classes"
@@ -213,7 +214,7 @@ def likelihood_metrics(config: RunConfig, weights: dict, opts: EvalOptions, devi
     for metric in [m for m in LIKELIHOOD_METRICS if m in opts.metrics]:
         values = []
         for first in tqdm(range(0, n, opts.batch_size), desc=metric, disable=not progress, leave=False):
-            x = test.images[first:min(first + opts.batch_size, n)].float().div(127.5).sub(1.0).to(device)
+            x = to_signed_unit(test.images[first:min(first + opts.batch_size, n)]).to(device)
             cond = torch.full((len(x),), classes, device=device) if classes else None  # the null label: p(x)
             if metric == "nll":
                 r = image_nll(denoise, schedule, x, cond=cond, generator=generator, trace=opts.trace,
@@ -231,20 +232,35 @@ def likelihood_metrics(config: RunConfig, weights: dict, opts: EvalOptions, devi
 # ---- the command's jobs ----------------------------------------------------------------------
 
 
-def evaluate(checkpoint: str | Path, opts: EvalOptions, device=None, progress: bool = True) -> tuple[dict, Path]:
-    """Every metric asked for; the result is also written as JSON into the checkpoint folder."""
+@dataclass
+class Run:
+    """A checkpoint opened for evaluation, with the sampling settings the options resolve to."""
+
+    ckpt: object  # unnoise.checkpoint.Checkpoint
+    config: RunConfig
+    spacing: str
+    guidance: float | None  # None for an unconditional model
+
+
+def open_run(checkpoint: str | Path, opts: EvalOptions) -> Run:
     from unnoise.checkpoint import load_checkpoint
     from unnoise.config import load_config
+
+    ckpt = load_checkpoint(checkpoint, with_state=False)
+    config = load_config(None, tree=ckpt.config["tree"])
+    conditional = getattr(config.model, "num_classes", 0)
+    guidance = opts.guidance if opts.guidance is not None else (config.sample.guidance if conditional else None)
+    return Run(ckpt, config, opts.spacing or config.sample.spacing, guidance)
+
+
+def evaluate(checkpoint: str | Path, opts: EvalOptions, device=None, progress: bool = True) -> tuple[dict, Path]:
+    """Every metric asked for; the result is also written as JSON into the checkpoint folder."""
     from unnoise.features import feature_net_for
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    ckpt = load_checkpoint(checkpoint, with_state=False)
-    config = load_config(None, tree=ckpt.config["tree"])
-    sc = config.sample
-    sampler, steps = opts.sampler or sc.sampler, opts.steps or sc.steps
-    spacing = opts.spacing or sc.spacing
-    classes = getattr(config.model, "num_classes", 0)
-    guidance = opts.guidance if opts.guidance is not None else (sc.guidance if classes else None)
+    run = open_run(checkpoint, opts)
+    ckpt, config, spacing, guidance = run.ckpt, run.config, run.spacing, run.guidance
+    sampler, steps = opts.sampler or config.sample.sampler, opts.steps or config.sample.steps
     result: dict = {"checkpoint": str(ckpt.path), "step": ckpt.step, "data": config.data.name,
                     "sampler": sampler, "steps": steps, "spacing": spacing, "guidance": guidance, "n": opts.n,
                     "seed": opts.seed}
@@ -317,8 +333,6 @@ def steps_for_nfe(sampler: str, budget: int, cache: dict, schedule_name: str = "
 def sweep(checkpoint: str | Path, opts: EvalOptions, samplers: list[str], budgets=SWEEP_NFE, device=None,
           progress: bool = True, out: Path | None = None) -> tuple[list[dict], Path, Path]:
     """Every sampler at every NFE budget: FD and KID of opts.n samples each; JSON, table and Pareto PNG."""
-    from unnoise.checkpoint import load_checkpoint
-    from unnoise.config import load_config
     from unnoise.features import feature_net_for
     from unnoise.plots import plot_sweep
     from unnoise.samplers import get_sampler
@@ -326,13 +340,10 @@ def sweep(checkpoint: str | Path, opts: EvalOptions, samplers: list[str], budget
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     for s in samplers:
         get_sampler(s)
-    ckpt = load_checkpoint(checkpoint, with_state=False)
-    config = load_config(None, tree=ckpt.config["tree"])
+    run = open_run(checkpoint, opts)
+    ckpt, config, spacing, guidance = run.ckpt, run.config, run.spacing, run.guidance
     feats = feature_net_for(config.data.name, opts.features, device)
     ref = reference(config, feats, ckpt.path)
-    spacing = opts.spacing or config.sample.spacing
-    guidance = opts.guidance if opts.guidance is not None else (
-        config.sample.guidance if getattr(config.model, "num_classes", 0) else None)
     plan = []
     cache: dict = {}
     for s in samplers:
@@ -342,7 +353,7 @@ def sweep(checkpoint: str | Path, opts: EvalOptions, samplers: list[str], budget
         chosen = {steps_for_nfe(s, b, cache, config.diffusion.schedule, spacing) for b in budgets} - {None}
         plan += [(s, steps, None) for steps, _ in sorted(chosen)]
     rows = []
-    for i, (s, steps, options) in enumerate(tqdm(plan, desc="sweep", disable=not progress)):
+    for s, steps, options in tqdm(plan, desc="sweep", disable=not progress):
         images, labels, nfe, seconds = draw(config, ckpt.ema, opts.n, sampler=s, steps=steps, spacing=spacing,
                                             guidance=guidance, seed=opts.seed, batch_size=opts.batch_size,
                                             device=device, options=options, progress=progress,

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from unnoise.data.image_set import to_signed_unit
 from unnoise.files import write_atomic
 
 PACKAGED = ("mnist", "fashion-mnist")  # data sets with shipped feature networks
@@ -174,7 +175,7 @@ def train_feature_net(config: FeatureConfig, progress: bool = False) -> tuple[Fe
         order = torch.randperm(len(labels), generator=generator)
         for i in range(0, len(order), config.batch_size):
             idx = order[i:i + config.batch_size]
-            x = _shifted(images[idx].float() / 127.5 - 1.0, config.shift, generator)
+            x = _shifted(to_signed_unit(images[idx]), config.shift, generator)
             loss = F.cross_entropy(net(x), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -197,7 +198,7 @@ def train_feature_net(config: FeatureConfig, progress: bool = False) -> tuple[Fe
 @torch.no_grad()
 def _test_accuracy(net: FeatureNet, config: FeatureConfig) -> dict:
     test = _training_set(config, "test")
-    logits = torch.cat([net((test.images[i:i + 1000].float() / 127.5 - 1.0)) for i in range(0, len(test), 1000)])
+    logits = torch.cat([net(to_signed_unit(test.images[i:i + 1000])) for i in range(0, len(test), 1000)])
     accuracy = (logits.argmax(1) == test.labels).double().mean().item()
     return {"test_images": len(test), "test_accuracy": round(accuracy, 5)}
 

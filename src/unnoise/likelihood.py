@@ -33,11 +33,11 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
+from unnoise.samplers.adaptive import LAMBDA_FLOOR
 from unnoise.samplers.steps import Denoiser
 from unnoise.schedules import Schedule
 
 PIXEL_BIN = 1.0 / 127.5  # width of one 8-bit level in the [-1, 1] data space
-_LAMBDA_FLOOR = -15.0  # where t = 1 has alpha = 0 (flow, zero terminal SNR): alpha ~ 3e-7 there
 TRACES = ("exact", "rademacher", "gaussian")
 
 
@@ -95,7 +95,7 @@ def ode_nll(denoise: Denoiser, schedule: Schedule, x: Tensor, *, cond: Any = Non
     if not 0 < t0 < 1:
         raise ValueError(f"t_start must lie in (0, 1), got {t0}")
     lam_start = schedule.log_snr(t0).item() / 2
-    lam_end = max(schedule.log_snr(1.0).item() / 2, _LAMBDA_FLOOR)
+    lam_end = max(schedule.log_snr(1.0).item() / 2, LAMBDA_FLOOR)  # alpha(1) = 0: flow, zero terminal SNR
     t_end = schedule.t_from_log_snr(2 * lam_end).item()
     a_start, a_end, s_end = schedule.alpha(t0).item(), schedule.alpha(t_end).item(), schedule.sigma(t_end).item()
     n, dims = x.shape[0], x[0].numel()

@@ -63,22 +63,20 @@ def kernel_inception_distance(real: Tensor, fake: Tensor, chunk: int = 2048) -> 
     return mmd2.item(), se
 
 
-def _kth_neighbour_radius(x: Tensor, k: int, chunk: int = 2048) -> Tensor:
-    """Distance from each row of x to its k-th nearest other row."""
-    out = []
-    for i in range(0, x.shape[0], chunk):
-        d = torch.cdist(x[i:i + chunk], x)
-        out.append(d.kthvalue(k + 1, dim=1).values)  # +1: the point itself at distance 0
-    return torch.cat(out)
+def _over_distances(queries: Tensor, pool: Tensor, reduce, chunk: int = 2048) -> Tensor:
+    """reduce(distances from a chunk of queries to the whole pool) for each chunk, concatenated:
+    the (N, M) distance matrix is never held at once."""
+    return torch.cat([reduce(torch.cdist(queries[i:i + chunk], pool)) for i in range(0, queries.shape[0], chunk)])
 
 
-def _inside(points: Tensor, centres: Tensor, radii: Tensor, chunk: int = 2048) -> Tensor:
+def _kth_neighbour_radius(x: Tensor, k: int) -> Tensor:
+    """Distance from each row of x to its k-th nearest other row (k + 1: the row itself is at 0)."""
+    return _over_distances(x, x, lambda d: d.kthvalue(k + 1, dim=1).values)
+
+
+def _inside(points: Tensor, centres: Tensor, radii: Tensor) -> Tensor:
     """For each point: is it within radius of some centre?"""
-    out = []
-    for i in range(0, points.shape[0], chunk):
-        d = torch.cdist(points[i:i + chunk], centres)
-        out.append((d <= radii[None]).any(1))
-    return torch.cat(out)
+    return _over_distances(points, centres, lambda d: (d <= radii[None]).any(1))
 
 
 def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> tuple[float, float]:
@@ -93,7 +91,6 @@ def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> tuple[float, flo
     return precision, recall
 
 
-def nearest_distances(queries: Tensor, pool: Tensor, chunk: int = 1024) -> Tensor:
+def nearest_distances(queries: Tensor, pool: Tensor) -> Tensor:
     """Euclidean distance from each query (flattened) to its nearest neighbour in the pool."""
-    q, p = queries.flatten(1).double(), pool.flatten(1).double()
-    return torch.cat([torch.cdist(q[i:i + chunk], p).min(1).values for i in range(0, q.shape[0], chunk)])
+    return _over_distances(queries.flatten(1).double(), pool.flatten(1).double(), lambda d: d.min(1).values, 1024)

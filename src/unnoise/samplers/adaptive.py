@@ -19,7 +19,7 @@ from unnoise.noise import Generators
 from unnoise.samplers.steps import Callback, Denoiser, ddim_update, path_grid, report
 from unnoise.schedules import Schedule
 
-_LAMBDA_FLOOR = -15.0  # where a start at alpha = 0 hands over to the solver: alpha ~ 3e-7 there
+LAMBDA_FLOOR = -15.0  # where a start at alpha = 0 hands over to the solver: alpha ~ 3e-7 there
 
 
 def ode_adaptive(denoise: Denoiser, schedule: Schedule, x: Tensor, times, *, rtol: float = 1e-5,
@@ -37,7 +37,7 @@ def ode_adaptive(denoise: Denoiser, schedule: Schedule, x: Tensor, times, *, rto
     lams = [grid.lam(i) for i in range(grid.steps)]  # the noisy grid points, increasing
     a_first = grid.alpha[0]
     if lams[0] == -math.inf:
-        lams[0] = min(_LAMBDA_FLOOR, lams[1] - 1.0)
+        lams[0] = min(LAMBDA_FLOOR, lams[1] - 1.0)
         t_start = schedule.t_from_log_snr(2 * lams[0]).item()
         a_first = schedule.alpha(t_start).item()
         x = ddim_update(x, denoise(x, grid.t[0], cond), 0.0, grid.sigma[0], a_first, schedule.sigma(t_start).item())
