@@ -30,6 +30,16 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"need at least one scale, all >= 0, got {text!r}")
+    return values
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -107,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class label to sample; None on a class-conditional model: sample i shows class i mod classes")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale (1 = plain conditional); None: the run's [sample] guidance")
+    p.add_argument("--classifier", type=Path, default=None,
+                   help="a noise-aware classifier run for classifier guidance (unnoise train fashion-classifier)")
+    p.add_argument("--classifier-scale", type=float, default=1.0, help="classifier guidance scale")
     p.add_argument("--out", type=Path, default=Path("samples.png"), help="output .png grid or .npz of raw samples")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N; None: cuda when present, else cpu")
 
@@ -137,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale; None: the run's [sample] guidance")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+    p.add_argument("--classifier", default=None,
+                   help="a noise-aware classifier run (unnoise train fashion-classifier) for classifier guidance")
+    p.add_argument("--classifier-scale", type=float, default=1.0, help="classifier guidance scale")
+    p.add_argument("--guidance-scales", type=_floats, default=None,
+                   help="comma-separated scales: FD, precision/recall and class accuracy at each, for "
+                   "classifier-free guidance, or classifier guidance with --classifier; writes "
+                   "guidance-<kind>.json and guidance.png (both kinds in one plot once both ran)")
     p.add_argument("--batch-size", type=_positive_int, default=500, help="samples (or test images) per batch")
     p.add_argument("--nll-n", type=_positive_int, default=256, help="test images for nll and vlb")
     p.add_argument("--trace", choices=["exact", "rademacher", "gaussian"], default="rademacher",
@@ -238,9 +258,13 @@ def cmd_train(args) -> int:
     config = load_config(config_path, overrides)
     summary = train(config, resume=args.resume, device=args.device)
     if int(os.environ.get("RANK", "0")) == 0:
+        result = "accuracy.json" if "accuracy" in summary else "samples.png"
         print(f"trained {summary['step']} steps in {summary['seconds']:.0f} s ({summary['stopped']}), "
-              f"{summary['skipped']} skipped; wrote {summary['out']}/log.jsonl, loss.png, samples.png and "
+              f"{summary['skipped']} skipped; wrote {summary['out']}/log.jsonl, loss.png, {result} and "
               f"checkpoints {', '.join(Path(p).name for p in summary['checkpoints'])}")
+        if "accuracy" in summary:
+            print("held-out accuracy by noise level sigma~: "
+                  + ", ".join(f"{s:g}: {a:.3f}" for s, a in summary["accuracy"].items()))
     return 0
 
 
@@ -248,6 +272,7 @@ def cmd_sample(args) -> int:
     import numpy as np
 
     from unnoise.checkpoint import load_checkpoint
+    from unnoise.classifier import load_classifier
     from unnoise.config import load_config
     from unnoise.files import write_atomic
     from unnoise.plots import plot_samples, save_image_grid
@@ -258,7 +283,8 @@ def cmd_sample(args) -> int:
     ckpt = load_checkpoint(args.checkpoint, with_state=False)
     config = load_config(None, tree=ckpt.config["tree"])
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    num_classes = getattr(config.model, "num_classes", 0)
+    classifier = load_classifier(args.classifier, device) if args.classifier else None
+    num_classes = classifier.net.config.out_channels if classifier else getattr(config.model, "num_classes", 0)
     cond = None
     if args.label is not None:
         if not 0 <= args.label < num_classes:
@@ -266,7 +292,8 @@ def cmd_sample(args) -> int:
                              if num_classes else "--label given, but this model is unconditional")
         cond = torch.full((args.n,), args.label, device=device)
     x = generate(config, ckpt.ema, args.n, sampler=args.sampler, steps=args.steps, spacing=args.spacing,
-                 seed=args.seed, device=device, cond=cond, guidance=args.guidance)
+                 seed=args.seed, device=device, cond=cond, guidance=args.guidance, classifier=classifier,
+                 classifier_scale=args.classifier_scale)
     if args.out.suffix == ".npz":
         def write_npz(tmp):
             with open(tmp, "wb") as f:
@@ -282,7 +309,8 @@ def cmd_sample(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from unnoise.evaluate import SWEEP_NFE, EvalOptions, evaluate, format_sweep, format_table, sweep
+    from unnoise.evaluate import (SWEEP_NFE, EvalOptions, evaluate, format_guidance, format_sweep, format_table,
+                                  guidance_curve, sweep)
     from unnoise.samplers import SAMPLERS
 
     for name in ("rtol", "atol"):
@@ -291,7 +319,15 @@ def cmd_eval(args) -> int:
     opts = EvalOptions(metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()), n=args.n,
                        sampler=args.sampler, steps=args.steps, spacing=args.spacing, guidance=args.guidance,
                        seed=args.seed, batch_size=args.batch_size, nll_n=args.nll_n, trace=args.trace,
-                       rtol=args.rtol, atol=args.atol, vlb_steps=args.vlb_steps, features=args.features)
+                       rtol=args.rtol, atol=args.atol, vlb_steps=args.vlb_steps, features=args.features,
+                       classifier=args.classifier, classifier_scale=args.classifier_scale)
+    if args.sweep and args.guidance_scales:
+        raise ValueError("--sweep and --guidance-scales are separate jobs: give one")
+    if args.guidance_scales:
+        rows, json_path, png = guidance_curve(args.checkpoint, opts, args.guidance_scales, device=args.device)
+        print(format_guidance(rows))
+        print(f"\n{args.n} samples per scale. wrote {json_path} and {png}")
+        return 0
     if args.sweep:
         samplers = [s.strip() for s in args.samplers.split(",")] if args.samplers else list(SAMPLERS)
         budgets = tuple(args.budgets or SWEEP_NFE)

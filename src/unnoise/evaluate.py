@@ -27,6 +27,7 @@ from tqdm import tqdm
 from unnoise import metrics
 from unnoise.config import RunConfig
 from unnoise.convergence import CountingDenoiser
+from unnoise.data import eval_split
 from unnoise.data.image_set import to_signed_unit
 from unnoise.features import LoadedFeatures
 from unnoise.files import write_atomic, write_text_atomic
@@ -54,6 +55,8 @@ class EvalOptions:
     atol: float = 1e-5
     vlb_steps: int | None = None  # T of the bound; None: the schedule's own, else 1000
     features: str | None = None  # a feature network file; None: the packaged one for the run's data
+    classifier: str | None = None  # a noise-aware classifier run for classifier guidance
+    classifier_scale: float = 1.0  # its guidance scale
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.metrics if m not in METRICS]
@@ -79,10 +82,6 @@ class Reference:
     mu: np.ndarray
     cov: np.ndarray
     split: str  # the split the features come from
-
-
-def eval_split(data_name: str) -> str:
-    return "test" if data_name in ("mnist", "fashion-mnist") else "all"
 
 
 def reference(config: RunConfig, feats: LoadedFeatures, cache_dir: Path) -> Reference:
@@ -111,10 +110,12 @@ def reference(config: RunConfig, feats: LoadedFeatures, cache_dir: Path) -> Refe
 
 def draw(config: RunConfig, weights: dict, n: int, *, sampler: str | None, steps: int | None,
          spacing: str | None, guidance: float | None, seed: int, batch_size: int, device, options=None,
-         progress: bool = True, desc: str = "sampling") -> tuple[Tensor, Tensor | None, int, float]:
+         progress: bool = True, desc: str = "sampling", classifier=None,
+         classifier_scale: float = 0.0) -> tuple[Tensor, Tensor | None, int, float]:
     """n samples in batches: images (n, C, H, W) float32 in [-1, 1] (clamped), the labels asked for
-    (class-conditional models: i mod classes), the NFE per sample (averaged over batches: an
-    adaptive solver's varies; with guidance one call is a doubled batch) and the seconds per sample."""
+    (class-conditional models, or classifier guidance: i mod classes), the NFE per sample (averaged
+    over batches: an adaptive solver's varies; with guidance one call is a doubled batch, with a
+    classifier one call includes its forward and backward pass) and the seconds per sample."""
     from unnoise.train import generate, load_denoiser
 
     counters: list[CountingDenoiser] = []
@@ -131,11 +132,11 @@ def draw(config: RunConfig, weights: dict, n: int, *, sampler: str | None, steps
             b = min(batch_size, n - first)
             out.append(generate(config, weights, b, sampler=sampler, steps=steps, spacing=spacing, seed=seed,
                                 device=device, guidance=guidance, first=first, wrap=count, options=options,
-                                built=built)
+                                built=built, classifier=classifier, classifier_scale=classifier_scale)
                        .float().clamp(-1, 1).cpu())
             bar.update(b)
     seconds = (time.perf_counter() - start) / n
-    classes = getattr(config.model, "num_classes", 0)
+    classes = classifier.net.config.out_channels if classifier else getattr(config.model, "num_classes", 0)
     labels = torch.arange(n) % classes if classes else None
     calls = sum(c.calls * len(x) for c, x in zip(counters, out, strict=True)) / n
     return torch.cat(out), labels, round(calls, 2) if calls != int(calls) else int(calls), seconds
@@ -212,20 +213,23 @@ def likelihood_metrics(config: RunConfig, weights: dict, opts: EvalOptions, devi
     generator = torch.Generator().manual_seed(opts.seed)
     n = min(opts.nll_n, len(test))
     for metric in [m for m in LIKELIHOOD_METRICS if m in opts.metrics]:
-        values = []
+        values, counter, start, batches = [], CountingDenoiser(denoise), time.perf_counter(), 0
         for first in tqdm(range(0, n, opts.batch_size), desc=metric, disable=not progress, leave=False):
             x = to_signed_unit(test.images[first:min(first + opts.batch_size, n)]).to(device)
             cond = torch.full((len(x),), classes, device=device) if classes else None  # the null label: p(x)
             if metric == "nll":
-                r = image_nll(denoise, schedule, x, cond=cond, generator=generator, trace=opts.trace,
+                r = image_nll(counter, schedule, x, cond=cond, generator=generator, trace=opts.trace,
                               rtol=opts.rtol, atol=opts.atol)
             else:
-                r = vlb(denoise, schedule, x, cond=cond, num_steps=opts.vlb_steps, generator=generator)
+                r = vlb(counter, schedule, x, cond=cond, num_steps=opts.vlb_steps, generator=generator)
             values.append(r.bits_per_dim)
+            batches += 1
         b = torch.cat(values)
         out[f"{metric} bits/dim"] = b.mean().item()
         out[f"{metric} bits/dim se"] = b.std().item() / math.sqrt(len(b)) if len(b) > 1 else float("nan")
         out[f"{metric} images"] = len(b)
+        out[f"{metric} network calls per batch"] = counter.calls / batches
+        out[f"{metric} seconds per image"] = (time.perf_counter() - start) / len(b)
     return out
 
 
@@ -255,21 +259,26 @@ def open_run(checkpoint: str | Path, opts: EvalOptions) -> Run:
 
 def evaluate(checkpoint: str | Path, opts: EvalOptions, device=None, progress: bool = True) -> tuple[dict, Path]:
     """Every metric asked for; the result is also written as JSON into the checkpoint folder."""
+    from unnoise.classifier import load_classifier
     from unnoise.features import feature_net_for
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     run = open_run(checkpoint, opts)
     ckpt, config, spacing, guidance = run.ckpt, run.config, run.spacing, run.guidance
     sampler, steps = opts.sampler or config.sample.sampler, opts.steps or config.sample.steps
+    classifier = load_classifier(opts.classifier, device) if opts.classifier else None
     result: dict = {"checkpoint": str(ckpt.path), "step": ckpt.step, "data": config.data.name,
                     "sampler": sampler, "steps": steps, "spacing": spacing, "guidance": guidance, "n": opts.n,
                     "seed": opts.seed}
+    if classifier:
+        result.update({"classifier": opts.classifier, "classifier scale": opts.classifier_scale})
     if any(m in SAMPLE_METRICS for m in opts.metrics):
         feats = feature_net_for(config.data.name, opts.features, device)
         ref = reference(config, feats, ckpt.path)
         images, labels, nfe, seconds = draw(config, ckpt.ema, opts.n, sampler=sampler, steps=steps, spacing=spacing,
                                             guidance=guidance, seed=opts.seed, batch_size=opts.batch_size,
-                                            device=device, progress=progress)
+                                            device=device, progress=progress, classifier=classifier,
+                                            classifier_scale=opts.classifier_scale)
         result.update({"features": feats.name, "feature test accuracy": feats.info.get("test_accuracy"),
                        "reference": f"{config.data.name} {ref.split} ({len(ref.features)} images)",
                        "nfe": nfe, "seconds per sample": seconds})
@@ -281,7 +290,9 @@ def evaluate(checkpoint: str | Path, opts: EvalOptions, device=None, progress: b
                        "vlb steps": opts.vlb_steps})
         result.update(likelihood_metrics(config, ckpt.ema, opts, device, progress))
     samples = any(m in SAMPLE_METRICS for m in opts.metrics)
-    name = f"eval-{sampler}-{steps}-g{guidance}-n{opts.n}.json" if samples else "eval-likelihood.json"
+    scale = f"-c{opts.classifier_scale:g}" if classifier else ""
+    name = (f"eval-{sampler}-{steps}-g{guidance}{scale}-n{opts.n}.json" if samples
+            else f"eval-{'-'.join(opts.metrics)}-n{opts.nll_n}.json")
     path = ckpt.path / name
     write_text_atomic(path, json.dumps({**result, "options": asdict(opts)}, indent=1) + "\n")
     return result, path
@@ -401,4 +412,66 @@ def format_sweep(rows: list[dict], budgets=SWEEP_NFE) -> str:
             text = f"{r['FD']:.3g}" + (f" ({r['nfe']})" if r["nfe"] != b else "")
             cells.append(f"**{text}**" if best.get(b) is r else text)
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ---- guidance scale against fidelity and diversity --------------------------------------------
+
+GUIDANCE_SCALES = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
+
+
+def guidance_curve(checkpoint: str | Path, opts: EvalOptions, scales=GUIDANCE_SCALES, device=None,
+                   progress: bool = True) -> tuple[list[dict], Path, Path]:
+    """FD, precision, recall and class accuracy of opts.n class-grid samples at each guidance scale:
+    classifier-free guidance, or with opts.classifier classifier guidance of the model's unconditional
+    branch (ADM's setting; a class-conditional model samples with classifier-free scale 0). Both
+    start from the same unconditional model at scale 0. Writes guidance-<kind>.json and guidance.png
+    (every kind found beside it, in one plot)."""
+    from unnoise.classifier import load_classifier
+    from unnoise.features import feature_net_for
+    from unnoise.plots import plot_guidance
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    run = open_run(checkpoint, opts)
+    ckpt, config = run.ckpt, run.config
+    classifier = load_classifier(opts.classifier, device) if opts.classifier else None
+    conditional = getattr(config.model, "num_classes", 0)
+    if not classifier and not conditional:
+        raise ValueError("a guidance curve needs a class-conditional model (classifier-free guidance) or "
+                         "--classifier (classifier guidance)")
+    if any(s < 0 for s in scales):
+        raise ValueError(f"guidance scales must be >= 0, got {scales}")
+    sampler, steps = opts.sampler or config.sample.sampler, opts.steps or config.sample.steps
+    feats = feature_net_for(config.data.name, opts.features, device)
+    ref = reference(config, feats, ckpt.path)
+    kind = "classifier" if classifier else "classifier-free"
+    rows = []
+    for scale in tqdm(scales, desc=f"{kind} guidance", disable=not progress):
+        cfg_scale, clf_scale = (0.0 if conditional else None, scale) if classifier else (scale, 0.0)
+        images, labels, nfe, seconds = draw(config, ckpt.ema, opts.n, sampler=sampler, steps=steps,
+                                            spacing=run.spacing, guidance=cfg_scale, seed=opts.seed,
+                                            batch_size=opts.batch_size, device=device, progress=progress,
+                                            desc=f"scale {scale:g}", classifier=classifier, classifier_scale=clf_scale)
+        m = sample_metrics(images, labels, ref, feats, ("fd", "pr", "acc"))
+        rows.append({"scale": scale, "nfe": nfe, "seconds per sample": seconds,
+                     **{k.split("[")[0]: v for k, v in m.items()}})
+    meta = {"checkpoint": str(ckpt.path), "kind": kind, "classifier": opts.classifier, "features": feats.name,
+            "n": opts.n, "sampler": sampler, "steps": steps, "spacing": run.spacing, "seed": opts.seed}
+    json_path = write_text_atomic(ckpt.path / f"guidance-{kind}.json",
+                                  json.dumps({**meta, "rows": rows}, indent=1) + "\n")
+    curves = {}
+    for k in ("classifier-free", "classifier"):
+        if (ckpt.path / f"guidance-{k}.json").is_file():
+            curves[f"{k} guidance"] = json.loads((ckpt.path / f"guidance-{k}.json").read_text())["rows"]
+    png = plot_guidance(curves, ckpt.path / "guidance.png", feats.name,
+                        f"{config.data.name}, step {ckpt.step}, {sampler} {steps} steps, n = {opts.n}")
+    return rows, json_path, png
+
+
+def format_guidance(rows: list[dict]) -> str:
+    """Markdown: one row per scale."""
+    lines = ["| scale | FD | precision | recall | class accuracy |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['scale']:g} | {r['FD']:.3g} | {r['precision']:.3f} | {r['recall']:.3f} | "
+                     f"{r['accuracy']:.3f} |")
     return "\n".join(lines)

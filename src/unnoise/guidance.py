@@ -6,6 +6,14 @@ both are affine in each other at fixed (x_t, t). Options:
 - rescale phi (Lin et al. 2024, §3.4, eq. 15-17): x0_rescaled = x0_cfg * std(x0_c) / std(x0_cfg),
   then phi x0_rescaled + (1 - phi) x0_cfg, std per sample; it counters over-saturation at large w.
 - interval (Kynkaenniemi et al. 2024): guide only for t in (t_lo, t_hi], elsewhere use x0_c.
+
+Classifier guidance (Dhariwal & Nichol 2021, Alg. 2 / eq. 14) adds the gradient of a noise-aware
+classifier's log p(y | x_t) to the score: eps_guided = eps_hat - sigma s grad log p(y | x_t). On x0,
+by Tweedie's formula x0_hat = (x_t + sigma^2 grad log p(x_t)) / alpha, this is
+
+    x0_guided = x0_hat + s sigma^2 / alpha * grad_x log p(y | x_t)
+
+and with the exact classifier and s = 1 it is the exact class-conditional denoiser (a test).
 """
 
 from __future__ import annotations
@@ -15,7 +23,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from unnoise.classifier import log_prob_gradient
 from unnoise.samplers.steps import Denoiser
+from unnoise.schedules import Schedule
+
+SAME = "same"  # ClassifierGuidance: the wrapped denoiser sees the labels being guided to
 
 
 def _per_sample_std(v: Tensor) -> Tensor:
@@ -45,6 +57,8 @@ class ClassifierFreeGuidance:
             return self.denoise(x, t, cond)
         cond = torch.as_tensor(cond, device=x.device)
         null = torch.as_tensor(self.null_cond, dtype=cond.dtype, device=x.device).expand_as(cond)
+        if self.scale == 0 and self.rescale == 0 and t_scalar is not None:  # x0_u alone: one half-size call
+            return self.denoise(x, t, null)
         t_both = torch.cat([t, t]) if t_scalar is None else t
         x0_c, x0_u = self.denoise(torch.cat([x, x]), t_both, torch.cat([cond, null])).chunk(2)
         guided = x0_u + self.scale * (x0_c - x0_u)
@@ -55,3 +69,38 @@ class ClassifierFreeGuidance:
             inside = ((t > lo) & (t <= hi)).view((-1,) + (1,) * (x.ndim - 1))
             guided = torch.where(inside, guided, x0_c)
         return guided
+
+
+class ClassifierGuidance:
+    """denoise(x, t, labels) guided towards `labels` by classifier(x_t, t) -> logits, at `scale`.
+
+    model_cond says what the wrapped denoiser is called with: SAME (the labels: a conditional model,
+    or a classifier-free guided one), None (an unconditional model), or one label broadcast to the
+    batch (e.g. the null label: a class-conditional model's unconditional branch).
+    """
+
+    def __init__(self, denoise: Denoiser, classifier, schedule: Schedule, scale: float, model_cond: Any = SAME):
+        if scale < 0:
+            raise ValueError(f"the classifier guidance scale must be >= 0, got {scale}")
+        self.denoise, self.classifier, self.schedule = denoise, classifier, schedule
+        self.scale, self.model_cond = float(scale), model_cond
+
+    def __call__(self, x: Tensor, t: float | Tensor, cond: Any = None) -> Tensor:
+        if cond is None:
+            raise ValueError("classifier guidance needs the labels to guide to; got cond=None")
+        labels = torch.as_tensor(cond, device=x.device).expand(x.shape[0])
+        if isinstance(self.model_cond, str) and self.model_cond == SAME:
+            model_cond = labels
+        elif self.model_cond is None:
+            model_cond = None
+        else:
+            model_cond = torch.as_tensor(self.model_cond, dtype=labels.dtype, device=x.device).expand_as(labels)
+        x0 = self.denoise(x, t, model_cond)
+        if self.scale == 0:
+            return x0
+        t64 = torch.as_tensor(t, dtype=torch.float64).cpu()
+        alpha, sigma = self.schedule.alpha(t64), self.schedule.sigma(t64)
+        # alpha = 0 (pure noise: the flow at t = 1) carries no information about y: nothing to add.
+        coef = torch.where(alpha > 0, sigma**2 / alpha.clamp(min=1e-300), torch.zeros_like(alpha))
+        coef = coef.to(x.device, x0.dtype).view((-1,) + (1,) * (x.ndim - 1)) if coef.ndim else coef.item()
+        return x0 + self.scale * coef * log_prob_gradient(self.classifier, x, t, labels).to(x0.dtype)

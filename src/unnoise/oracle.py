@@ -8,7 +8,8 @@ v_k = alpha^2 s_k^2 + sigma^2. Then (Bishop 2006, eq. 2.116 per component, and B
     x0_hat    = sum_k r_k [mu_k + alpha s_k^2 / v_k (x_t - alpha mu_k)]
 
 A finite data set {y_i} is the mixture with s_k = 0 and equal weights (DESIGN.md). Component labels
-make the denoiser class-conditional: restrict the sum to the components of one class.
+make the denoiser class-conditional: restrict the sum to the components of one class, and give
+the exact noisy-image classifier log p(y | x_t) = log sum_{k in y} r_k(x_t) (for classifier guidance).
 """
 
 from __future__ import annotations
@@ -99,12 +100,40 @@ class GaussianMixture:
     def denoiser(self, schedule: Schedule) -> MixtureDenoiser:
         return MixtureDenoiser(self, schedule)
 
+    def classifier(self, schedule: Schedule) -> MixtureClassifier:
+        return MixtureClassifier(self, schedule)
+
 
 def finite_set(points: Tensor, labels: Tensor | None = None) -> GaussianMixture:
     """The empirical distribution of a data set (N, *shape): its exact denoiser is a softmax over
     the points (DESIGN.md), and DDIM with it turns noise back into training points."""
     points = torch.as_tensor(points, dtype=_F64)
     return GaussianMixture.create(points, torch.zeros(points.shape[0], dtype=_F64), None, labels)
+
+
+def _coefficients(schedule: Schedule, t: float | Tensor, device) -> tuple:
+    """alpha, sigma at t: floats for a scalar t, (B, 1) float64 tensors for per-example times."""
+    if isinstance(t, Tensor) and t.ndim > 0:
+        t64 = t.to(_F64).cpu()
+        return schedule.alpha(t64).view(-1, 1).to(device), schedule.sigma(t64).view(-1, 1).to(device)
+    return schedule.alpha(float(t)).item(), schedule.sigma(float(t)).item()
+
+
+class MixtureClassifier:
+    """classifier(x_t, t) -> (B, classes) exact log p(y | x_t), differentiable in x_t (float64)."""
+
+    def __init__(self, mixture: GaussianMixture, schedule: Schedule):
+        self.mixture, self.schedule = mixture, schedule
+        self.classes = int(mixture.labels.max()) + 1
+
+    def __call__(self, x: Tensor, t: float | Tensor, cond=None) -> Tensor:
+        m = self.mixture
+        alpha, sigma = _coefficients(self.schedule, t, x.device)
+        var = (alpha**2 * m.stds.to(x.device) ** 2 + sigma**2).clamp(min=torch.finfo(_F64).tiny)
+        logits = m._log_joint(x.to(_F64).flatten(1), alpha, var)  # (B, K)
+        labels = m.labels.to(x.device)
+        per_class = torch.stack([torch.logsumexp(logits[:, labels == y], dim=1) for y in range(self.classes)], 1)
+        return per_class - torch.logsumexp(per_class, dim=1, keepdim=True)
 
 
 class MixtureDenoiser:
@@ -117,12 +146,7 @@ class MixtureDenoiser:
     def __call__(self, x: Tensor, t: float | Tensor, cond: Tensor | None = None) -> Tensor:
         m = self.mixture
         x64 = x.to(_F64).flatten(1)  # (B, D)
-        if isinstance(t, Tensor) and t.ndim > 0:
-            t64 = t.to(_F64).cpu()
-            alpha = self.schedule.alpha(t64).view(-1, 1).to(x.device)  # (B, 1)
-            sigma = self.schedule.sigma(t64).view(-1, 1).to(x.device)
-        else:
-            alpha, sigma = self.schedule.alpha(float(t)).item(), self.schedule.sigma(float(t)).item()
+        alpha, sigma = _coefficients(self.schedule, t, x.device)
         s2 = m.stds.to(x.device) ** 2  # (K,)
         # v_k = alpha^2 s_k^2 + sigma^2, (K,) or (B, K); floored so a point mass at sigma = 0 gives
         # its limit (the nearest point) rather than 0 / 0.

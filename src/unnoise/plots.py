@@ -118,3 +118,24 @@ def plot_sweep(rows: list[dict], path: str | os.PathLike, metric: str, title: st
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     return _save(fig, path)
+
+
+def plot_guidance(curves: dict[str, list[dict]], path: str | os.PathLike, features: str, title: str = "") -> Path:
+    """Guidance scale against class accuracy, Fréchet distance, and precision and recall (the
+    fidelity-diversity trade-off), one line per kind of guidance."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    for i, (label, rows) in enumerate(curves.items()):
+        color = plt.get_cmap("tab10")(i)
+        scales = [r["scale"] for r in rows]
+        axes[0].plot(scales, [r["accuracy"] for r in rows], "o-", color=color, label=label)
+        axes[1].plot(scales, [r["FD"] for r in rows], "o-", color=color, label=label)
+        axes[2].plot(scales, [r["precision"] for r in rows], "o-", color=color, label=f"{label}: precision")
+        axes[2].plot(scales, [r["recall"] for r in rows], "s--", color=color, label=f"{label}: recall")
+    axes[0].set(xlabel="guidance scale", ylabel=f"class accuracy [{features}]", ylim=(0, 1))
+    axes[1].set(xlabel="guidance scale", ylabel=f"FD[{features}]", yscale="log")
+    axes[2].set(xlabel="guidance scale", ylabel="precision / recall (k = 3)", ylim=(0, 1))
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return _save(fig, path)

@@ -75,6 +75,11 @@ class DataConfig:
             raise ValueError("the folder data set needs path= the folder of images")
 
 
+def eval_split(data_name: str) -> str:
+    """The held-out split evaluation reads: "test" for the built-in sets that have one, else "all"."""
+    return "test" if data_name in ("mnist", "fashion-mnist") else "all"
+
+
 def load_dataset(config: DataConfig) -> ImageSet | PointSet:
     """The data set `config` names, loaded into memory."""
     c = config

@@ -5,7 +5,8 @@
 with t a (B,) float tensor (a time in [0, 1], or EDM's c_noise = ln(sigma~) / 4) and cond None,
 a (B,) int64 tensor of class labels (label num_classes = the null label), or a dict with optional
 keys "labels" (B,) and "context" (B, L, context_dim). A `Parameterization` decides what the output
-means; the networks know nothing of schedules.
+means; the networks know nothing of schedules. The exception: a UNetConfig with head = "logits"
+builds a noise-aware classifier, net(x, t) -> (B, classes) logits (unnoise.classifier).
 
     config = MODEL_PRESETS["unet_small"]()                    # a frozen dataclass
     net = build_model(dataclasses.replace(config, num_classes=10))
@@ -19,7 +20,7 @@ from torch import nn
 
 from unnoise.models.dit import DIT_PRESETS, DiT, DiTConfig
 from unnoise.models.mlp import MLP, MLPConfig
-from unnoise.models.unet import UNET_PRESETS, UNet, UNetConfig
+from unnoise.models.unet import UNET_PRESETS, UNet, UNetClassifier, UNetConfig
 
 ModelConfig = UNetConfig | DiTConfig | MLPConfig
 
@@ -29,7 +30,7 @@ MODEL_PRESETS: dict[str, Callable[[], ModelConfig]] = {**UNET_PRESETS, **DIT_PRE
 def build_model(config: ModelConfig) -> nn.Module:
     """The network a config describes: UNet for a UNetConfig, DiT for a DiTConfig, MLP for an MLPConfig."""
     if isinstance(config, UNetConfig):
-        return UNet(config)
+        return UNetClassifier(config) if config.head == "logits" else UNet(config)
     if isinstance(config, DiTConfig):
         return DiT(config)
     if isinstance(config, MLPConfig):
@@ -50,6 +51,7 @@ __all__ = [
     "MLPConfig",
     "ModelConfig",
     "UNet",
+    "UNetClassifier",
     "UNetConfig",
     "build_model",
     "count_parameters",
