@@ -64,3 +64,32 @@ def test_bad_guidance_arguments(labelled, ddpm):
         ClassifierFreeGuidance(den, 2.0, -1, interval=(0.8, 0.2))
     with pytest.raises(ValueError, match="needs a condition"):
         ClassifierFreeGuidance(den, 2.0, -1)(torch.zeros(2, 2, dtype=torch.float64), 0.5)
+
+
+def test_text_conditions_of_different_lengths_share_one_batched_call():
+    # A prompt of 3 tokens against the empty prompt's 2: the pair is padded to one length with the
+    # padding masked, so the batched result equals two separate calls.
+    import dataclasses
+
+    from unnoise.models import MODEL_PRESETS, build_model
+
+    torch.manual_seed(0)
+    net = build_model(dataclasses.replace(MODEL_PRESETS["unet_tiny"](), context_dim=12))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn(p.shape))
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 3, 16, 16, generator=g), torch.tensor(0.5)
+    cond = {"context": torch.randn(2, 3, 12, generator=g), "context_mask": torch.tensor([[1, 1, 1], [1, 1, 0]]).bool()}
+    null = {"context": torch.randn(1, 2, 12, generator=g), "context_mask": torch.ones(1, 2, dtype=torch.bool)}
+    den = lambda x_, t_, c: net(x_, t_.expand(x_.shape[0]), c)  # noqa: E731
+    with torch.no_grad():
+        x0_c = den(x, t, cond)
+        x0_u = den(x, t, {k: v.expand(2, *v.shape[1:]) for k, v in null.items()})
+        counted = CountingDenoiser(den)
+        guided = ClassifierFreeGuidance(counted, 3.0, null)(x, t, cond)
+        assert counted.calls == 1
+        assert torch.allclose(guided, x0_u + 3.0 * (x0_c - x0_u), atol=1e-5)
+        assert torch.allclose(ClassifierFreeGuidance(den, 0.0, null)(x, t, cond), x0_u, atol=1e-6)
+    with pytest.raises(ValueError, match="needs a dict null condition"):
+        ClassifierFreeGuidance(den, 2.0, 10)(x, t, cond)

@@ -114,6 +114,28 @@ def test_context_reaches_the_output(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_masked_context_tokens_are_never_read(kind):
+    # Prompts of different lengths are padded to one L: what the padding holds must not matter,
+    # in cross-attention nor in the pooled context added to the embedding.
+    net = perturb_(conditional(kind))
+    x, t, cond = inputs(net)
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    garbage = cond["context"].clone()
+    garbage[~mask] = 100.0
+    masked = net(x, t, {**cond, "context_mask": mask})
+    assert torch.allclose(net(x, t, {**cond, "context": garbage, "context_mask": mask}), masked, atol=1e-5)
+    short = {"labels": cond["labels"][1:], "context": cond["context"][1:, :1]}  # sample 1 alone, unpadded
+    assert torch.allclose(net(x[1:], t[1:], short), masked[1:], atol=1e-5)
+    assert not torch.allclose(net(x, t, cond), masked)  # the mask matters
+    with pytest.raises(ValueError, match="no token to attend to"):
+        net(x, t, {**cond, "context_mask": torch.tensor([[True, False, False], [False, False, False]])})
+    with pytest.raises(ValueError, match="context_mask must be a bool tensor of shape"):
+        net(x, t, {**cond, "context_mask": mask.float()})
+    with pytest.raises(ValueError, match="context_mask given without a context"):
+        net(x, t, {"labels": cond["labels"], "context_mask": mask})
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_time_reaches_the_output(kind):
     net = perturb_(make(kind))
     x, _, _ = inputs(net)

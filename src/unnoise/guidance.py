@@ -34,6 +34,39 @@ def _per_sample_std(v: Tensor) -> Tensor:
     return v.flatten(1).std(dim=1).view((-1,) + (1,) * (v.ndim - 1))
 
 
+def _pair(cond: Any, null: Any, batch: int, device) -> tuple[Any, Any]:
+    """cond and the null condition, both with `batch` rows: labels (tensors), or dicts of tensors
+    (text: "context" (B, L, D) and "context_mask" (B, L); a null of one row is broadcast)."""
+    if isinstance(cond, dict):
+        if not isinstance(null, dict):
+            raise ValueError("a dict condition (text) needs a dict null condition (the empty prompt's encoding)")
+        return ({k: v.to(device) for k, v in cond.items()},
+                {k: v.to(device).expand(batch, *v.shape[1:]) for k, v in null.items()})
+    cond = torch.as_tensor(cond, device=device)
+    return cond, torch.as_tensor(null, dtype=cond.dtype, device=device).expand_as(cond)
+
+
+def _concat(a: Any, b: Any) -> Any:
+    """Two conditions stacked along the batch; text contexts padded to the longer sequence, the
+    padding masked out so that the network never reads it."""
+    if not isinstance(a, dict):
+        return torch.cat([a, b])
+    if set(a) != set(b):
+        raise ValueError(f"the condition has keys {sorted(a)}, the null condition {sorted(b)}")
+    out = {k: torch.cat([a[k], b[k]]) for k in a if k not in ("context", "context_mask")}
+    if "context" in a:
+        length = max(a["context"].shape[1], b["context"].shape[1])
+        states, masks = [], []
+        for c in (a, b):
+            ctx = c["context"]
+            mask = c.get("context_mask", torch.ones(ctx.shape[:2], dtype=torch.bool, device=ctx.device))
+            pad = length - ctx.shape[1]
+            states.append(torch.nn.functional.pad(ctx, (0, 0, 0, pad)))
+            masks.append(torch.nn.functional.pad(mask, (0, pad), value=False))
+        out["context"], out["context_mask"] = torch.cat(states), torch.cat(masks)
+    return out
+
+
 class ClassifierFreeGuidance:
     """denoise(x, t, cond) for a guided pair, with both branches in one batched call of the
     wrapped denoiser: cond and null_cond are stacked along the batch (null_cond broadcast to cond)."""
@@ -55,12 +88,11 @@ class ClassifierFreeGuidance:
         t_scalar = float(t) if not isinstance(t, Tensor) or t.ndim == 0 else None
         if self.scale == 1 or (t_scalar is not None and not lo < t_scalar <= hi):
             return self.denoise(x, t, cond)
-        cond = torch.as_tensor(cond, device=x.device)
-        null = torch.as_tensor(self.null_cond, dtype=cond.dtype, device=x.device).expand_as(cond)
+        cond, null = _pair(cond, self.null_cond, x.shape[0], x.device)
         if self.scale == 0 and self.rescale == 0 and t_scalar is not None:  # x0_u alone: one half-size call
             return self.denoise(x, t, null)
         t_both = torch.cat([t, t]) if t_scalar is None else t
-        x0_c, x0_u = self.denoise(torch.cat([x, x]), t_both, torch.cat([cond, null])).chunk(2)
+        x0_c, x0_u = self.denoise(torch.cat([x, x]), t_both, _concat(cond, null)).chunk(2)
         guided = x0_u + self.scale * (x0_c - x0_u)
         if self.rescale > 0:
             rescaled = guided * (_per_sample_std(x0_c) / _per_sample_std(guided).clamp(min=1e-12))

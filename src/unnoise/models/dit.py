@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from unnoise.models.embeddings import (Attention, Cond, ConditionEmbedding, check_images, scale_shift,
+from unnoise.models.embeddings import (Attention, Cond, ConditionEmbedding, Context, check_images, scale_shift,
                                        sincos_positions_2d, zero_)
 
 
@@ -64,12 +64,12 @@ class DiTBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
         self.modulation = nn.Linear(dim, 6 * dim)  # shift, scale, gate for attn and MLP; zero-initialised by DiT
 
-    def forward(self, x: Tensor, c: Tensor, context: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor, context: Context | None) -> Tensor:
         # x (B, N, D), c (B, D) already through SiLU
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c)[:, None].chunk(6, dim=-1)  # (B, 1, D) each
         x = x + gate1 * self.attn(scale_shift(self.norm1(x), scale1, shift1))
         if self.cross is not None and context is not None:
-            x = x + self.cross(self.cross_norm(x), context)
+            x = x + self.cross(self.cross_norm(x), *context)
         return x + gate2 * self.mlp(scale_shift(self.norm2(x), scale2, shift2))
 
 
@@ -108,11 +108,11 @@ class DiT(nn.Module):
         zero_(self.final_linear)
 
     def forward(self, x: Tensor, t: Tensor, cond: Cond = None) -> Tensor:
-        """x (B, in_channels, H, W), t (B,), cond: None, labels (B,) or {"labels", "context"}."""
+        """x (B, in_channels, H, W), t (B,), cond: None, labels (B,) or {"labels", "context", "context_mask"}."""
         cfg, p = self.config, self.config.patch_size
         check_images(x, cfg.in_channels, p, "the DiT patch size")
         B, _, H, W = x.shape
-        emb, context = self.embed(t, cond, B)  # (B, D), (B, L, context_dim) or None
+        emb, context = self.embed(t, cond, B)  # (B, D), Context or None
         c = F.silu(emb)  # every adaLN regresses from SiLU(c)
         h = self.patchify(x).flatten(2).transpose(1, 2)  # (B, N, D), N = (H / p) (W / p), row-major
         h = h + sincos_positions_2d(cfg.hidden_size, H // p, W // p, device=x.device).to(h.dtype)

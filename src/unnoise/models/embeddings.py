@@ -2,9 +2,13 @@
 attention, 2-D positions, and the checks both make on their inputs.
 
     t (B,) -> sinusoid(time_scale * t) -> MLP --+
-                                               +--> emb (B, D): read by every block as scale-shift
-    labels (B,) -> table of num_classes + 1 rows +
-    context (B, L, context_dim) -----------------> keys and values of cross-attention
+    labels (B,) -> table of num_classes + 1 rows +--> emb (B, D): read by every block as scale-shift
+    context: masked mean over tokens -> Linear --+
+    context (B, L, context_dim), context_mask ---> keys and values of cross-attention
+
+The pooled context in the embedding follows Imagen (Saharia et al. 2022, §2.1: "a pooled embedding
+vector added to the diffusion timestep embedding") and SDXL; context_mask (B, L) bool marks real
+tokens (True) so that padding, which a batch of prompts of different lengths needs, is never read.
 
 Time embedding: Ho et al. 2020, Appendix B (the Transformer sinusoid, Vaswani et al. 2017 §3.5,
 followed by an MLP); labels added to it: Dhariwal & Nichol 2021, §3 (and DiT, Peebles & Xie 2023).
@@ -17,14 +21,21 @@ followed by an MLP); labels added to it: Dhariwal & Nichol 2021, §3 (and DiT, P
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-Cond = Tensor | dict[str, Tensor] | None  # labels (B,), {"labels": (B,), "context": (B, L, D)}, or None
-_COND_KEYS = ("labels", "context")
+Cond = Tensor | dict[str, Tensor] | None  # labels (B,), {"labels", "context", "context_mask"}, or None
+_COND_KEYS = ("labels", "context", "context_mask")
+
+
+class Context(NamedTuple):
+    """What cross-attention reads: token states (B, L, context_dim) and which are real (B, L) bool."""
+
+    states: Tensor
+    mask: Tensor | None
 
 
 def sinusoidal_embedding(x: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -75,23 +86,25 @@ class Attention(nn.Module):
             self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        # x (B, N, dim); context (B, L, context_dim) for cross-attention
+    def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        # x (B, N, dim); context (B, L, context_dim) for cross-attention, mask (B, L) bool: True = attend
         if self.cross:
             q, (k, v) = self.q(x), self.kv(context).chunk(2, dim=-1)  # (B, N, dim), (B, L, dim) x 2
         else:
             q, k, v = self.qkv(x).chunk(3, dim=-1)  # (B, N, dim) x 3
         q, k, v = (a.unflatten(-1, (self.heads, -1)).transpose(1, 2) for a in (q, k, v))  # (B, heads, N|L, dim/heads)
-        h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, dim/heads)
+        attn_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, L), broadcast over heads, queries
+        h = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, heads, N, dim/heads)
         return self.out(h.transpose(1, 2).flatten(2))  # (B, N, dim)
 
 
 class ConditionEmbedding(nn.Module):
-    """emb = MLP(sinusoid(time_scale * t)) + label_table[labels], and the context passed through.
+    """emb = MLP(sinusoid(time_scale * t)) + label_table[labels] + Linear(pooled context), and the
+    context passed on for cross-attention.
 
     Reads `cond` as the networks' contract says: None, a (B,) integer tensor of labels, or a dict
-    with optional keys "labels" and "context". Built with classes, missing labels mean the null
-    label; missing context means the cross-attention layers are skipped.
+    with optional keys "labels", "context" and "context_mask". Built with classes, missing labels
+    mean the null label; missing context means the cross-attention layers are skipped.
     """
 
     def __init__(self, dim: int, num_classes: int = 0, context_dim: int = 0, time_scale: float = 1000.0,
@@ -101,10 +114,11 @@ class ConditionEmbedding(nn.Module):
         self.time_scale, self.frequencies = time_scale, frequencies
         self.time_mlp = nn.Sequential(nn.Linear(frequencies, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.label_table = nn.Embedding(num_classes + 1, dim) if num_classes > 0 else None
+        self.pooled = nn.Linear(context_dim, dim) if context_dim > 0 else None
 
-    def forward(self, t: Tensor, cond: Cond, batch: int) -> tuple[Tensor, Tensor | None]:
-        """(emb (B, dim), context (B, L, context_dim) or None) for a batch of `batch` images."""
-        labels, context = self._split(cond)
+    def forward(self, t: Tensor, cond: Cond, batch: int) -> tuple[Tensor, Context | None]:
+        """(emb (B, dim), Context or None) for a batch of `batch` images."""
+        labels, context, mask = self._split(cond)
         t = self._check_t(t, batch)
         waves = sinusoidal_embedding(self.time_scale * t.float(), self.frequencies)  # float32 phases
         emb = self.time_mlp(waves.to(self.time_mlp[0].weight.dtype))  # (B, dim), in the network's precision
@@ -115,18 +129,27 @@ class ConditionEmbedding(nn.Module):
             if labels is None:
                 labels = torch.full((batch,), self.num_classes, dtype=torch.long, device=emb.device)
             emb = emb + self.label_table(self._check_labels(labels, batch))
-        if context is not None:
-            self._check_context(context, batch)
-        return emb, context
+        if context is None:
+            if mask is not None:
+                raise ValueError("context_mask given without a context")
+            return emb, None
+        self._check_context(context, mask, batch)
+        context = context.to(emb.dtype)
+        if mask is None:
+            pooled = context.mean(1)
+        else:
+            weights = mask.to(context.dtype)[..., None]  # (B, L, 1)
+            pooled = (context * weights).sum(1) / weights.sum(1)  # masked mean over real tokens
+        return emb + self.pooled(pooled), Context(context, mask)
 
-    def _split(self, cond: Cond) -> tuple[Tensor | None, Tensor | None]:
+    def _split(self, cond: Cond) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         if cond is None or isinstance(cond, Tensor):
-            return cond, None
+            return cond, None, None
         if isinstance(cond, dict):
             unknown = set(cond) - set(_COND_KEYS)
             if unknown:
                 raise ValueError(f"unknown cond keys {sorted(unknown)}; allowed keys are {list(_COND_KEYS)}")
-            return cond.get("labels"), cond.get("context")
+            return cond.get("labels"), cond.get("context"), cond.get("context_mask")
         raise TypeError(f"cond must be None, a (B,) tensor of labels or a dict with keys {list(_COND_KEYS)}, "
                         f"got {type(cond).__name__}")
 
@@ -151,12 +174,19 @@ class ConditionEmbedding(nn.Module):
                              f"got values from {lo} to {hi}")
         return labels
 
-    def _check_context(self, context: Tensor, batch: int) -> None:
+    def _check_context(self, context: Tensor, mask: Tensor | None, batch: int) -> None:
         if self.context_dim == 0:
             raise ValueError("this network was built without cross-attention (context_dim=0) but was given "
                              "a context; build it with context_dim > 0")
         if context.ndim != 3 or context.shape[0] != batch or context.shape[2] != self.context_dim:
             raise ValueError(f"context must have shape ({batch}, L, {self.context_dim}), got {tuple(context.shape)}")
+        if mask is not None:
+            if mask.dtype != torch.bool or mask.shape != context.shape[:2]:
+                raise ValueError(f"context_mask must be a bool tensor of shape {tuple(context.shape[:2])}, "
+                                 f"got {_describe(mask)} of shape {tuple(mask.shape)}")
+            if not bool(mask.any(1).all()):
+                raise ValueError("context_mask leaves a row with no token to attend to (the empty prompt still "
+                                 "has its [CLS] and [SEP] tokens)")
 
 
 def _describe(value: object) -> str:

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from unnoise.models.embeddings import Attention, Cond, ConditionEmbedding, check_images, scale_shift, zero_
+from unnoise.models.embeddings import (Attention, Cond, ConditionEmbedding, Context, check_images, scale_shift,
+                                      zero_)
 
 
 @dataclass(frozen=True)
@@ -133,11 +134,11 @@ class AttentionBlock(nn.Module):
         if self.cross is not None:
             zero_(self.cross.out)
 
-    def forward(self, x: Tensor, context: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, context: Context | None) -> Tensor:
         h = x.flatten(2)  # (B, C, H*W)
         h = h + self.attn(self.norm(h).transpose(1, 2)).transpose(1, 2)
         if self.cross is not None and context is not None:
-            h = h + self.cross(self.cross_norm(h).transpose(1, 2), context).transpose(1, 2)
+            h = h + self.cross(self.cross_norm(h).transpose(1, 2), *context).transpose(1, 2)
         return h.reshape(x.shape)  # (B, C, H, W)
 
 
@@ -148,7 +149,7 @@ class Step(nn.Module):
         super().__init__()
         self.res, self.attn, self.resample = res, attn, resample
 
-    def forward(self, x: Tensor, emb: Tensor, context: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, emb: Tensor, context: Context | None) -> Tensor:
         if self.res is not None:
             x = self.res(x, emb)
         if self.attn is not None:
@@ -187,11 +188,11 @@ class _DownPath(nn.Module):
         attn = AttentionBlock(out_ch, _heads(out_ch, c.head_channels), c.context_dim) if attend else None
         return Step(ResBlock(in_ch, out_ch, self.emb_dim, c.dropout), attn, resample)
 
-    def encode(self, x: Tensor, t: Tensor, cond: Cond) -> tuple[Tensor, list[Tensor], Tensor, Tensor | None]:
+    def encode(self, x: Tensor, t: Tensor, cond: Cond) -> tuple[Tensor, list[Tensor], Tensor, Context | None]:
         """-> lowest-resolution features, the skips, the embedding and the context."""
         c = self.config
         check_images(x, c.in_channels, c.downsampling, f"the U-Net halves them {len(c.channel_mult) - 1} times")
-        emb, context = self.embed(t, cond, x.shape[0])  # (B, 4 * base), (B, L, context_dim) or None
+        emb, context = self.embed(t, cond, x.shape[0])  # (B, 4 * base), Context or None
         h = self.input(x)  # (B, base, H, W)
         skips = [h]
         for step in self.down:
@@ -218,7 +219,7 @@ class UNet(_DownPath):
         self.out = nn.Sequential(group_norm(ch), nn.SiLU(), zero_(nn.Conv2d(ch, c.out_channels, 3, padding=1)))
 
     def forward(self, x: Tensor, t: Tensor, cond: Cond = None) -> Tensor:
-        """x (B, in_channels, H, W), t (B,), cond: None, labels (B,) or {"labels", "context"}."""
+        """x (B, in_channels, H, W), t (B,), cond: None, labels (B,) or {"labels", "context", "context_mask"}."""
         h, skips, emb, context = self.encode(x, t, cond)
         for step in self.up:
             h = step(torch.cat([h, skips.pop()], dim=1), emb, context)  # up to (B, base * mult[0], H, W)
