@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier", type=Path, default=None,
                    help="a noise-aware classifier run for classifier guidance (unnoise train fashion-classifier)")
     p.add_argument("--classifier-scale", type=float, default=1.0, help="classifier guidance scale")
+    p.add_argument("--prompt", action="append", default=None,
+                   help="text models: a prompt (repeat the option for several: sample i uses prompt i mod count; "
+                   "\"\" is unconditional); None: the run's [sample] prompts")
     p.add_argument("--out", type=Path, default=Path("samples.png"), help="output .png grid or .npz of raw samples")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N; None: cuda when present, else cpu")
 
@@ -293,7 +296,7 @@ def cmd_sample(args) -> int:
         cond = torch.full((args.n,), args.label, device=device)
     x = generate(config, ckpt.ema, args.n, sampler=args.sampler, steps=args.steps, spacing=args.spacing,
                  seed=args.seed, device=device, cond=cond, guidance=args.guidance, classifier=classifier,
-                 classifier_scale=args.classifier_scale)
+                 classifier_scale=args.classifier_scale, prompts=args.prompt)
     if args.out.suffix == ".npz":
         def write_npz(tmp):
             with open(tmp, "wb") as f:

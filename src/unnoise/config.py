@@ -6,6 +6,7 @@
     [loss]      LossConfig (unnoise.losses)
     [train]     TrainConfig below
     [sample]    SampleConfig below
+    [text]      TextConfig (unnoise.conditioning), for text-conditioned models
 Unknown keys are refused with the closest valid key.
 """
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from unnoise.conditioning import TextConfig
 from unnoise.losses import LossConfig
 
 
@@ -61,7 +63,8 @@ class SampleConfig:
     spacing: str = "karras"  # time-grid spacing
     n: int = 64  # samples in a grid
     seed: int = 0  # per-sample seeds start here
-    guidance: float = 1.0  # classifier-free guidance scale for class-conditional models (1 = none)
+    guidance: float = 1.0  # classifier-free guidance scale for class- or text-conditional models (1 = none)
+    prompts: tuple[str, ...] = ()  # text models: the grid cycles through these; () = the data set's first captions
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    text: TextConfig = field(default_factory=TextConfig)  # read when [model] context_dim > 0
     out: str = "runs/default"  # run folder: log, pictures, checkpoints
     tree: dict = field(default_factory=dict, compare=False, repr=False)  # the TOML it came from, overrides applied
 
@@ -162,7 +166,7 @@ def _set(tree: dict, dotted: str, raw: str) -> None:
     node[path[-1]] = value
 
 
-SECTIONS = ("data", "model", "diffusion", "loss", "train", "sample", "out")
+SECTIONS = ("data", "model", "diffusion", "loss", "train", "sample", "text", "out")
 
 
 def load_config(path: str | Path | None, overrides: list[str] = (), tree: dict | None = None) -> RunConfig:
@@ -195,6 +199,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), tree: dict |
         loss=from_dict(LossConfig, tree.get("loss", {}), "loss"),
         train=from_dict(TrainConfig, tree.get("train", {}), "train"),
         sample=from_dict(SampleConfig, tree.get("sample", {}), "sample"),
+        text=from_dict(TextConfig, tree.get("text", {}), "text"),
         out=_coerce(tree.get("out", "runs/default"), str, "out"),
         tree=tree,
     )

@@ -94,13 +94,13 @@ class Batches:
             self._epoch, self._perm = epoch, torch.randperm(self.n, generator=seeded_generator(self.seed, 1, epoch))
         return self._perm
 
-    def next(self) -> tuple[Tensor, Tensor]:
-        """The next global batch: float images in [-1, 1] and int64 labels."""
+    def next(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The next global batch: float images in [-1, 1], int64 labels, and the examples' indices."""
         per_epoch = self.n // self.batch_size  # drop the ragged end of each epoch
         epoch, k = divmod(self.position, per_epoch)
         idx = self._order(epoch)[k * self.batch_size:(k + 1) * self.batch_size]
         self.position += 1
-        return self.dataset.batch(idx)  # float32 in [-1, 1], int64 labels
+        return (*self.dataset.batch(idx), idx)  # float32 in [-1, 1], int64 labels, indices
 
 
 class EMA:
@@ -118,18 +118,49 @@ class EMA:
                 self.shadow[k].copy_(v)
 
 
-def draw_batch(batches: Batches, loss_fn: DiffusionLoss, tc, num_classes: int):
-    """The next global batch with its times, noise and (label-dropped) conditions, all drawn from a
-    generator seeded by (seed, batch number): independent of the process count and of resumes."""
-    x0, labels = batches.next()
+def draw_batch(batches: Batches, loss_fn: DiffusionLoss, tc, num_classes: int, captions=None):
+    """The next global batch with its times, noise, (label-dropped) labels and (dropped) caption
+    ids, all drawn from a generator seeded by (seed, batch number): independent of the process
+    count and of resumes. Caption id 0 is the empty prompt, the null condition."""
+    x0, labels, idx = batches.next()
     g = seeded_generator(tc.seed, 2, batches.position)
     t = loss_fn.sample_times(len(x0), g)
     noise = torch.randn(x0.shape, generator=g)
-    cond = None
+    cond, caption_ids = None, None
     if num_classes:
         drop = torch.rand(len(x0), generator=g) < tc.label_dropout  # classifier-free guidance training
         cond = torch.where(drop, torch.full_like(labels, num_classes), labels)
-    return x0, t, noise, cond
+    if captions is not None:
+        caption_ids = captions.draw(idx, g)
+        drop = torch.rand(len(x0), generator=g) < tc.label_dropout
+        caption_ids = torch.where(drop, torch.zeros_like(caption_ids), caption_ids)
+    return x0, t, noise, cond, caption_ids
+
+
+def batch_cond(labels: Tensor | None, caption_ids: Tensor | None, bank) -> Any:
+    """The network's cond for a batch: labels, a text condition from the bank, or both in a dict."""
+    if caption_ids is None:
+        return labels
+    text = bank.cond(caption_ids)
+    return text if labels is None else {"labels": labels, **text}
+
+
+def text_bank(config: RunConfig, dataset, device):
+    """A text-conditioned run's encoded captions (None for other runs)."""
+    if not getattr(config.model, "context_dim", 0):
+        return None
+    from unnoise.conditioning import CaptionBank, load_text_encoder
+
+    captions = getattr(dataset, "captions", None)
+    if captions is None:
+        raise ValueError(f"[model] context_dim = {config.model.context_dim} asks for text conditioning, but "
+                         f"{config.data.name} has no captions here (fashion-mnist: [data] captions = true; "
+                         "emoji has them)")
+    encoder = load_text_encoder(config.text)
+    if encoder.context_dim != config.model.context_dim:
+        raise ValueError(f"[model] context_dim must be the text encoder's width {encoder.context_dim}, "
+                         f"got {config.model.context_dim}")
+    return CaptionBank.encode(encoder, captions.texts).to(device)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -201,12 +232,17 @@ def train(config: RunConfig, resume: str | None = None, device: str | None = Non
     local = slice(ddp.rank * tc.batch_size // ddp.world, (ddp.rank + 1) * tc.batch_size // ddp.world)
     # The labels a batch carries: the condition (label-dropped) or, for a classifier, the target.
     num_classes = config.model.out_channels if classifier else getattr(config.model, "num_classes", 0)
+    bank = text_bank(config, dataset, ddp.device)  # every caption encoded once
+    captions = dataset.captions if bank is not None else None
+    # the sample grids' prompts: the config's, else the data set's first captions
+    prompts = (config.sample.prompts or bank.texts[1:9]) if bank is not None else None
     stop_reason = "steps"
     while step < tc.steps:
         # 4a. The global batch and its noise, times and dropped labels; this rank's slice of them.
-        x0, t, noise, cond = draw_batch(batches, loss_fn, tc, num_classes)
+        x0, t, noise, labels, caption_ids = draw_batch(batches, loss_fn, tc, num_classes, captions)
         x0, t, noise = x0[local].to(ddp.device, dtype), t[local], noise[local].to(ddp.device, dtype)
-        cond = cond[local].to(ddp.device) if cond is not None else None
+        labels = labels[local].to(ddp.device) if labels is not None else None
+        cond = batch_cond(labels, caption_ids[local] if caption_ids is not None else None, bank)
 
         # 4b. Forward, backward, and the finiteness check every rank agrees on (gradients are reduced).
         lr = tc.lr * min(1.0, (step + 1) / max(tc.warmup_steps, 1))
@@ -244,7 +280,7 @@ def train(config: RunConfig, resume: str | None = None, device: str | None = Non
             log.flush()
             bar.set_postfix(loss=f"{record['loss']:.4f}")
         if ddp.main and tc.sample_every and not classifier and step % tc.sample_every == 0:
-            write_samples(config, ema.shadow, out / f"samples_{step:08d}.png", ddp.device)
+            write_samples(config, ema.shadow, out / f"samples_{step:08d}.png", ddp.device, prompts)
         out_of_time = tc.max_seconds and time.perf_counter() - started > tc.max_seconds
         if ddp.main and (tc.checkpoint_every and step % tc.checkpoint_every == 0 or step == tc.steps or out_of_time):
             state = {"optimizer": optimizer.state_dict(), "step": step, "position": batches.position,
@@ -267,7 +303,7 @@ def train(config: RunConfig, resume: str | None = None, device: str | None = Non
         if classifier:
             summary["accuracy"] = write_accuracy(config, ema.shadow, out / "accuracy.json", ddp.device)
         else:
-            summary["samples"] = str(write_samples(config, ema.shadow, out / "samples.png", ddp.device))
+            summary["samples"] = str(write_samples(config, ema.shadow, out / "samples.png", ddp.device, prompts))
     if stop_reason.endswith("in a row"):
         raise RuntimeError(f"training stopped at step {step}: {stop_reason} (learning rate {tc.lr:g}; try a "
                            "lower one, gradient clipping, or bf16 off)")
@@ -290,7 +326,8 @@ def generate(config: RunConfig, weights: dict[str, Tensor], n: int, *, sampler: 
              steps: int | None = None, spacing: str | None = None, seed: int | None = None,
              device: torch.device | str = "cpu", cond: Any = None, guidance: float | None = None,
              first: int = 0, wrap: Callable | None = None, options: dict | None = None,
-             built: tuple | None = None, classifier: Any = None, classifier_scale: float = 0.0) -> Tensor:
+             built: tuple | None = None, classifier: Any = None, classifier_scale: float = 0.0,
+             prompts: list[str] | tuple[str, ...] | None = None) -> Tensor:
     """n samples from a trained network with per-sample seeds seed + first, seed + first + 1, ...:
     sample i is the same whatever the batch (so `first` lets a caller draw a long series in batches).
 
@@ -301,6 +338,8 @@ def generate(config: RunConfig, weights: dict[str, Tensor], n: int, *, sampler: 
     `classifier` (a unnoise.classifier.NoisyClassifier on the same schedule) guides towards the
     labels at `classifier_scale`, on top of classifier-free guidance (scale 0 there: the model's
     unconditional branch alone); an unconditional model draws the classifier's class grid.
+    A text-conditioned model draws sample i from prompts[(first + i) mod len(prompts)] (None: the
+    config's [sample] prompts); "" is the unconditional prompt.
     """
     from unnoise.grids import time_grid
     from unnoise.guidance import SAME, ClassifierFreeGuidance, ClassifierGuidance
@@ -308,10 +347,18 @@ def generate(config: RunConfig, weights: dict[str, Tensor], n: int, *, sampler: 
     from unnoise.samplers import get_sampler
 
     sc = config.sample
+    if prompts and not getattr(config.model, "context_dim", 0):
+        raise ValueError("prompts given, but this model has no text conditioning ([model] context_dim = 0)")
     denoise, schedule = built or load_denoiser(config, weights, device)
     num_classes = getattr(config.model, "num_classes", 0)
     scale = sc.guidance if guidance is None else guidance
-    if num_classes:
+    if getattr(config.model, "context_dim", 0):
+        if classifier is not None:
+            raise ValueError("classifier guidance needs class labels; this model is text-conditioned")
+        cond, null = _text_conds(config, prompts, first, n, device, cond if num_classes else None)
+        if scale != 1.0:
+            denoise = ClassifierFreeGuidance(denoise, scale, null)
+    elif num_classes:
         if cond is None:
             cond = torch.arange(first, first + n, device=device) % num_classes
         if scale != 1.0:
@@ -339,6 +386,24 @@ def generate(config: RunConfig, weights: dict[str, Tensor], n: int, *, sampler: 
                                               **(options or {}))
 
 
+def _text_conds(config: RunConfig, prompts, first: int, n: int, device, labels: Tensor | None) -> tuple[dict, dict]:
+    """The text condition of samples first..first + n - 1 (cycling through the prompts) and the null
+    condition (the empty prompt; with the null label too for a model that also takes classes)."""
+    from unnoise.conditioning import load_text_encoder, prompt_bank
+
+    prompts = list(prompts or config.sample.prompts)
+    if not prompts:
+        raise ValueError("a text-conditioned model needs prompts: pass --prompt, or set [sample] prompts")
+    bank = prompt_bank(load_text_encoder(config.text), prompts).to(device)
+    cond = bank.cond(1 + torch.arange(first, first + n) % len(prompts))
+    null = bank.cond(torch.zeros(1, dtype=torch.long))
+    classes = getattr(config.model, "num_classes", 0)
+    if classes:
+        cond["labels"] = labels if labels is not None else torch.full((n,), classes, device=device)
+        null["labels"] = torch.full((1,), classes, device=device)
+    return cond, null
+
+
 def _sample_shape(config: RunConfig) -> tuple[int, ...]:
     model = config.model
     if hasattr(model, "image_size"):
@@ -363,10 +428,12 @@ def write_accuracy(config: RunConfig, weights: dict[str, Tensor], path: Path, de
     return accuracy
 
 
-def write_samples(config: RunConfig, weights: dict[str, Tensor], path: Path, device="cpu") -> Path:
+def write_samples(config: RunConfig, weights: dict[str, Tensor], path: Path, device="cpu",
+                  prompts: tuple[str, ...] | None = None) -> Path:
     from unnoise.plots import plot_samples, save_image_grid
 
-    x = generate(config, {k: v.to(device) for k, v in weights.items()}, config.sample.n, device=device)
+    x = generate(config, {k: v.to(device) for k, v in weights.items()}, config.sample.n, device=device,
+                 prompts=prompts)
     if x.ndim == 4:
         return save_image_grid(x, path)
     return plot_samples({"samples": x}, path, limit=1.6)

@@ -10,7 +10,11 @@ Toy sets are `PointSet`s of 2-D VECTORS: point (2,) instead of an image, channel
     fashion-mnist   Debian's dataset-fashion-mnist (apt-get install ...)     60k / 10k  10 garments
     digits8x8       scikit-learn's 8x8 digits, where it is installed         1797       10 digits
     folder          image files under `path` (Pillow)                        any        subfolders or -1
+    emoji           Debian's fonts-noto-color-emoji, rendered and cached     ~1225/136  -1, captioned
     moons, swiss-roll, gaussians   2-D points drawn from `seed`              num_points 2 / - / 8
+
+Captions for text-to-image training (`dataset.captions`, unnoise.data.captions): emoji always has
+them (its Unicode names), fashion-mnist with captions=True (class names in templates).
 
     dataset = load_dataset(DataConfig("mnist", image_size=32))
 """
@@ -19,24 +23,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from unnoise.data.captions import Captions
 from unnoise.data.digits import digits_8x8, mnist_5k
-from unnoise.data.fashion import FASHION_CLASSES, fashion_mnist, read_idx
+from unnoise.data.emoji import EmojiSet, emoji_set
+from unnoise.data.fashion import FASHION_CLASSES, FASHION_HELDOUT_PROMPTS, fashion_mnist, read_idx
 from unnoise.data.folder import DEFAULT_MAX_PIXELS, FolderSet, load_folder
 from unnoise.data.image_set import ImageSet
 from unnoise.data.toy import PointSet, gaussians, moons, swiss_roll
 
-DATASET_NAMES = ("mnist", "fashion-mnist", "digits8x8", "folder", "moons", "swiss-roll", "gaussians")
+DATASET_NAMES = ("mnist", "fashion-mnist", "digits8x8", "folder", "emoji", "moons", "swiss-roll", "gaussians")
 SPLITS = ("train", "test", "all")
-_WITH_TEST_SPLIT = ("mnist", "fashion-mnist")
+_WITH_TEST_SPLIT = ("mnist", "fashion-mnist", "emoji")
+_WITH_CAPTIONS = ("fashion-mnist", "emoji")
 
 __all__ = [
     "DATASET_NAMES",
     "FASHION_CLASSES",
+    "FASHION_HELDOUT_PROMPTS",
+    "Captions",
     "DataConfig",
+    "EmojiSet",
     "FolderSet",
     "ImageSet",
     "PointSet",
     "digits_8x8",
+    "emoji_set",
     "fashion_mnist",
     "gaussians",
     "load_dataset",
@@ -51,15 +62,16 @@ __all__ = [
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "mnist"  # one of DATASET_NAMES
-    path: str | None = None  # folder: the image folder (required); fashion-mnist: its IDX folder (default Debian's)
-    image_size: int | None = None  # side in pixels; None: the set's own (28 MNIST sets, 8 digits8x8, 64 folder)
-    channels: int | None = None  # 1 (grey) or 3 (RGB, grey replicated); None: 1 built-in sets, 3 folder
+    path: str | None = None  # folder: the image folder (required); fashion-mnist: its IDX folder; emoji: the font
+    image_size: int | None = None  # side in pixels; None: the set's own (28 MNISTs, 8 digits8x8, 64 folder, 32 emoji)
+    channels: int | None = None  # 1 (grey) or 3 (RGB, grey replicated); None: 1 built-in sets, 3 folder and emoji
     fit: str = "pad"  # built-in sets at another size: "pad" (black border, grow only) or "resize" (bilinear)
     split: str = "train"  # "train" | "test" | "all"; sets without a test split give everything for train/all
     labels: str = "none"  # folder: "folders" (sorted immediate subfolder names) or "none" (all -1)
     strict: bool = False  # folder: raise ValueError on the first bad file instead of skipping it
     max_pixels: int | None = DEFAULT_MAX_PIXELS  # folder: images with more pixels are skipped; None: no limit
-    background: str = "white"  # folder: what transparent pixels become, "white" or "black"
+    background: str = "white"  # folder, emoji: what transparent pixels become, "white" or "black"
+    captions: bool = False  # attach captions: fashion-mnist class-name templates; emoji always has them
     num_points: int = 10_000  # toy sets: how many points
     noise: float = 0.05  # toy sets: Gaussian noise std (the component std for gaussians), in [-1, 1] units
     seed: int = 0  # toy sets: the seed the points are drawn from
@@ -73,11 +85,15 @@ class DataConfig:
             raise ValueError(f"{self.name} has no test split; use split='train' or 'all' (both give the whole set)")
         if self.name == "folder" and not self.path:
             raise ValueError("the folder data set needs path= the folder of images")
+        if self.captions and self.name not in _WITH_CAPTIONS:
+            raise ValueError(f"captions=True needs a set with captions ({', '.join(_WITH_CAPTIONS)}), not {self.name}")
+        if self.name == "emoji" and self.channels not in (None, 3):
+            raise ValueError(f"emoji images are RGB: channels must be 3 (or unset), got {self.channels}")
 
 
 def eval_split(data_name: str) -> str:
     """The held-out split evaluation reads: "test" for the built-in sets that have one, else "all"."""
-    return "test" if data_name in ("mnist", "fashion-mnist") else "all"
+    return "test" if data_name in _WITH_TEST_SPLIT else "all"
 
 
 def load_dataset(config: DataConfig) -> ImageSet | PointSet:
@@ -86,13 +102,15 @@ def load_dataset(config: DataConfig) -> ImageSet | PointSet:
     if c.name == "mnist":
         return mnist_5k(c.split, c.image_size, c.channels or 1, c.fit)
     if c.name == "fashion-mnist":
-        return fashion_mnist(c.split, c.image_size, c.channels or 1, c.fit, c.path)
+        return fashion_mnist(c.split, c.image_size, c.channels or 1, c.fit, c.path, c.captions)
     if c.name == "digits8x8":
         return digits_8x8(c.image_size, c.channels or 1, c.fit)
     if c.name == "folder":
         return load_folder(
             c.path, c.image_size or 64, c.channels or 3, c.labels, c.strict, c.max_pixels, c.background
         )
+    if c.name == "emoji":
+        return emoji_set(c.split, c.image_size or 32, c.background, c.path)
     if c.name == "moons":
         return moons(c.num_points, c.noise, c.seed)
     if c.name == "swiss-roll":

@@ -14,6 +14,11 @@ IDX (LeCun et al., the MNIST file format): a big-endian header of two zero bytes
 (0x08 = uint8, ..., 0x0E = float64), a byte giving the number of dimensions d, then d big-endian
 uint32 sizes, then the values in row-major order. Read as one big-endian uint32, the magic number
 of a uint8 file is 0x0800 + d: 2049 for the label vectors, 2051 for the image stacks.
+
+Captions (captions=True, for text-to-image training): each image gets all FASHION_TEMPLATES filled
+with its class's FASHION_NAMES entry and an article ("a photo of an ankle boot"), one drawn per step.
+FASHION_HELDOUT_PROMPTS are 3 prompts per class that training never sees: other templates AND
+other words ("a picture of a jumper"), to test whether a model learned the words or the strings.
 """
 
 from __future__ import annotations
@@ -22,13 +27,43 @@ import gzip
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from unnoise.data.captions import Captions, class_captions, with_article
 from unnoise.data.image_set import ImageSet, grey_image_set
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]
+# Captions: plain-English nouns per class, and the templates training fills with "a/an noun".
+FASHION_NAMES = (
+    "t-shirt", "pair of trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
+)
+FASHION_TEMPLATES = (
+    "a photo of {}", "{}", "a black and white photo of {}", "{} on a black background",
+    "a small picture of {}", "an image of {}", "a grayscale photo of {}", "a product photo of {}",
+)
+# Held out: prompt j of every class is _HELDOUT_TEMPLATES[j] filled with its j-th synonym.
+_HELDOUT_TEMPLATES = ("a picture of {}", "a close-up of {}", "a snapshot of {}")
+_HELDOUT_SYNONYMS = (
+    ("tee", "short-sleeved top", "tank top"),
+    ("pair of pants", "pair of jeans", "pair of slacks"),
+    ("jumper", "sweater", "knitted top"),
+    ("gown", "frock", "sundress"),
+    ("jacket", "overcoat", "parka"),
+    ("flip-flop", "open-toed shoe", "strappy summer shoe"),
+    ("blouse", "button-down", "long-sleeved blouse"),
+    ("trainer", "running shoe", "sports shoe"),
+    ("handbag", "purse", "tote"),
+    ("boot", "bootie", "short leather boot"),
+)
+FASHION_HELDOUT_PROMPTS: tuple[tuple[str, int], ...] = tuple(
+    (template.format(with_article(word)), label)
+    for label, words in enumerate(_HELDOUT_SYNONYMS)
+    for template, word in zip(_HELDOUT_TEMPLATES, words)
+)  # (prompt, class) pairs, 3 per class, none of them a training caption
+
 SPLITS = {"train": ("train",), "test": ("t10k",), "all": ("train", "t10k")}
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -65,8 +100,10 @@ def fashion_mnist(
     channels: int = 1,
     fit: str = "pad",
     root: str | Path | None = None,
+    captions: bool = False,
 ) -> ImageSet:
-    """Fashion-MNIST's train (60000), test (10000) or all (70000) images, 28x28 or `image_size`."""
+    """Fashion-MNIST's train (60000), test (10000) or all (70000) images, 28x28 or `image_size`;
+    with `captions`, each image's FASHION_TEMPLATES captions attached."""
     if split not in SPLITS:
         raise ValueError(f"fashion-mnist split must be one of {sorted(SPLITS)}, got {split!r}")
     root = FASHION_DIR if root is None else Path(root)
@@ -80,5 +117,11 @@ def fashion_mnist(
     labels = np.concatenate([p[1] for p in parts])  # (N,)
     return grey_image_set(
         images, labels, name="fashion-mnist", class_names=FASHION_CLASSES,
-        image_size=image_size, channels=channels, fit=fit,
+        image_size=image_size, channels=channels, fit=fit, captions=fashion_captions(labels) if captions else None,
     )
+
+
+def fashion_captions(labels: np.ndarray) -> Captions:
+    """Captions of Fashion-MNIST images with these labels (N,): ids (N, 8), texts[1 + 8 c + t]."""
+    return class_captions(torch.from_numpy(labels.astype(np.int64)), [with_article(n) for n in FASHION_NAMES],
+                          FASHION_TEMPLATES)

@@ -3,7 +3,8 @@
 Every image data set in `unnoise.data` is an `ImageSet`: the pixels of all images live in one
 (N, C, H, W) uint8 tensor, so `dataset[i]` is a cheap slice and a trainer can draw a whole batch with
 `dataset.batch(index)` without a DataLoader. Pixel value p in 0..255 maps to p / 127.5 - 1, so 0 is
-exactly -1 and 255 exactly 1.
+exactly -1 and 255 exactly 1. A set made for text-to-image training also carries `captions`
+(unnoise.data.captions): the caption texts and, per image, which of them describe it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from unnoise.data.captions import Captions
 
 FITS = ("pad", "resize")  # how a built-in set reaches another image_size
 
@@ -29,19 +32,26 @@ class ImageSet(Dataset):
 
     `dataset[i]` is (image, label): image (C, H, W) float32 in [-1, 1], label a Python int.
     `dataset.batch(index)` is the batched path: (B, C, H, W) float32 and (B,) int64.
+    `dataset.captions` is None, or a Captions table with one row per image.
     """
 
-    def __init__(self, images: Tensor, labels: Tensor | None, *, name: str, class_names: Sequence[str] = ()):
+    def __init__(
+        self, images: Tensor, labels: Tensor | None, *, name: str, class_names: Sequence[str] = (),
+        captions: Captions | None = None,
+    ):
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != images.shape[-2]:
             raise ValueError(f"images must be uint8 (N, C, S, S), got {images.dtype} {tuple(images.shape)}")
         n = images.shape[0]
         labels = torch.full((n,), -1, dtype=torch.int64) if labels is None else labels.to(torch.int64)
         if labels.shape != (n,):
             raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
+        if captions is not None and len(captions) != n:
+            raise ValueError(f"captions must have one row per image ({n}), got {len(captions)}")
         self.images = images.contiguous()  # (N, C, H, W) uint8
         self.labels = labels  # (N,) int64, -1 = no label
         self.name = name
         self.class_names = list(class_names)  # index -> name; empty when the set has no labels
+        self.captions = captions  # texts and per-image caption ids, or None
 
     @property
     def num_classes(self) -> int:
@@ -72,7 +82,8 @@ class ImageSet(Dataset):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(name={self.name!r}, n={len(self)}, shape={self.sample_shape}, "
-            f"classes={self.num_classes})"
+            f"classes={self.num_classes}"
+            + ("" if self.captions is None else f", captions={len(self.captions.texts) - 1}") + ")"
         )
 
 
@@ -117,9 +128,11 @@ def with_channels(images: Tensor, channels: int) -> Tensor:
 
 def grey_image_set(
     pixels: np.ndarray, labels: np.ndarray, *, name: str, class_names: Sequence[str],
-    image_size: int | None = None, channels: int = 1, fit: str = "pad",
+    image_size: int | None = None, channels: int = 1, fit: str = "pad", captions: Captions | None = None,
 ) -> ImageSet:
     """An ImageSet from grey pixels (N, S, S) uint8 and labels (N,), brought to the size asked for."""
     images = torch.from_numpy(pixels).unsqueeze(1)  # (N, 1, S, S)
     images = with_channels(fit_images(images, image_size or images.shape[-1], fit), channels)
-    return ImageSet(images, torch.from_numpy(labels.astype(np.int64)), name=name, class_names=class_names)
+    return ImageSet(
+        images, torch.from_numpy(labels.astype(np.int64)), name=name, class_names=class_names, captions=captions
+    )

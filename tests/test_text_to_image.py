@@ -1,0 +1,93 @@
+"""Text-to-image end to end on a tiny model: captions from the data, the frozen encoder, caption
+dropout to the empty prompt, prompts at sampling time with classifier-free guidance."""
+
+import pytest
+import torch
+
+from unnoise.checkpoint import load_checkpoint
+from unnoise.cli import main
+from unnoise.conditioning import CaptionBank, TextConfig, load_text_encoder, prompt_bank
+from unnoise.config import load_config
+from unnoise.data import load_dataset
+from unnoise.train import Batches, draw_batch, generate, train
+
+TREE = {
+    "data": {"name": "emoji", "image_size": 16},
+    "model": {"preset": "unet_tiny", "context_dim": 384},
+    "diffusion": {"schedule": "edm", "parameterization": "edm"},
+    "train": {"steps": 4, "batch_size": 8, "log_every": 2, "checkpoint_every": 4, "label_dropout": 0.5},
+    "sample": {"sampler": "euler", "steps": 2, "n": 4, "guidance": 2.0, "prompts": ["red apple", "grinning face"]},
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("t2i") / "run"
+    summary = train(load_config(None, tree={**TREE, "out": str(out)}), quiet=True)
+    return load_checkpoint(summary["checkpoints"][-1], with_state=False), summary
+
+
+def test_training_draws_captions_and_drops_them_to_the_empty_prompt():
+    config = load_config(None, tree=TREE)
+    data = load_dataset(config.data)
+    from unnoise.losses import DiffusionLoss
+    from unnoise.train import build_parameterization
+    from unnoise.schedules import get_schedule
+
+    loss_fn = DiffusionLoss(get_schedule("edm"), build_parameterization(config), config.loss)
+    ids = [draw_batch(Batches(data, 8, 0, position=k), loss_fn, config.train, 0, data.captions)[4] for k in range(40)]
+    ids = torch.cat(ids)
+    dropped = (ids == 0).double().mean().item()
+    assert abs(dropped - 0.5) < 4 * (0.25 / len(ids)) ** 0.5  # label_dropout = 0.5, binomial SE
+    again = draw_batch(Batches(data, 8, 0, position=3), loss_fn, config.train, 0, data.captions)[4]
+    assert torch.equal(again, ids[24:32])  # (seed, batch number) fix the draw
+
+
+def test_a_text_model_trains_and_samples_from_prompts(run, tmp_path, capsys):
+    ckpt, summary = run
+    config = load_config(None, tree=ckpt.config["tree"])
+    x = generate(config, ckpt.ema, 4, seed=0)
+    assert x.shape == (4, 3, 16, 16) and torch.isfinite(x).all()
+    # sample i uses prompt i mod 2; seeds are per sample, so sample 0 and 2 differ only by seed
+    a = generate(config, ckpt.ema, 2, seed=0, prompts=["red apple"])
+    b = generate(config, ckpt.ema, 2, seed=0, prompts=["red apple", "grinning face"])
+    assert torch.equal(a[0], b[0]) and not torch.equal(a[1], b[1])
+    # guidance 0 is the empty prompt's estimate alone: every prompt gives the same images
+    u = generate(config, ckpt.ema, 2, seed=0, prompts=["red apple"], guidance=0.0)
+    assert torch.allclose(u, generate(config, ckpt.ema, 2, seed=0, prompts=["grinning face"], guidance=0.0))
+    assert torch.allclose(u, generate(config, ckpt.ema, 2, seed=0, prompts=[""], guidance=1.0), atol=1e-6)
+    out = tmp_path / "apple.png"
+    assert main(["sample", str(ckpt.path), "--prompt", "a red apple", "--prompt", "a boot", "--n", "4",
+                 "--steps", "2", "--guidance", "4", "--out", str(out)]) == 0
+    assert out.is_file() and "wrote" in capsys.readouterr().out
+
+
+def test_text_runs_refuse_what_does_not_fit(run, tmp_path):
+    ckpt, _ = run
+    config = load_config(None, tree=ckpt.config["tree"])
+    with pytest.raises(ValueError, match="has no captions"):
+        train(load_config(None, tree={**TREE, "data": {"name": "mnist"}, "out": str(tmp_path / "a"),
+                                      "model": {**TREE["model"], "in_channels": 1, "out_channels": 1,
+                                                "image_size": 28}}))
+    with pytest.raises(ValueError, match="context_dim must be the text encoder's width 384"):
+        train(load_config(None, tree={**TREE, "model": {**TREE["model"], "context_dim": 16},
+                                      "out": str(tmp_path / "b")}))
+    with pytest.raises(ValueError, match="needs prompts"):
+        generate(load_config(None, tree={**ckpt.config["tree"], "sample": {"prompts": []}}), ckpt.ema, 2)
+    plain = load_config(None, tree={**TREE, "model": {"preset": "unet_tiny"}})
+    with pytest.raises(ValueError, match="no text conditioning"):
+        generate(plain, {}, 1, prompts=["a boot"])
+    with pytest.raises(ValueError, match="max_tokens must lie in 3..512"):
+        TextConfig(max_tokens=2)
+    assert config.text.encoder == "all-MiniLM-L6-v2"
+
+
+def test_the_caption_bank_pads_and_trims():
+    encoder = load_text_encoder(TextConfig())
+    bank = prompt_bank(encoder, ["a red apple on a wooden table", "boot"])
+    assert bank.texts[0] == "" and bank.mask[0].sum() == 2  # the empty prompt: [CLS] [SEP]
+    short = bank.cond(torch.tensor([0, 2]))
+    assert short["context"].shape[1] == int(bank.mask[2].sum())  # trimmed to the longest asked for
+    alone = CaptionBank.encode(encoder, ["boot"])
+    n = int(alone.mask[0].sum())
+    assert torch.allclose(short["context"][1, :n], alone.context[0, :n], atol=1e-5)
