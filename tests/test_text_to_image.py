@@ -1,6 +1,9 @@
 """Text-to-image end to end on a tiny model: captions from the data, the frozen encoder, caption
 dropout to the empty prompt, prompts at sampling time with classifier-free guidance."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -91,3 +94,20 @@ def test_the_caption_bank_pads_and_trims():
     alone = CaptionBank.encode(encoder, ["boot"])
     n = int(alone.mask[0].sum())
     assert torch.allclose(short["context"][1, :n], alone.context[0, :n], atol=1e-5)
+
+
+@pytest.mark.slow  # the reference features of Fashion-MNIST's 10,000 test images
+def test_prompt_accuracy_of_a_fashion_text_model(tmp_path, capsys):
+    tree = {**TREE, "data": {"name": "fashion-mnist", "captions": True}, "out": str(tmp_path / "f"),
+            "model": {**TREE["model"], "in_channels": 1, "out_channels": 1, "image_size": 28}}
+    ckpt = train(load_config(None, tree=tree), quiet=True)["checkpoints"][-1]
+    assert main(["eval", ckpt, "--guidance-scales", "0,2", "--per-prompt", "1", "--steps", "2",
+                 "--batch-size", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "| scale | training captions | held-out paraphrases | FD |" in out
+    doc = json.loads((Path(ckpt) / "prompts.json").read_text())
+    assert len(doc["prompts"]) == 50 and [r["scale"] for r in doc["rows"]] == [0.0, 2.0]
+    row = doc["rows"][0]
+    assert 0 <= row["accuracy: held-out paraphrases"] <= 1 and set(row["per prompt"]) == {
+        p["prompt"] for p in doc["prompts"]}
+    assert "a picture of a boot" in row["per prompt"]

@@ -111,11 +111,13 @@ def reference(config: RunConfig, feats: LoadedFeatures, cache_dir: Path) -> Refe
 def draw(config: RunConfig, weights: dict, n: int, *, sampler: str | None, steps: int | None,
          spacing: str | None, guidance: float | None, seed: int, batch_size: int, device, options=None,
          progress: bool = True, desc: str = "sampling", classifier=None,
-         classifier_scale: float = 0.0) -> tuple[Tensor, Tensor | None, int, float]:
+         classifier_scale: float = 0.0, prompts=None) -> tuple[Tensor, Tensor | None, int, float]:
     """n samples in batches: images (n, C, H, W) float32 in [-1, 1] (clamped), the labels asked for
     (class-conditional models, or classifier guidance: i mod classes), the NFE per sample (averaged
     over batches: an adaptive solver's varies; with guidance one call is a doubled batch, with a
-    classifier one call includes its forward and backward pass) and the seconds per sample."""
+    classifier one call includes its forward and backward pass) and the seconds per sample. With
+    `prompts` (a text model) sample i uses prompt i mod len(prompts) and the labels are None: the
+    caller knows what each prompt asks for."""
     from unnoise.train import generate, load_denoiser
 
     counters: list[CountingDenoiser] = []
@@ -132,14 +134,23 @@ def draw(config: RunConfig, weights: dict, n: int, *, sampler: str | None, steps
             b = min(batch_size, n - first)
             out.append(generate(config, weights, b, sampler=sampler, steps=steps, spacing=spacing, seed=seed,
                                 device=device, guidance=guidance, first=first, wrap=count, options=options,
-                                built=built, classifier=classifier, classifier_scale=classifier_scale)
+                                built=built, classifier=classifier, classifier_scale=classifier_scale,
+                                prompts=_rotate(prompts, first))
                        .float().clamp(-1, 1).cpu())
             bar.update(b)
     seconds = (time.perf_counter() - start) / n
     classes = classifier.net.config.out_channels if classifier else getattr(config.model, "num_classes", 0)
-    labels = torch.arange(n) % classes if classes else None
+    labels = torch.arange(n) % classes if classes and not prompts else None
     calls = sum(c.calls * len(x) for c, x in zip(counters, out, strict=True)) / n
     return torch.cat(out), labels, round(calls, 2) if calls != int(calls) else int(calls), seconds
+
+
+def _rotate(prompts, first: int):
+    """The prompt list as seen from sample `first` on (generate cycles from its own sample 0)."""
+    if not prompts:
+        return prompts
+    k = first % len(prompts)
+    return list(prompts[k:]) + list(prompts[:k])
 
 
 def sample_metrics(images: Tensor, labels: Tensor | None, ref: Reference, feats: LoadedFeatures,
@@ -474,4 +485,76 @@ def format_guidance(rows: list[dict]) -> str:
     for r in rows:
         lines.append(f"| {r['scale']:g} | {r['FD']:.3g} | {r['precision']:.3f} | {r['recall']:.3f} | "
                      f"{r['accuracy']:.3f} |")
+    return "\n".join(lines)
+
+
+# ---- text models: does the sample show what the prompt names? -------------------------------
+
+
+def prompt_curve(checkpoint: str | Path, opts: EvalOptions, prompts: list[tuple[str, int, str]],
+                 scales=GUIDANCE_SCALES, per_prompt: int = 20, device=None,
+                 progress: bool = True) -> tuple[list[dict], Path, Path]:
+    """For a text model of a labelled data set: at each classifier-free guidance scale, per_prompt
+    samples of each (prompt, class, group) and the share the feature network assigns to the
+    prompt's class, per group (e.g. "training captions", "held-out paraphrases"), with the
+    Fréchet distance of all samples. Writes prompts.json and prompts.png in the checkpoint folder."""
+    from unnoise.features import feature_net_for
+    from unnoise.plots import plot_prompt_accuracy
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    run = open_run(checkpoint, opts)
+    ckpt, config = run.ckpt, run.config
+    if not getattr(config.model, "context_dim", 0):
+        raise ValueError(f"{ckpt.path} is not a text-conditioned model ([model] context_dim = 0)")
+    if not prompts or per_prompt < 1:
+        raise ValueError("need at least one prompt and per_prompt >= 1")
+    sampler, steps = opts.sampler or config.sample.sampler, opts.steps or config.sample.steps
+    feats = feature_net_for(config.data.name, opts.features, device)
+    ref = reference(config, feats, ckpt.path)
+    texts = [p for p, _, _ in prompts]
+    classes = torch.tensor([c for _, c, _ in prompts])
+    groups = list(dict.fromkeys(g for _, _, g in prompts))
+    n = len(prompts) * per_prompt
+    which = torch.arange(n) % len(prompts)  # the prompt of sample i
+    rows = []
+    for scale in tqdm(scales, desc="prompt guidance", disable=not progress):
+        images, _, nfe, seconds = draw(config, ckpt.ema, n, sampler=sampler, steps=steps, spacing=run.spacing,
+                                       guidance=scale, seed=opts.seed, batch_size=opts.batch_size, device=device,
+                                       progress=progress, desc=f"scale {scale:g}", prompts=texts)
+        f, logits = feats.embed(images)
+        hit = logits.argmax(1) == classes[which]
+        row = {"scale": scale, "nfe": nfe, "seconds per sample": seconds,
+               "FD": metrics.frechet_distance(*metrics.gaussian_stats(f), ref.mu, ref.cov)}
+        for g in groups:
+            members = torch.tensor([i for i, (_, _, gi) in enumerate(prompts) if gi == g])
+            row[f"accuracy: {g}"] = hit[torch.isin(which, members)].double().mean().item()
+        row["per prompt"] = {t: hit[which == i].double().mean().item() for i, t in enumerate(texts)}
+        rows.append(row)
+    meta = {"checkpoint": str(ckpt.path), "features": feats.name, "per prompt": per_prompt, "sampler": sampler,
+            "steps": steps, "spacing": run.spacing, "seed": opts.seed,
+            "prompts": [{"prompt": p, "class": c, "group": g} for p, c, g in prompts]}
+    json_path = write_text_atomic(ckpt.path / "prompts.json", json.dumps({**meta, "rows": rows}, indent=1) + "\n")
+    png = plot_prompt_accuracy(rows, groups, ckpt.path / "prompts.png", feats.name,
+                               f"{config.data.name}, step {ckpt.step}, {sampler} {steps} steps, "
+                               f"{per_prompt} samples per prompt")
+    return rows, json_path, png
+
+
+def fashion_prompts() -> list[tuple[str, int, str]]:
+    """Two training captions per class and the three held-out paraphrases per class."""
+    from unnoise.data.captions import with_article
+    from unnoise.data.fashion import FASHION_HELDOUT_PROMPTS, FASHION_NAMES, FASHION_TEMPLATES
+
+    seen = [(t.format(with_article(name)), c, "training captions")
+            for c, name in enumerate(FASHION_NAMES) for t in FASHION_TEMPLATES[:2]]
+    return seen + [(p, c, "held-out paraphrases") for p, c in FASHION_HELDOUT_PROMPTS]
+
+
+def format_prompts(rows: list[dict]) -> str:
+    """Markdown: per scale, the share of samples of the prompted class per prompt group, and FD."""
+    groups = [k for k in rows[0] if k.startswith("accuracy: ")]
+    lines = ["| scale | " + " | ".join(g.removeprefix("accuracy: ") for g in groups) + " | FD |",
+             "|---|" + "---|" * (len(groups) + 1)]
+    for r in rows:
+        lines.append(f"| {r['scale']:g} | " + " | ".join(f"{r[g]:.3f}" for g in groups) + f" | {r['FD']:.3g} |")
     return "\n".join(lines)

@@ -139,3 +139,21 @@ def plot_guidance(curves: dict[str, list[dict]], path: str | os.PathLike, featur
         ax.legend(fontsize=7)
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def plot_prompt_accuracy(rows: list[dict], groups: list[str], path: str | os.PathLike, features: str,
+                         title: str = "") -> Path:
+    """Share of samples showing the prompted class against guidance scale, per prompt group, and FD."""
+    fig, (ax, ax_fd) = plt.subplots(1, 2, figsize=(11, 4.2))
+    scales = [r["scale"] for r in rows]
+    for g in groups:
+        ax.plot(scales, [r[f"accuracy: {g}"] for r in rows], "o-", label=g)
+    ax.set(xlabel="classifier-free guidance scale", ylabel=f"samples of the prompted class [{features}]",
+           ylim=(0, 1))
+    ax_fd.plot(scales, [r["FD"] for r in rows], "o-", color="black")
+    ax_fd.set(xlabel="classifier-free guidance scale", ylabel=f"FD[{features}] (all prompts)", yscale="log")
+    for a in (ax, ax_fd):
+        a.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)
