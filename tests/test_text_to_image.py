@@ -111,3 +111,19 @@ def test_prompt_accuracy_of_a_fashion_text_model(tmp_path, capsys):
     assert 0 <= row["accuracy: held-out paraphrases"] <= 1 and set(row["per prompt"]) == {
         p["prompt"] for p in doc["prompts"]}
     assert "a picture of a boot" in row["per prompt"]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_text_model_matches_one_process(tmp_path):
+    # Caption draws and dropout come from (seed, batch number) like the rest of the batch: two ranks
+    # condition each slice on the same texts as one process does.
+    import torch.multiprocessing as mp
+    from test_train import _ddp_worker, _free_port
+
+    tree = {**TREE, "train": {**TREE["train"], "steps": 6, "checkpoint_every": 6, "dtype": "float64"}}
+    train(load_config(None, tree={**tree, "out": str(tmp_path / "one")}), quiet=True)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), {**tree, "out": str(tmp_path / "two")}), nprocs=2, join=True)
+    a, b = load_checkpoint(tmp_path / "one" / "checkpoints"), load_checkpoint(tmp_path / "two" / "checkpoints")
+    assert a.step == b.step == 6
+    for k in a.model:
+        assert torch.allclose(a.model[k], b.model[k], rtol=0, atol=1e-6), (k, (a.model[k] - b.model[k]).abs().max())
