@@ -178,6 +178,14 @@ def test_guidance_curves_and_sampling_from_the_command_line(classifier_run, tmp_
     assert main(["sample", model, "--n", "4", "--steps", "2", "--label", "3", "--classifier", str(classifier_run[0]),
                  "--classifier-scale", "4", "--out", str(png)]) == 0
     assert png.is_file()
+    plain, limited = tmp_path / "plain.npz", tmp_path / "limited.npz"
+    common = ["sample", model, "--n", "2", "--steps", "2", "--guidance", "3"]
+    assert main([*common, "--out", str(plain)]) == 0
+    assert main([*common, "--guidance-rescale", "0.7", "--guidance-interval", "0.2,0.9", "--out", str(limited)]) == 0
+    import numpy as np
+    assert not np.allclose(np.load(plain)["samples"], np.load(limited)["samples"])
+    assert main([*common, "--guidance-interval", "0.5,0.2", "--out", str(limited)]) != 0
+    assert "guidance_interval must be [lo, hi] with 0 <= lo < hi <= 1, got [0.5, 0.2]" in capsys.readouterr().err
     assert main(["sample", model, "--n", "2", "--classifier", str(classifier_run[0]), "--classifier-scale", "-1",
                  "--out", str(png)]) != 0
     assert "classifier guidance scale must be >= 0, got -1.0" in capsys.readouterr().err

@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class label to sample; None on a class-conditional model: sample i shows class i mod classes")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale (1 = plain conditional); None: the run's [sample] guidance")
+    p.add_argument("--guidance-rescale", type=float, default=None,
+                   help="classifier-free guidance rescale phi in [0, 1] (Lin et al. 2024); None: the run's")
+    p.add_argument("--guidance-interval", type=_floats, default=None,
+                   help="lo,hi: guide only for times t in (lo, hi] (Kynkaanniemi et al. 2024); None: the run's")
     p.add_argument("--classifier", type=Path, default=None,
                    help="a noise-aware classifier run for classifier guidance (unnoise train fashion-classifier)")
     p.add_argument("--classifier-scale", type=float, default=1.0, help="classifier guidance scale")
@@ -288,7 +292,10 @@ def cmd_sample(args) -> int:
     if args.out.suffix not in (".png", ".npz"):
         raise ValueError(f"--out must end in .png or .npz, got {args.out}")
     ckpt = load_checkpoint(args.checkpoint, with_state=False)
-    config = load_config(None, tree=ckpt.config["tree"])
+    overrides = [f"sample.guidance_rescale={args.guidance_rescale}"] if args.guidance_rescale is not None else []
+    if args.guidance_interval is not None:
+        overrides.append(f"sample.guidance_interval={list(args.guidance_interval)}")
+    config = load_config(None, overrides, tree=ckpt.config["tree"])
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     classifier = load_classifier(args.classifier, device) if args.classifier else None
     num_classes = classifier.net.config.out_channels if classifier else getattr(config.model, "num_classes", 0)

@@ -64,6 +64,15 @@ class SampleConfig:
     n: int = 64  # samples in a grid
     seed: int = 0  # per-sample seeds start here
     guidance: float = 1.0  # classifier-free guidance scale for class- or text-conditional models (1 = none)
+    guidance_rescale: float = 0.0  # phi of Lin et al. 2024 (eq. 15-17): pull the guided std back; 0 = off
+    guidance_interval: tuple[float, ...] = (0.0, 1.0)  # guide only for t in (lo, hi] (Kynkaanniemi et al. 2024)
+
+    def __post_init__(self):
+        lo_hi = self.guidance_interval
+        if len(lo_hi) != 2 or not 0 <= lo_hi[0] < lo_hi[1] <= 1:
+            raise ValueError(f"sample.guidance_interval must be [lo, hi] with 0 <= lo < hi <= 1, got {list(lo_hi)}")
+        if not 0 <= self.guidance_rescale <= 1:
+            raise ValueError(f"sample.guidance_rescale must lie in [0, 1], got {self.guidance_rescale}")
     prompts: tuple[str, ...] = ()  # text models: the grid cycles through these; () = the data set's first captions
 
 

@@ -352,17 +352,18 @@ def generate(config: RunConfig, weights: dict[str, Tensor], n: int, *, sampler: 
     denoise, schedule = built or load_denoiser(config, weights, device)
     num_classes = getattr(config.model, "num_classes", 0)
     scale = sc.guidance if guidance is None else guidance
+    cfg_options = {"rescale": sc.guidance_rescale, "interval": sc.guidance_interval}
     if getattr(config.model, "context_dim", 0):
         if classifier is not None:
             raise ValueError("classifier guidance needs class labels; this model is text-conditioned")
         cond, null = _text_conds(config, prompts, first, n, device, cond if num_classes else None)
         if scale != 1.0:
-            denoise = ClassifierFreeGuidance(denoise, scale, null)
+            denoise = ClassifierFreeGuidance(denoise, scale, null, **cfg_options)
     elif num_classes:
         if cond is None:
             cond = torch.arange(first, first + n, device=device) % num_classes
         if scale != 1.0:
-            denoise = ClassifierFreeGuidance(denoise, scale, num_classes)
+            denoise = ClassifierFreeGuidance(denoise, scale, num_classes, **cfg_options)
     elif guidance is not None and guidance != 1.0:
         raise ValueError(f"guidance {guidance} needs a class-conditional model; this one is unconditional")
     if classifier is not None:
