@@ -127,3 +127,17 @@ def test_two_process_ddp_text_model_matches_one_process(tmp_path):
     assert a.step == b.step == 6
     for k in a.model:
         assert torch.allclose(a.model[k], b.model[k], rtol=0, atol=1e-6), (k, (a.model[k] - b.model[k]).abs().max())
+
+
+def test_batched_draws_keep_each_sample_on_its_prompt(run):
+    # evaluate.draw samples in batches; sample i must get prompt i mod P whatever the batch size.
+    from unnoise.evaluate import draw
+
+    ckpt, _ = run
+    config = load_config(None, tree=ckpt.config["tree"])
+    prompts = ["red apple", "grinning face", "rocket"]
+    whole = generate(config, ckpt.ema, 5, seed=0, prompts=prompts).float().clamp(-1, 1)
+    batched, labels, _, _ = draw(config, ckpt.ema, 5, sampler=None, steps=None, spacing=None, guidance=None,
+                                 seed=0, batch_size=2, device="cpu", progress=False, prompts=prompts)
+    assert labels is None
+    assert torch.allclose(batched, whole, atol=1e-5)

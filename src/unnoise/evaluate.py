@@ -135,7 +135,7 @@ def draw(config: RunConfig, weights: dict, n: int, *, sampler: str | None, steps
             out.append(generate(config, weights, b, sampler=sampler, steps=steps, spacing=spacing, seed=seed,
                                 device=device, guidance=guidance, first=first, wrap=count, options=options,
                                 built=built, classifier=classifier, classifier_scale=classifier_scale,
-                                prompts=_rotate(prompts, first))
+                                prompts=prompts)  # sample first + j: prompt (first + j) mod P
                        .float().clamp(-1, 1).cpu())
             bar.update(b)
     seconds = (time.perf_counter() - start) / n
@@ -143,14 +143,6 @@ def draw(config: RunConfig, weights: dict, n: int, *, sampler: str | None, steps
     labels = torch.arange(n) % classes if classes and not prompts else None
     calls = sum(c.calls * len(x) for c, x in zip(counters, out, strict=True)) / n
     return torch.cat(out), labels, round(calls, 2) if calls != int(calls) else int(calls), seconds
-
-
-def _rotate(prompts, first: int):
-    """The prompt list as seen from sample `first` on (generate cycles from its own sample 0)."""
-    if not prompts:
-        return prompts
-    k = first % len(prompts)
-    return list(prompts[k:]) + list(prompts[:k])
 
 
 def sample_metrics(images: Tensor, labels: Tensor | None, ref: Reference, feats: LoadedFeatures,

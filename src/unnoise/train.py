@@ -379,7 +379,7 @@ def generate(config: RunConfig, weights: dict[str, Tensor], n: int, *, sampler: 
     if wrap is not None:
         denoise = wrap(denoise)
     shape = _sample_shape(config)
-    gens = per_sample_generators((sc.seed if seed is None else seed) + first, n)
+    gens = per_sample_generators(sc.seed if seed is None else seed, n, start=first)  # sample first + i: its own seed
     sigma_1 = schedule.sigma(1.0).item()
     x = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device) * sigma_1  # x_1 ~ N(0, sigma_1^2 I)
     times = time_grid(schedule, steps or sc.steps, spacing or sc.spacing)
