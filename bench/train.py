@@ -313,7 +313,7 @@ def trainer_pieces(model: nn.Module, batch: int, reps: int) -> list[tuple[str, f
     dataset = load_dataset(DataConfig(**DATA))
     batches = Batches(dataset, batch, 0)
     loss_fn = DiffusionLoss(get_schedule(config.diffusion.schedule), build_parameterization(config), config.loss)
-    x0, t, noise, _ = draw_batch(batches, loss_fn, config.train, 0)
+    x0, t, noise, *_ = draw_batch(batches, loss_fn, config.train, 0)
     out = torch.zeros(x0.shape, requires_grad=True)  # a zero-cost network's output
     sigma = loss_fn.schedule.sigma_tilde(t).float()
     ema = EMA(model)

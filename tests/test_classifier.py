@@ -13,7 +13,7 @@ from unnoise.classifier import build_classifier, load_classifier
 from unnoise.cli import main
 from unnoise.config import load_config
 from unnoise.grids import time_grid
-from unnoise.guidance import ClassifierGuidance
+from unnoise.guidance import ALPHA_ZERO_LAMBDA, ClassifierGuidance
 from unnoise.oracle import GaussianMixture
 from unnoise.samplers import get_sampler
 from unnoise.schedules import get_schedule
@@ -40,6 +40,13 @@ def test_exact_classifier_at_scale_one_gives_the_conditional_denoiser(labelled, 
     t = torch.linspace(0.05, 0.95, 16, dtype=torch.float64)  # per-example times, as in training
     xt = x * schedule.sigma(t).view(-1, 1)
     assert torch.allclose(one(xt, t, y), den(xt, t, y), atol=1e-10, rtol=0)
+    if schedule.alpha(1.0).item() == 0:
+        # At t = 1 (alpha = 0) the exact guided x0 is E[x0 | y], and the correction E[x0 | y] - E[x0] is
+        # not 0. It is taken where alpha / sigma = e^-5: right to first order in that ratio.
+        for tt in (1.0, torch.ones(16, dtype=torch.float64)):
+            size = (zero(x, tt, y) - den(x, tt, y)).abs().max().item()
+            err = (one(x, tt, y) - den(x, tt, y)).abs().max().item()
+            assert size > 0.1 and err < 3 * math.exp(ALPHA_ZERO_LAMBDA) * size, (err, size)
 
 
 def test_the_oracle_classifier_is_the_class_posterior(labelled, ddpm):
@@ -184,8 +191,11 @@ def test_guidance_curves_and_sampling_from_the_command_line(classifier_run, tmp_
     assert main([*common, "--guidance-rescale", "0.7", "--guidance-interval", "0.2,0.9", "--out", str(limited)]) == 0
     import numpy as np
     assert not np.allclose(np.load(plain)["samples"], np.load(limited)["samples"])
-    assert main([*common, "--guidance-interval", "0.5,0.2", "--out", str(limited)]) != 0
-    assert "guidance_interval must be [lo, hi] with 0 <= lo < hi <= 1, got [0.5, 0.2]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*common, "--guidance-interval", "0.5,0.2", "--out", str(limited)])
+    assert "expected 0 <= lo < hi <= 1, got '0.5,0.2'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"guidance_interval must be \[lo, hi\] .* got \[0.5, 0.2\]"):
+        load_config(None, tree={**MODEL, "sample": {"guidance_interval": [0.5, 0.2]}})
     assert main(["sample", model, "--n", "2", "--classifier", str(classifier_run[0]), "--classifier-scale", "-1",
                  "--out", str(png)]) != 0
     assert "classifier guidance scale must be >= 0, got -1.0" in capsys.readouterr().err

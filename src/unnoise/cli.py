@@ -40,6 +40,16 @@ def _floats(text: str) -> list[float]:
     return values
 
 
+def _interval(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected lo,hi (two numbers), got {text!r}") from None
+    if not 0 <= lo < hi <= 1:
+        raise argparse.ArgumentTypeError(f"expected 0 <= lo < hi <= 1, got {text!r}")
+    return lo, hi
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -119,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classifier-free guidance scale (1 = plain conditional); None: the run's [sample] guidance")
     p.add_argument("--guidance-rescale", type=float, default=None,
                    help="classifier-free guidance rescale phi in [0, 1] (Lin et al. 2024); None: the run's")
-    p.add_argument("--guidance-interval", type=_floats, default=None,
+    p.add_argument("--guidance-interval", type=_interval, default=None,
                    help="lo,hi: guide only for times t in (lo, hi] (Kynkaanniemi et al. 2024); None: the run's")
     p.add_argument("--classifier", type=Path, default=None,
                    help="a noise-aware classifier run for classifier guidance (unnoise train fashion-classifier)")
@@ -157,9 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale; None: the run's [sample] guidance")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
-    p.add_argument("--classifier", default=None,
-                   help="a noise-aware classifier run (unnoise train fashion-classifier) for classifier guidance")
-    p.add_argument("--classifier-scale", type=float, default=1.0, help="classifier guidance scale")
+    p.add_argument("--classifier", type=Path, default=None,
+                   help="a noise-aware classifier run (unnoise train fashion-classifier) for classifier guidance "
+                   "of the samples (not used by --sweep or on text models)")
+    p.add_argument("--classifier-scale", type=float, default=1.0,
+                   help="classifier guidance scale (with --classifier; --guidance-scales sets it per point)")
     p.add_argument("--guidance-scales", type=_floats, default=None,
                    help="comma-separated scales: FD, precision/recall and class accuracy at each, for "
                    "classifier-free guidance, or classifier guidance with --classifier; writes "
@@ -303,7 +315,9 @@ def cmd_sample(args) -> int:
     if args.label is not None:
         if not 0 <= args.label < num_classes:
             raise ValueError(f"--label must lie in 0..{num_classes - 1} for this model, got {args.label}"
-                             if num_classes else "--label given, but this model is unconditional")
+                             if num_classes else "--label given, but this model takes no class labels"
+                             + (" (it is text-conditioned: use --prompt)" if getattr(config.model, "context_dim", 0)
+                                else ""))
         cond = torch.full((args.n,), args.label, device=device)
     x = generate(config, ckpt.ema, args.n, sampler=args.sampler, steps=args.steps, spacing=args.spacing,
                  seed=args.seed, device=device, cond=cond, guidance=args.guidance, classifier=classifier,
@@ -322,7 +336,7 @@ def cmd_sample(args) -> int:
     return 0
 
 
-def _is_text_model(checkpoint) -> bool:
+def _text_model(checkpoint) -> bool:
     from unnoise.checkpoint import load_checkpoint
     from unnoise.config import load_config
 
@@ -345,10 +359,11 @@ def cmd_eval(args) -> int:
                        sampler=args.sampler, steps=args.steps, spacing=args.spacing, guidance=args.guidance,
                        seed=args.seed, batch_size=args.batch_size, nll_n=args.nll_n, trace=args.trace,
                        rtol=args.rtol, atol=args.atol, vlb_steps=args.vlb_steps, features=args.features,
-                       classifier=args.classifier, classifier_scale=args.classifier_scale)
+                       classifier=str(args.classifier) if args.classifier else None,
+                       classifier_scale=args.classifier_scale)
     if args.sweep and args.guidance_scales:
         raise ValueError("--sweep and --guidance-scales are separate jobs: give one")
-    if args.guidance_scales and _is_text_model(args.checkpoint):
+    if args.guidance_scales and _text_model(args.checkpoint):
         prompts = fashion_prompts()
         rows, json_path, png = prompt_curve(args.checkpoint, opts, prompts, args.guidance_scales, args.per_prompt,
                                             device=args.device)

@@ -270,9 +270,10 @@ def evaluate(checkpoint: str | Path, opts: EvalOptions, device=None, progress: b
     ckpt, config, spacing, guidance = run.ckpt, run.config, run.spacing, run.guidance
     sampler, steps = opts.sampler or config.sample.sampler, opts.steps or config.sample.steps
     classifier = load_classifier(opts.classifier, device) if opts.classifier else None
-    result: dict = {"checkpoint": str(ckpt.path), "step": ckpt.step, "data": config.data.name,
-                    "sampler": sampler, "steps": steps, "spacing": spacing, "guidance": guidance, "n": opts.n,
-                    "seed": opts.seed}
+    samples = any(m in SAMPLE_METRICS for m in opts.metrics)
+    result: dict = {"checkpoint": str(ckpt.path), "step": ckpt.step, "data": config.data.name, "seed": opts.seed}
+    if samples:  # what the sample metrics drew with
+        result.update({"sampler": sampler, "steps": steps, "spacing": spacing, "guidance": guidance, "n": opts.n})
     if classifier:
         result.update({"classifier": opts.classifier, "classifier scale": opts.classifier_scale})
     if any(m in SAMPLE_METRICS for m in opts.metrics):
@@ -292,7 +293,6 @@ def evaluate(checkpoint: str | Path, opts: EvalOptions, device=None, progress: b
         result.update({"nll": {"trace": opts.trace, "rtol": opts.rtol, "atol": opts.atol},
                        "vlb steps": opts.vlb_steps})
         result.update(likelihood_metrics(config, ckpt.ema, opts, device, progress))
-    samples = any(m in SAMPLE_METRICS for m in opts.metrics)
     scale = f"-c{opts.classifier_scale:g}" if classifier else ""
     name = (f"eval-{sampler}-{steps}-g{guidance}{scale}-n{opts.n}.json" if samples
             else f"eval-{'-'.join(opts.metrics)}-n{opts.nll_n}.json")

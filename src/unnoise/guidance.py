@@ -28,6 +28,7 @@ from unnoise.samplers.steps import Denoiser
 from unnoise.schedules import Schedule
 
 SAME = "same"  # ClassifierGuidance: the wrapped denoiser sees the labels being guided to
+ALPHA_ZERO_LAMBDA = -5.0  # ClassifierGuidance at alpha = 0: where the correction's limit is taken
 
 
 def _per_sample_std(v: Tensor) -> Tensor:
@@ -131,8 +132,16 @@ class ClassifierGuidance:
         if self.scale == 0:
             return x0
         t64 = torch.as_tensor(t, dtype=torch.float64).cpu()
-        alpha, sigma = self.schedule.alpha(t64), self.schedule.sigma(t64)
-        # alpha = 0 (pure noise: the flow at t = 1) carries no information about y: nothing to add.
-        coef = torch.where(alpha > 0, sigma**2 / alpha.clamp(min=1e-300), torch.zeros_like(alpha))
-        coef = coef.to(x.device, x0.dtype).view((-1,) + (1,) * (x.ndim - 1)) if coef.ndim else coef.item()
-        return x0 + self.scale * coef * log_prob_gradient(self.classifier, x, t, labels).to(x0.dtype)
+        # At alpha = 0 (flow and cosine at t = 1) the correction is a 0 * infinity limit that tends to
+        # E[x0 | y] - E[x0], not to 0: take it at the half log-SNR ALPHA_ZERO_LAMBDA instead, where
+        # alpha / sigma = e^-5 (exact to O(alpha) there, and a learned classifier's gradient is
+        # amplified 150 times rather than without bound).
+        t_floor = self.schedule.t_from_log_snr(torch.tensor(2 * ALPHA_ZERO_LAMBDA, dtype=torch.float64))
+        t_g = torch.where(self.schedule.alpha(t64) > 0, t64, t_floor)
+        alpha, sigma = self.schedule.alpha(t_g), self.schedule.sigma(t_g)
+        coef = sigma**2 / alpha
+        if coef.ndim:
+            coef, t_g = coef.to(x.device, x0.dtype).view((-1,) + (1,) * (x.ndim - 1)), t_g.to(x.device)
+        else:
+            coef, t_g = coef.item(), t_g.item()
+        return x0 + self.scale * coef * log_prob_gradient(self.classifier, x, t_g, labels).to(x0.dtype)

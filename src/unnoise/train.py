@@ -132,7 +132,8 @@ def draw_batch(batches: Batches, loss_fn: DiffusionLoss, tc, num_classes: int, c
         cond = torch.where(drop, torch.full_like(labels, num_classes), labels)
     if captions is not None:
         caption_ids = captions.draw(idx, g)
-        drop = torch.rand(len(x0), generator=g) < tc.label_dropout
+        if not num_classes:  # with labels too, one mask drops both: the null pair guidance samples with
+            drop = torch.rand(len(x0), generator=g) < tc.label_dropout
         caption_ids = torch.where(drop, torch.zeros_like(caption_ids), caption_ids)
     return x0, t, noise, cond, caption_ids
 
@@ -234,8 +235,10 @@ def train(config: RunConfig, resume: str | None = None, device: str | None = Non
     num_classes = config.model.out_channels if classifier else getattr(config.model, "num_classes", 0)
     bank = text_bank(config, dataset, ddp.device)  # every caption encoded once
     captions = dataset.captions if bank is not None else None
-    # the sample grids' prompts: the config's, else the data set's first captions
-    prompts = (config.sample.prompts or bank.texts[1:9]) if bank is not None else None
+    # the sample grids' prompts: the config's, else the first caption of the first 8 distinct images' sets
+    prompts = None
+    if bank is not None:
+        prompts = config.sample.prompts or tuple(bank.texts[i] for i in captions.ids[:, 0].unique()[:8].tolist())
     stop_reason = "steps"
     while step < tc.steps:
         # 4a. The global batch and its noise, times and dropped labels; this rank's slice of them.
@@ -314,6 +317,10 @@ def load_denoiser(config: RunConfig, weights: dict[str, Tensor], device: torch.d
     """The denoiser of a trained network (weights: typically the EMA)."""
     from unnoise.models import build_model
 
+    if is_classifier(config):
+        raise ValueError(f"{config.out} is a noise-aware classifier run (head = 'logits'), not a diffusion model: "
+                         "use it for classifier guidance with --classifier")
+
     model = build_model(config.model)
     model.load_state_dict(weights)
     model.to(device).eval()
@@ -326,7 +333,7 @@ def generate(config: RunConfig, weights: dict[str, Tensor], n: int, *, sampler: 
              steps: int | None = None, spacing: str | None = None, seed: int | None = None,
              device: torch.device | str = "cpu", cond: Any = None, guidance: float | None = None,
              first: int = 0, wrap: Callable | None = None, options: dict | None = None,
-             built: tuple | None = None, classifier: Any = None, classifier_scale: float = 0.0,
+             built: tuple | None = None, classifier: Any = None, classifier_scale: float = 1.0,
              prompts: list[str] | tuple[str, ...] | None = None) -> Tensor:
     """n samples from a trained network with per-sample seeds seed + first, seed + first + 1, ...:
     sample i is the same whatever the batch (so `first` lets a caller draw a long series in batches).
