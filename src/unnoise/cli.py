@@ -104,16 +104,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo-steps", type=_positive_int, default=10,
                    help="steps for the side-by-side scatter of samples from four samplers")
 
-    p = sub.add_parser("train", formatter_class=fmt, help="train a diffusion model from a TOML config",
-                       description="Train a diffusion model. Runs unchanged under torchrun (DDP: gloo on CPU, "
-                       "nccl on GPU). Writes log.jsonl, loss.png, sample grids and checkpoints to the run folder.")
-    p.add_argument("config", type=Path, help="a TOML config file, or the name of a shipped one (src/unnoise/configs)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.lr=2e-4 (repeatable)")
-    p.add_argument("--resume", default=None,
-                   help="'latest' (newest complete checkpoint of the run) or a checkpoint path")
-    p.add_argument("--out", default=None, help="run folder (overrides the config's out)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N; None: cuda when present, else cpu")
+    for name, what, description in [
+        ("train", "a diffusion model (or a noise-aware classifier)",
+         "Writes log.jsonl, loss.png, sample grids and checkpoints to the run folder."),
+        ("train-autoencoder", "the autoencoder of latent diffusion",
+         "Reconstruction, KL, perceptual and (from autoencoder.disc_start on) adversarial losses; writes "
+         "log.jsonl, loss.png, reconstructions.png, reconstruction.json (PSNR on held-out images) and "
+         "checkpoints carrying the measured latent scale."),
+    ]:
+        p = sub.add_parser(name, formatter_class=fmt, help=f"train {what} from a TOML config",
+                           description=f"Train {what}. Runs unchanged under torchrun (DDP: gloo on CPU, nccl on "
+                           f"GPU). {description}")
+        p.add_argument("config", type=Path,
+                       help="a TOML config file, or the name of a shipped one (src/unnoise/configs)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set train.lr=2e-4 (repeatable)")
+        p.add_argument("--resume", default=None,
+                       help="'latest' (newest complete checkpoint of the run) or a checkpoint path")
+        p.add_argument("--out", default=None, help="run folder (overrides the config's out)")
+        p.add_argument("--device", default=None, help="cpu, cuda or cuda:N; None: cuda when present, else cpu")
 
     p = sub.add_parser("sample", formatter_class=fmt, help="sample a trained checkpoint into a PNG grid or .npz",
                        description="Sample a checkpoint (EMA weights, loaded through safetensors only).")
@@ -271,14 +280,29 @@ def packaged_config(name: str) -> Path:
     return path
 
 
-def cmd_train(args) -> int:
+def _run_config(args):
     from unnoise.config import load_config
-    from unnoise.train import train
 
     overrides = list(args.overrides) + ([f"out={json.dumps(args.out)}"] if args.out else [])  # a TOML string
     is_file = args.config.suffix == ".toml" or args.config.exists()
-    config_path = args.config if is_file else packaged_config(str(args.config))
-    config = load_config(config_path, overrides)
+    return load_config(args.config if is_file else packaged_config(str(args.config)), overrides)
+
+
+def cmd_train_autoencoder(args) -> int:
+    from unnoise.autoencoder import train_autoencoder
+
+    summary = train_autoencoder(_run_config(args), resume=args.resume, device=args.device)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"trained {summary['step']} steps in {summary['seconds']:.0f} s ({summary['stopped']}); held-out "
+              f"PSNR {summary['psnr dB']:.2f} dB; wrote {summary['out']}/log.jsonl, loss.png, reconstructions.png, "
+              f"reconstruction.json and checkpoints {', '.join(Path(p).name for p in summary['checkpoints'])}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from unnoise.train import train
+
+    config = _run_config(args)
     summary = train(config, resume=args.resume, device=args.device)
     if int(os.environ.get("RANK", "0")) == 0:
         result = "accuracy.json" if "accuracy" in summary else "samples.png"
@@ -392,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         commands = {"samplers": cmd_samplers, "demo": cmd_demo, "train": cmd_train, "sample": cmd_sample,
-                    "eval": cmd_eval}
+                    "eval": cmd_eval, "train-autoencoder": cmd_train_autoencoder}
         return commands[args.command](args)
     except ValueError as err:  # bad values found past argument parsing: one line, no traceback
         print(f"unnoise {args.command}: error: {err}", file=sys.stderr)

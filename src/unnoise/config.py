@@ -7,6 +7,8 @@
     [train]     TrainConfig below
     [sample]    SampleConfig below
     [text]      TextConfig (unnoise.conditioning), for text-conditioned models
+    [latent]    LatentConfig below: the autoencoder of a latent diffusion model
+    [autoencoder] AutoencoderLossConfig (unnoise.losses), for unnoise train-autoencoder
 Unknown keys are refused with the closest valid key.
 """
 
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from unnoise.conditioning import TextConfig
-from unnoise.losses import LossConfig
+from unnoise.losses import AutoencoderLossConfig, LossConfig
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,12 @@ class SampleConfig:
 
 
 @dataclass(frozen=True)
+class LatentConfig:
+    autoencoder: str = ""  # an autoencoder run or checkpoint folder: diffuse in its latent space; "" = pixels
+    sha256: str = ""  # of its weights, recorded by training: a mismatched autoencoder is refused
+
+
+@dataclass(frozen=True)
 class RunConfig:
     data: Any  # unnoise.data.DataConfig
     model: Any  # a model config dataclass (from a preset)
@@ -85,6 +93,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     text: TextConfig = field(default_factory=TextConfig)  # read when [model] context_dim > 0
+    latent: LatentConfig = field(default_factory=LatentConfig)  # latent diffusion
+    autoencoder: AutoencoderLossConfig = field(default_factory=AutoencoderLossConfig)  # train-autoencoder runs
     out: str = "runs/default"  # run folder: log, pictures, checkpoints
     tree: dict = field(default_factory=dict, compare=False, repr=False)  # the TOML it came from, overrides applied
 
@@ -175,7 +185,7 @@ def _set(tree: dict, dotted: str, raw: str) -> None:
     node[path[-1]] = value
 
 
-SECTIONS = ("data", "model", "diffusion", "loss", "train", "sample", "text", "out")
+SECTIONS = ("data", "model", "diffusion", "loss", "train", "sample", "text", "latent", "autoencoder", "out")
 
 
 def load_config(path: str | Path | None, overrides: list[str] = (), tree: dict | None = None) -> RunConfig:
@@ -209,6 +219,8 @@ def load_config(path: str | Path | None, overrides: list[str] = (), tree: dict |
         train=from_dict(TrainConfig, tree.get("train", {}), "train"),
         sample=from_dict(SampleConfig, tree.get("sample", {}), "sample"),
         text=from_dict(TextConfig, tree.get("text", {}), "text"),
+        latent=from_dict(LatentConfig, tree.get("latent", {}), "latent"),
+        autoencoder=from_dict(AutoencoderLossConfig, tree.get("autoencoder", {}), "autoencoder"),
         out=_coerce(tree.get("out", "runs/default"), str, "out"),
         tree=tree,
     )

@@ -207,6 +207,9 @@ def likelihood_metrics(config: RunConfig, weights: dict, opts: EvalOptions, devi
     from unnoise.likelihood import image_nll, vlb
     from unnoise.train import load_denoiser
 
+    if config.latent.autoencoder:
+        raise ValueError("nll and vlb are bits/dim of pixels; this model diffuses in an autoencoder's latents, "
+                         "where they would measure something else")
     denoise, schedule = load_denoiser(config, weights, device)
     test = load_dataset(replace(config.data, split=eval_split(config.data.name)))
     if not hasattr(test, "images"):

@@ -91,6 +91,15 @@ class FeatureNet(nn.Module):
                               align_corners=False)
         return x.float()
 
+    def stage_maps(self, x: Tensor) -> list[Tensor]:
+        """The feature maps at the end of each stage, (B, C_s, H_s, W_s): what a perceptual loss compares."""
+        maps, h = [], self.prepare(x)
+        for layer in self.body:
+            if isinstance(layer, nn.AvgPool2d):
+                maps.append(h)
+            h = layer(h)
+        return [*maps, h]
+
     def features(self, x: Tensor) -> Tensor:
         return F.silu(self.project(self.body(self.prepare(x)).mean((2, 3))))
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from unnoise.parameterization import EDMPreconditioning, Parameterization, path_point
@@ -102,3 +103,53 @@ class DiffusionLoss:
         zero = torch.zeros_like(ones)
         b = (self.parameterization.x0(ones, zero, p64) - self.parameterization.x0(zero, zero, p64)).flatten()
         return (self.x0_weight(t.to(b.device)) * b**2).to(x_t.dtype)
+
+
+# ---- the autoencoder of latent diffusion ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AutoencoderLossConfig:
+    kl_weight: float = 1e-6  # on KL(q(z | x) || N(0, I)) (Rombach et al. 2022 use 1e-6)
+    perceptual_weight: float = 1.0  # on the feature-map distance in the data set's feature network; 0 = off
+    disc_weight: float = 0.5  # on the adversarial term, times the adaptive weight; 0 = no discriminator
+    disc_start: int = 2000  # optimiser step at which the discriminator starts (the autoencoder first learns to
+    #                         reconstruct; Esser et al. 2021 start late too)
+    disc_lr: float = 2e-4  # the discriminator's AdamW learning rate
+    scale_images: int = 2000  # training images whose latents set the scale factor (unit variance)
+
+    def __post_init__(self):
+        for name in ("kl_weight", "perceptual_weight", "disc_weight", "disc_start"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"autoencoder.{name} must be >= 0, got {getattr(self, name)}")
+        if self.disc_lr <= 0 or self.scale_images < 2:
+            raise ValueError("autoencoder.disc_lr must be > 0 and scale_images >= 2")
+
+
+def reconstruction_loss(x: Tensor, x_hat: Tensor) -> Tensor:
+    """Mean absolute error per example (B,): L1, as LDM's autoencoders use (sharper than L2)."""
+    return (x_hat.float() - x.float()).abs().flatten(1).mean(1)
+
+
+def perceptual_loss(feature_net, x: Tensor, x_hat: Tensor) -> Tensor:
+    """Per example (B,): squared distance of channel-normalised feature maps, averaged over positions
+    and summed over stages: LPIPS's form (Zhang et al. 2018, eq. 1) with unit channel weights, in the
+    features of unnoise's own classifier for the data set (no ImageNet network exists offline)."""
+    total = 0.0
+    for a, b in zip(feature_net.stage_maps(x), feature_net.stage_maps(x_hat), strict=True):
+        a, b = F.normalize(a, dim=1, eps=1e-10), F.normalize(b, dim=1, eps=1e-10)
+        total = total + ((a - b) ** 2).sum(1).flatten(1).mean(1)
+    return total
+
+
+def hinge_discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """(mean relu(1 - D(x)) + mean relu(1 + D(x_hat))) / 2 (Lim & Ye 2017; as in LDM)."""
+    return 0.5 * (F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean())
+
+
+def adaptive_weight(rec_loss: Tensor, gan_loss: Tensor, last_layer: Tensor, max_weight: float = 1e4) -> Tensor:
+    """||grad_{G_L} L_rec|| / (||grad_{G_L} L_GAN|| + 1e-4) (Esser et al. 2021, eq. 7), at the decoder's
+    last layer G_L: balances the two terms whatever their scales; detached."""
+    g_rec = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
+    g_gan = torch.autograd.grad(gan_loss, last_layer, retain_graph=True)[0]
+    return (g_rec.norm() / (g_gan.norm() + 1e-4)).clamp(0.0, max_weight).detach()

@@ -169,11 +169,23 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)  # torch.compile
 
 
+def record_autoencoder(config: RunConfig, sha256: str) -> RunConfig:
+    """The config with the autoencoder's weight hash in [latent] (and in the tree checkpoints save)."""
+    from dataclasses import replace
+
+    tree = {**config.tree, "latent": {**config.tree.get("latent", {}), "sha256": sha256}}
+    return replace(config, latent=replace(config.latent, sha256=sha256), tree=tree)
+
+
 def train(config: RunConfig, resume: str | None = None, device: str | None = None, quiet: bool = False) -> dict:
     """Train as configured; returns a summary. `resume`: "latest", a checkpoint path, or None."""
     from unnoise.data import load_dataset
     from unnoise.models import build_model
 
+    from unnoise.models import AutoencoderConfig
+
+    if isinstance(config.model, AutoencoderConfig):
+        raise ValueError("this config's [model] is an autoencoder: train it with unnoise train-autoencoder")
     tc, classifier = config.train, is_classifier(config)  # a noise-aware classifier trains in the same loop
     if classifier and tc.label_dropout:
         raise ValueError(f"a classifier learns the labels: train.label_dropout must be 0, got {tc.label_dropout}")
@@ -185,6 +197,12 @@ def train(config: RunConfig, resume: str | None = None, device: str | None = Non
     if ddp.main:
         out.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(config.data)
+    if config.latent.autoencoder:  # latent diffusion: every image encoded once, the autoencoder's hash recorded
+        from unnoise.autoencoder import encode_dataset, latent_space_for
+
+        space = latent_space_for(config, ddp.device)
+        config = record_autoencoder(config, space.sha256)
+        dataset = encode_dataset(space, dataset, progress=ddp.main and not quiet)
     if classifier:
         labels, classes = getattr(dataset, "labels", torch.tensor([-1])), config.model.out_channels
         if not 0 <= int(labels.min()) <= int(labels.max()) < classes:
@@ -211,6 +229,10 @@ def train(config: RunConfig, resume: str | None = None, device: str | None = Non
     # 3. Resume: weights, EMA, optimiser, RNG, step and data position.
     if resume:
         ckpt = load_checkpoint(out / "checkpoints" if resume == "latest" else resume)
+        recorded = ckpt.config["tree"].get("latent", {}).get("sha256", "")
+        if recorded != config.latent.sha256:
+            raise ValueError(f"the checkpoint was trained with autoencoder weights {recorded[:12] or '(none)'}, "
+                             f"this run has {config.latent.sha256[:12] or '(none)'}: resume with the same autoencoder")
         model.load_state_dict(ckpt.model)
         ema.shadow = {k: v.to(ddp.device) for k, v in ckpt.ema.items()}
         optimizer.load_state_dict(ckpt.state["optimizer"])
@@ -356,6 +378,9 @@ def generate(config: RunConfig, weights: dict[str, Tensor], n: int, *, sampler: 
     sc = config.sample
     if prompts and not getattr(config.model, "context_dim", 0):
         raise ValueError("prompts given, but this model has no text conditioning ([model] context_dim = 0)")
+    from unnoise.autoencoder import latent_space_for
+
+    space = latent_space_for(config, device)  # checked before any sampling work
     denoise, schedule = built or load_denoiser(config, weights, device)
     num_classes = getattr(config.model, "num_classes", 0)
     scale = sc.guidance if guidance is None else guidance
@@ -374,6 +399,9 @@ def generate(config: RunConfig, weights: dict[str, Tensor], n: int, *, sampler: 
     elif guidance is not None and guidance != 1.0:
         raise ValueError(f"guidance {guidance} needs a class-conditional model; this one is unconditional")
     if classifier is not None:
+        if config.latent.autoencoder:
+            raise ValueError("classifier guidance of a latent model needs a classifier of its latents; "
+                             "unnoise's classifiers read pixels")
         if classifier.schedule.name != schedule.name:
             raise ValueError(f"the classifier was trained on schedule {classifier.schedule.name!r}, the model on "
                              f"{schedule.name!r}: their times mean different noise levels")
@@ -390,8 +418,8 @@ def generate(config: RunConfig, weights: dict[str, Tensor], n: int, *, sampler: 
     sigma_1 = schedule.sigma(1.0).item()
     x = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device) * sigma_1  # x_1 ~ N(0, sigma_1^2 I)
     times = time_grid(schedule, steps or sc.steps, spacing or sc.spacing)
-    return get_sampler(sampler or sc.sampler)(denoise, schedule, x, times, cond=cond, generator=gens,
-                                              **(options or {}))
+    x0 = get_sampler(sampler or sc.sampler)(denoise, schedule, x, times, cond=cond, generator=gens, **(options or {}))
+    return space.decode(x0)  # latent models: the autoencoder's images; pixel models: x0 itself
 
 
 def _text_conds(config: RunConfig, prompts, first: int, n: int, device, labels: Tensor | None) -> tuple[dict, dict]:

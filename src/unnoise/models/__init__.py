@@ -18,13 +18,15 @@ from collections.abc import Callable
 
 from torch import nn
 
+from unnoise.models.autoencoder import AUTOENCODER_PRESETS, Autoencoder, AutoencoderConfig
 from unnoise.models.dit import DIT_PRESETS, DiT, DiTConfig
 from unnoise.models.mlp import MLP, MLPConfig
 from unnoise.models.unet import UNET_PRESETS, UNet, UNetClassifier, UNetConfig
 
-ModelConfig = UNetConfig | DiTConfig | MLPConfig
+ModelConfig = UNetConfig | DiTConfig | MLPConfig | AutoencoderConfig
 
-MODEL_PRESETS: dict[str, Callable[[], ModelConfig]] = {**UNET_PRESETS, **DIT_PRESETS, "mlp_toy": MLPConfig}
+MODEL_PRESETS: dict[str, Callable[[], ModelConfig]] = {**UNET_PRESETS, **DIT_PRESETS, **AUTOENCODER_PRESETS,
+                                                     "mlp_toy": MLPConfig}
 
 
 def build_model(config: ModelConfig) -> nn.Module:
@@ -35,6 +37,8 @@ def build_model(config: ModelConfig) -> nn.Module:
         return DiT(config)
     if isinstance(config, MLPConfig):
         return MLP(config)
+    if isinstance(config, AutoencoderConfig):
+        return Autoencoder(config)
     raise TypeError(f"build_model takes a UNetConfig, DiTConfig or MLPConfig, got {type(config).__name__}")
 
 
@@ -46,6 +50,8 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 __all__ = [
     "MLP",
     "MODEL_PRESETS",
+    "Autoencoder",
+    "AutoencoderConfig",
     "DiT",
     "DiTConfig",
     "MLPConfig",

@@ -100,22 +100,24 @@ def _upsample(channels: int) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-    """x + conv(SiLU(AdaGN(conv(SiLU(GN(x))), emb))), with a 1x1 conv on the skip when widths differ."""
+    """x + conv(SiLU(AdaGN(conv(SiLU(GN(x))), emb))), with a 1x1 conv on the skip when widths differ.
+    With emb_dim = 0 (the autoencoder) the second norm is a plain group norm."""
 
-    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float):
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float = 0.0):
         super().__init__()
         self.norm1 = group_norm(in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, 2 * out_channels)  # -> (scale, shift)
+        self.emb = nn.Linear(emb_dim, 2 * out_channels) if emb_dim else None  # -> (scale, shift)
         self.norm2 = group_norm(out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))  # (B, C_out, H, W)
-        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)  # (B, C_out, 1, 1) each
-        h = scale_shift(self.norm2(h), scale, shift)
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
+        h = self.norm2(self.conv1(F.silu(self.norm1(x))))  # (B, C_out, H, W)
+        if self.emb is not None:
+            scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)  # (B, C_out, 1, 1) each
+            h = scale_shift(h, scale, shift)
         h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
