@@ -142,27 +142,18 @@ def test_every_autoencoder_preset_builds():
         assert ae(x)[0].shape == x.shape
 
 
-def _ddp_autoencoder(rank, world, port, tree):
-    import os
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    train_autoencoder(load_config(None, tree=tree), quiet=True)
-    torch.distributed.destroy_process_group()
-
-
 @pytest.mark.slow
 def test_two_process_autoencoder_training_matches_one_process(tmp_path):
     # Without the discriminator (whose adaptive weight is per rank) the two ranks' averaged gradients
     # are the one process's: the weights agree up to float32 summation order, amplified by Adam.
     import torch.multiprocessing as mp
-    from test_train import _free_port
+    from test_train import _ddp_worker, _free_port
 
     train_cfg = {**AE["train"], "steps": 5, "checkpoint_every": 5}
     tree = {**AE, "autoencoder": {**AE["autoencoder"], "disc_weight": 0.0}, "train": train_cfg}
     train_autoencoder(load_config(None, tree={**tree, "out": str(tmp_path / "one")}), quiet=True)
-    mp.spawn(_ddp_autoencoder, args=(2, _free_port(), {**tree, "out": str(tmp_path / "two")}), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), {**tree, "out": str(tmp_path / "two")}, train_autoencoder), nprocs=2,
+             join=True)
     a, b = load_checkpoint(tmp_path / "one" / "checkpoints"), load_checkpoint(tmp_path / "two" / "checkpoints")
     assert a.step == b.step == 5 and "latent_scale" in b.config
     for k in a.model:

@@ -115,11 +115,12 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank, world, port, tree):
+def _ddp_worker(rank, world, port, tree, entry=train):
+    """One rank of a torchrun-like launch: `entry(config, quiet=True)` (train, or train_autoencoder)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    train(load_config(None, tree=tree), quiet=True)
+    entry(load_config(None, tree=tree), quiet=True)
     torch.distributed.destroy_process_group()
 
 

@@ -232,7 +232,7 @@ def train_autoencoder(config: RunConfig, resume: str | None = None, device: str 
     # 3. The loop.
     log = (out / "log.jsonl").open("a") if ddp.main else None
     bar = tqdm(total=tc.steps, initial=step, disable=None if ddp.main and not quiet else True, desc="autoencoder")
-    started, last_log, skipped = time.perf_counter(), time.perf_counter(), 0
+    started, last_log, skipped, in_a_row = time.perf_counter(), time.perf_counter(), 0, 0
     stop = "steps"
     while step < tc.steps:
         x, _, _ = batches.next()
@@ -260,12 +260,13 @@ def train_autoencoder(config: RunConfig, resume: str | None = None, device: str 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
-        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
-            skipped += 1
-            if skipped >= tc.max_nonfinite:
-                stop = f"{skipped} non-finite losses or gradients"
+        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):  # skip the step; stop after N in a row
+            skipped, in_a_row = skipped + 1, in_a_row + 1
+            if in_a_row >= tc.max_nonfinite:
+                stop = f"{in_a_row} non-finite losses or gradients"
                 break
             continue
+        in_a_row = 0
         optimizer.step()
         # 3b. The discriminator's step, on the same batch (the reconstruction detached).
         if adversarial:
@@ -292,8 +293,8 @@ def train_autoencoder(config: RunConfig, resume: str | None = None, device: str 
             stop = f"time limit of {tc.max_seconds:g} s"
             break
     bar.close()
-    summary = {"step": step, "stopped": stop, "seconds": time.perf_counter() - started, "out": str(out),
-               "checkpoints": [str(p) for p in list_checkpoints(out / "checkpoints")]}
+    summary = {"step": step, "stopped": stop, "skipped": skipped, "seconds": time.perf_counter() - started,
+               "out": str(out), "checkpoints": [str(p) for p in list_checkpoints(out / "checkpoints")]}
     if log:
         log.close()
         from unnoise.plots import plot_loss
