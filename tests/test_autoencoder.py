@@ -158,3 +158,16 @@ def test_two_process_autoencoder_training_matches_one_process(tmp_path):
     assert a.step == b.step == 5 and "latent_scale" in b.config
     for k in a.model:
         assert torch.allclose(a.model[k], b.model[k], rtol=0, atol=1e-4), (k, (a.model[k] - b.model[k]).abs().max())
+
+
+def test_the_perceptual_term_and_the_reconstruction_metrics_on_mnist(tmp_path):
+    import json
+
+    tree = {**AE, "data": {"name": "mnist", "image_size": 32},
+            "model": {"preset": "autoencoder_tiny", "in_channels": 1, "image_size": 32},
+            "autoencoder": {"perceptual_weight": 1.0, "disc_start": 2, "scale_images": 100},
+            "train": {**AE["train"], "steps": 4, "batch_size": 8, "checkpoint_every": 4}, "out": str(tmp_path / "m")}
+    summary = train_autoencoder(load_config(None, tree=tree), quiet=True)
+    assert {"psnr dB", "FD[mnist-cnn] of reconstructions", "accuracy[mnist-cnn] of reconstructions"} <= set(summary)
+    log = [json.loads(line) for line in (tmp_path / "m" / "log.jsonl").read_text().splitlines()]
+    assert "perceptual" in log[0] and "lambda" in log[-1] and "d" in log[-1]  # the discriminator ran from step 2

@@ -322,8 +322,12 @@ def _save(config, out, step, model, ema, optimizer, disc, disc_opt, batches, wor
 
 @torch.no_grad()
 def write_reconstructions(config: RunConfig, weights: dict, out: Path, device="cpu") -> dict:
-    """PSNR on the held-out split, and a PNG of originals (odd rows) above their reconstructions."""
+    """PSNR on the held-out split, the Fréchet distance of the reconstructions to the originals in
+    the data set's feature network (where one is packaged), and a PNG: rows of originals, each
+    above its row of reconstructions."""
+    from unnoise import metrics
     from unnoise.data import eval_split, load_dataset
+    from unnoise.features import PACKAGED, feature_net_for
     from unnoise.files import write_text_atomic
     from unnoise.plots import save_image_grid
 
@@ -331,11 +335,21 @@ def write_reconstructions(config: RunConfig, weights: dict, out: Path, device="c
     model.load_state_dict(weights)
     model.eval()
     test = load_dataset(replace(config.data, split=eval_split(config.data.name)))
-    values = []
+    values, originals, recons = [], [], []
     for i in range(0, len(test), 500):
         x = test.batch(torch.arange(i, min(i + 500, len(test))))[0].to(device)
-        values.append(psnr(x, model.decode(model.encode(x).mean)).cpu())
+        x_hat = model.decode(model.encode(x).mean).clamp(-1, 1)
+        values.append(psnr(x, x_hat).cpu())
+        originals.append(x.cpu())
+        recons.append(x_hat.cpu())
     result = {"split": eval_split(config.data.name), "images": len(test), "psnr dB": torch.cat(values).mean().item()}
+    if config.data.name in PACKAGED:
+        feats = feature_net_for(config.data.name, None, device)
+        f_real, _ = feats.embed(torch.cat(originals))
+        f_rec, logits = feats.embed(torch.cat(recons))
+        result[f"FD[{feats.name}] of reconstructions"] = metrics.frechet_distance(
+            *metrics.gaussian_stats(f_rec), *metrics.gaussian_stats(f_real))
+        result[f"accuracy[{feats.name}] of reconstructions"] = (logits.argmax(1) == test.labels).double().mean().item()
     write_text_atomic(out / "reconstruction.json", json.dumps(result, indent=1) + "\n")
     x = test.batch(torch.arange(min(16, len(test))))[0].to(device)
     x_hat = model.decode(model.encode(x).mean).clamp(-1, 1)

@@ -293,8 +293,9 @@ def cmd_train_autoencoder(args) -> int:
 
     summary = train_autoencoder(_run_config(args), resume=args.resume, device=args.device)
     if int(os.environ.get("RANK", "0")) == 0:
+        quality = "; ".join(f"{k} {v:.4g}" for k, v in summary.items() if "psnr" in k or "reconstructions" in k)
         print(f"trained {summary['step']} steps in {summary['seconds']:.0f} s ({summary['stopped']}); held-out "
-              f"PSNR {summary['psnr dB']:.2f} dB; wrote {summary['out']}/log.jsonl, loss.png, reconstructions.png, "
+              f"{quality}; wrote {summary['out']}/log.jsonl, loss.png, reconstructions.png, "
               f"reconstruction.json and checkpoints {', '.join(Path(p).name for p in summary['checkpoints'])}")
     return 0
 
