@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     defaults = FeatureConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default=defaults.data, help="mnist, fashion-mnist or folder")
+    p.add_argument("--data", default=defaults.data, help="mnist, fashion-mnist, emoji or folder")
     p.add_argument("--path", default=None, help="folder: the image folder, one subfolder per class")
     p.add_argument("--image-size", type=int, default=None, help="None: the data set's own")
     p.add_argument("--epochs", type=int, default=None,

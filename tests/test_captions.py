@@ -100,7 +100,10 @@ def test_emoji_set_shapes_and_captions(emoji_cache):
     n = len(ds)
     assert 1300 <= n <= 1400
     assert ds.images.shape == (n, 3, 32, 32) and ds.images.dtype == torch.uint8
-    assert (ds.labels == -1).all() and ds.num_classes == 0
+    # labels: Unicode's emoji groups, every emoji in one of the 8
+    assert ds.num_classes == 8 and ds.labels.min() >= 0 and len(ds.labels.unique()) == 8
+    group = dict(zip(ds.code_points, ds.labels.tolist(), strict=True))
+    assert ds.class_names[group[0x1F34E]] == "Food & Drink" and ds.class_names[group[0x1F600]] == "Smileys & Emotion"
     assert ds.captions.texts[0] == "" and torch.equal(ds.captions.ids[:, 0], torch.arange(1, n + 1))
     assert ds.code_points == sorted(ds.code_points)
     # Only single pictographic code points: no ASCII, regional indicators, skin tones or joiners.
@@ -148,3 +151,10 @@ def test_emoji_missing_font_names_the_debian_package(tmp_path, monkeypatch):
         load_dataset(DataConfig("emoji"))
     with pytest.raises(ValueError, match="split must be one of train, test, all"):
         emoji_module.emoji_set("valid")
+
+
+def test_emoji_groups_need_debian_unicode_data(tmp_path):
+    from unnoise.data.emoji import emoji_groups
+
+    with pytest.raises(ValueError, match="apt-get install unicode-data"):
+        emoji_groups([0x1F600], path=tmp_path / "emoji-test.txt")

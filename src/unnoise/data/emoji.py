@@ -17,6 +17,9 @@ Each glyph is drawn by Pillow at the font's only bitmap size (STRIKE_PX, a CBDT 
 FreeType refuses other sizes) with embedded_color=True, cropped to its opaque box, centred in a
 square of `background`, composited (alpha), and resized with Lanczos to image_size: RGB uint8.
 
+Labels: the Unicode emoji group of each (emoji-test.txt from Debian's unicode-data: 8 groups such as
+"Food & Drink"), so a feature network can be trained and samples classified.
+
 Splits: "test" is every tenth emoji in code-point order (rows 9, 19, 29, ...; ~10%), "train" the
 rest, "all" both. Test captions are never trained on: they are the held-out prompts.
 
@@ -47,12 +50,38 @@ TEST_EVERY = 10  # row i (in code-point order) is test when i % TEST_EVERY == TE
 SPLITS = ("train", "test", "all")
 
 
-class EmojiSet(ImageSet):
-    """An ImageSet of emoji that also knows each image's code point."""
+EMOJI_TEST = Path("/usr/share/unicode/emoji/emoji-test.txt")  # Debian's unicode-data: the emoji groups
+GROUPS_PACKAGE = "unicode-data"
+# Unicode's emoji groups as classes; its two small ones folded in: "Component" (4 hair styles) into
+# People & Body, "Flags" (5 single-code-point flags) into Symbols.
+EMOJI_GROUPS = ("Smileys & Emotion", "People & Body", "Animals & Nature", "Food & Drink", "Travel & Places",
+                "Activities", "Objects", "Symbols")
+_FOLDED = {"Component": "People & Body", "Flags": "Symbols"}
 
-    def __init__(self, images, captions: Captions, code_points: list[int]):
-        super().__init__(images, None, name="emoji", captions=captions)
+
+class EmojiSet(ImageSet):
+    """An ImageSet of emoji that also knows each image's code point; labels are Unicode emoji groups."""
+
+    def __init__(self, images, labels, captions: Captions, code_points: list[int]):
+        super().__init__(images, labels, name="emoji", captions=captions, class_names=EMOJI_GROUPS)
         self.code_points = code_points  # row i is chr(code_points[i])
+
+
+def emoji_groups(code_points, path: Path = EMOJI_TEST) -> torch.Tensor:
+    """The EMOJI_GROUPS index of each code point, from emoji-test.txt's "# group:" headings (its
+    single-code-point lines, a trailing FE0F variation selector ignored); -1 where none is listed."""
+    if not Path(path).is_file():
+        raise ValueError(f"emoji groups come from {path}: install Debian's package with "
+                         f"`apt-get install {GROUPS_PACKAGE}` (as root)")
+    group, index = None, {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.startswith("# group:"):
+            group = line.split(":", 1)[1].strip()
+        elif line and not line.startswith("#") and ";" in line:
+            points = [p for p in line.split(";")[0].split() if p != "FE0F"]
+            if len(points) == 1:
+                index.setdefault(int(points[0], 16), EMOJI_GROUPS.index(_FOLDED.get(group, group)))
+    return torch.tensor([index.get(int(c), -1) for c in code_points], dtype=torch.int64)
 
 
 def cache_folder() -> Path:
@@ -88,7 +117,8 @@ def emoji_set(
     held_out = np.arange(len(code_points)) % TEST_EVERY == TEST_EVERY - 1
     keep = {"train": ~held_out, "test": held_out, "all": np.ones_like(held_out)}[split]
     captions = Captions(("", *names[keep].tolist()), torch.arange(1, int(keep.sum()) + 1).unsqueeze(1))
-    return EmojiSet(torch.from_numpy(images[keep]), captions, code_points[keep].tolist())
+    labels = emoji_groups(code_points[keep])
+    return EmojiSet(torch.from_numpy(images[keep]), labels, captions, code_points[keep].tolist())
 
 
 def is_pictographic(code_point: int) -> bool:
