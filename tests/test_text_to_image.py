@@ -141,3 +141,15 @@ def test_batched_draws_keep_each_sample_on_its_prompt(run):
                                  seed=0, batch_size=2, device="cpu", progress=False, prompts=prompts)
     assert labels is None
     assert torch.allclose(batched, whole, atol=1e-5)
+
+
+def test_the_python_api_samples_a_checkpoint_from_prompts(run):
+    from unnoise.train import sample_checkpoint
+
+    ckpt, _ = run
+    images, loaded = sample_checkpoint(ckpt.path, 2, prompts=["red apple"], guidance=2.0, steps=2, seed=0)
+    config = load_config(None, tree=ckpt.config["tree"])
+    assert loaded.path == ckpt.path
+    assert torch.equal(images, generate(config, ckpt.ema, 2, prompts=["red apple"], guidance=2.0, steps=2, seed=0))
+    with pytest.raises(ValueError, match="takes no class labels .*give prompts"):
+        sample_checkpoint(ckpt.path, 2, label=1)

@@ -319,34 +319,19 @@ def cmd_train(args) -> int:
 def cmd_sample(args) -> int:
     import numpy as np
 
-    from unnoise.checkpoint import load_checkpoint
-    from unnoise.classifier import load_classifier
-    from unnoise.config import load_config
     from unnoise.files import write_atomic
     from unnoise.plots import plot_samples, save_image_grid
-    from unnoise.train import generate
+    from unnoise.train import sample_checkpoint
 
     if args.out.suffix not in (".png", ".npz"):
         raise ValueError(f"--out must end in .png or .npz, got {args.out}")
-    ckpt = load_checkpoint(args.checkpoint, with_state=False)
-    overrides = [f"sample.guidance_rescale={args.guidance_rescale}"] if args.guidance_rescale is not None else []
-    if args.guidance_interval is not None:
-        overrides.append(f"sample.guidance_interval={list(args.guidance_interval)}")
-    config = load_config(None, overrides, tree=ckpt.config["tree"])
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    classifier = load_classifier(args.classifier, device) if args.classifier else None
-    num_classes = classifier.net.config.out_channels if classifier else getattr(config.model, "num_classes", 0)
-    cond = None
-    if args.label is not None:
-        if not 0 <= args.label < num_classes:
-            raise ValueError(f"--label must lie in 0..{num_classes - 1} for this model, got {args.label}"
-                             if num_classes else "--label given, but this model takes no class labels"
-                             + (" (it is text-conditioned: use --prompt)" if getattr(config.model, "context_dim", 0)
-                                else ""))
-        cond = torch.full((args.n,), args.label, device=device)
-    x = generate(config, ckpt.ema, args.n, sampler=args.sampler, steps=args.steps, spacing=args.spacing,
-                 seed=args.seed, device=device, cond=cond, guidance=args.guidance, classifier=classifier,
-                 classifier_scale=args.classifier_scale, prompts=args.prompt)
+    interval = tuple(args.guidance_interval) if args.guidance_interval is not None else None
+    x, ckpt = sample_checkpoint(args.checkpoint, args.n, sampler=args.sampler, steps=args.steps,
+                                spacing=args.spacing, seed=args.seed, label=args.label, prompts=args.prompt,
+                                guidance=args.guidance, guidance_rescale=args.guidance_rescale,
+                                guidance_interval=interval, classifier=args.classifier,
+                                classifier_scale=args.classifier_scale, device=device)
     if args.out.suffix == ".npz":
         def write_npz(tmp):
             with open(tmp, "wb") as f:

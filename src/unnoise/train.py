@@ -422,6 +422,44 @@ def generate(config: RunConfig, weights: dict[str, Tensor], n: int, *, sampler: 
     return space.decode(x0)  # latent models: the autoencoder's images; pixel models: x0 itself
 
 
+def sample_checkpoint(checkpoint: str | Path, n: int, *, label: int | None = None,
+                      prompts: list[str] | None = None, guidance: float | None = None,
+                      guidance_rescale: float | None = None, guidance_interval: tuple[float, float] | None = None,
+                      classifier: str | Path | None = None, classifier_scale: float = 1.0,
+                      device: torch.device | str = "cpu", **options) -> tuple[Tensor, Any]:
+    """n samples from a run or checkpoint folder (EMA weights), and the checkpoint: what `unnoise
+    sample` does, from Python.
+
+        images, _ = sample_checkpoint("runs/fashion-text", 8, prompts=["a picture of a boot"], guidance=4)
+        images, _ = sample_checkpoint("runs/f1", 8, label=9, guidance=0, classifier="runs/fashion-classifier")
+
+    label: one class for all samples (None: the class grid); prompts: for text models; guidance: the
+    classifier-free scale (None: the run's), with its rescale and interval; classifier: a noise-aware
+    classifier run for classifier guidance at classifier_scale; options: sampler, steps, spacing, seed.
+    """
+    from unnoise.checkpoint import load_checkpoint
+    from unnoise.classifier import load_classifier
+    from unnoise.config import load_config
+
+    ckpt = load_checkpoint(checkpoint, with_state=False)
+    overrides = [f"sample.guidance_rescale={guidance_rescale}"] if guidance_rescale is not None else []
+    if guidance_interval is not None:
+        overrides.append(f"sample.guidance_interval={list(guidance_interval)}")
+    config = load_config(None, overrides, tree=ckpt.config["tree"])
+    clf = load_classifier(classifier, device) if classifier else None
+    classes = clf.net.config.out_channels if clf else getattr(config.model, "num_classes", 0)
+    cond = None
+    if label is not None:
+        if not 0 <= label < classes:
+            text = " (it is text-conditioned: give prompts)" if getattr(config.model, "context_dim", 0) else ""
+            raise ValueError(f"label must lie in 0..{classes - 1} for this model, got {label}" if classes
+                             else f"a label was given, but this model takes no class labels{text}")
+        cond = torch.full((n,), label, device=device)
+    x = generate(config, ckpt.ema, n, device=device, cond=cond, guidance=guidance, classifier=clf,
+                 classifier_scale=classifier_scale, prompts=prompts, **options)
+    return x, ckpt
+
+
 def _text_conds(config: RunConfig, prompts, first: int, n: int, device, labels: Tensor | None) -> tuple[dict, dict]:
     """The text condition of samples first..first + n - 1 (cycling through the prompts) and the null
     condition (the empty prompt; with the null label too for a model that also takes classes)."""
