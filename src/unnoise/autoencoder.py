@@ -146,8 +146,9 @@ class EncodedSet:
 
 @torch.no_grad()
 def encode_dataset(space: LatentSpace, dataset, batch_size: int = 500, progress: bool = True) -> EncodedSet:
-    """Every image encoded once to its scaled posterior mean (with KL weight 1e-6 the posterior's
-    std is small next to the latents' spread: drawing from it each step would change little)."""
+    """Every image encoded once to its scaled posterior mean. With KL weight 1e-6 the posterior's std
+    is small next to the latents' unit spread (0.007 for fashion-autoencoder, measured on 500 test
+    images): drawing from it at every step would change little."""
     device = next(space.autoencoder.parameters()).device
     parts = []
     for i in tqdm(range(0, len(dataset), batch_size), desc="encoding", disable=not progress, leave=False):
