@@ -357,8 +357,8 @@ def generate(config: RunConfig, weights: dict[str, Tensor], n: int, *, sampler: 
              first: int = 0, wrap: Callable | None = None, options: dict | None = None,
              built: tuple | None = None, classifier: Any = None, classifier_scale: float = 1.0,
              prompts: list[str] | tuple[str, ...] | None = None) -> Tensor:
-    """n samples from a trained network with per-sample seeds seed + first, seed + first + 1, ...:
-    sample i is the same whatever the batch (so `first` lets a caller draw a long series in batches).
+    """n samples from a trained network; sample first + i draws its noise from its own seed (seed,
+    first + i), so it is the same whatever the batch (`first` lets a caller draw a long series in batches).
 
     A class-conditional model without `cond` draws a grid: sample i shows class i mod num_classes.
     `guidance` (None: the config's [sample] guidance) is the classifier-free guidance scale;
@@ -370,6 +370,7 @@ def generate(config: RunConfig, weights: dict[str, Tensor], n: int, *, sampler: 
     A text-conditioned model draws sample i from prompts[(first + i) mod len(prompts)] (None: the
     config's [sample] prompts); "" is the unconditional prompt.
     """
+    from unnoise.autoencoder import latent_space_for
     from unnoise.grids import time_grid
     from unnoise.guidance import SAME, ClassifierFreeGuidance, ClassifierGuidance
     from unnoise.noise import per_sample_generators
@@ -378,8 +379,6 @@ def generate(config: RunConfig, weights: dict[str, Tensor], n: int, *, sampler: 
     sc = config.sample
     if prompts and not getattr(config.model, "context_dim", 0):
         raise ValueError("prompts given, but this model has no text conditioning ([model] context_dim = 0)")
-    from unnoise.autoencoder import latent_space_for
-
     space = latent_space_for(config, device)  # checked before any sampling work
     denoise, schedule = built or load_denoiser(config, weights, device)
     num_classes = getattr(config.model, "num_classes", 0)
