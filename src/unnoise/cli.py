@@ -347,10 +347,12 @@ def cmd_sample(args) -> int:
 
 
 def _text_model(checkpoint) -> bool:
-    from unnoise.checkpoint import load_checkpoint
+    """Whether a checkpoint is a text model (read from its config.json alone, not its weights)."""
+    from unnoise.checkpoint import resolve_checkpoint
     from unnoise.config import load_config
 
-    config = load_config(None, tree=load_checkpoint(checkpoint, with_state=False).config["tree"])
+    tree = json.loads((resolve_checkpoint(checkpoint) / "config.json").read_text())["tree"]
+    config = load_config(None, tree=tree)
     if getattr(config.model, "context_dim", 0) and config.data.name != "fashion-mnist":
         raise ValueError(f"prompt accuracy needs a labelled data set with prompts per class (fashion-mnist); "
                          f"this text model was trained on {config.data.name}")
