@@ -1,6 +1,7 @@
 """Text-to-image end to end on a tiny model: captions from the data, the frozen encoder, caption
 dropout to the empty prompt, prompts at sampling time with classifier-free guidance."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -153,3 +154,51 @@ def test_the_python_api_samples_a_checkpoint_from_prompts(run):
     assert torch.equal(images, generate(config, ckpt.ema, 2, prompts=["red apple"], guidance=2.0, steps=2, seed=0))
     with pytest.raises(ValueError, match="takes no class labels .*give prompts"):
         sample_checkpoint(ckpt.path, 2, label=1)
+
+
+def test_eval_prompts_a_text_model_with_the_reference_captions(run, tmp_path, capsys):
+    # Sample i is drawn with the caption of reference image i mod N and scored against that image's
+    # class; with the training split as reference, the floor comes from the held-out images.
+    from unnoise.evaluate import EvalOptions, reference
+    from unnoise.features import FeatureConfig, feature_net_for, save_feature_net, train_feature_net
+
+    ckpt, _ = run
+    config = load_config(None, tree=ckpt.config["tree"])
+    net, info = train_feature_net(FeatureConfig(data="emoji", image_size=16, channels=(8, 8, 8), feature_dim=8,
+                                                epochs=1, limit=64))
+    feats_path = save_feature_net(net, info, tmp_path / "emoji16.safetensors")
+    feats = feature_net_for("emoji", feats_path)
+    ref = reference(config, feats, tmp_path, "test")
+    test = load_dataset(dataclasses.replace(config.data, split="test"))
+    assert ref.prompts == [test.captions.texts[i + 1] for i in range(len(test))]  # each image's own name
+    assert "red apple" not in ref.prompts and len(ref.prompts) == len(test)  # a training caption
+
+    assert main(["eval", str(ckpt.path), "--n", "20", "--steps", "1", "--batch-size", "8", "--reference", "train",
+                 "--features", str(feats_path), "--metrics", "fd,acc"]) == 0
+    doc = json.loads((ckpt.path / "eval-euler-1-g2.0-n20-train.json").read_text())
+    assert doc["reference"] == "emoji train (1225 images)" and doc["prompts"].endswith("(1225)")
+    assert doc["guidance"] == 2.0 and 0 <= doc["accuracy[emoji16]"] <= 1
+    floor = [k for k in doc if k.startswith("FD[emoji16] floor")]
+    assert floor and "held-out images, same classes" in floor[0]
+    with pytest.raises(ValueError, match="reference must be one of test, train, all"):
+        EvalOptions(reference="val")
+    capsys.readouterr()
+
+
+def test_the_prompt_grid_script_draws_a_row_per_prompt(run, tmp_path, capsys):
+    import sys
+
+    from PIL import Image
+
+    from unnoise.plots import plot_prompt_grid
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+    from prompt_grid import main as grid_main
+
+    ckpt, _ = run
+    out = tmp_path / "grid.png"
+    assert grid_main([str(ckpt.path), str(ckpt.path), "--names", "a,b", "--prompt", "green apple",
+                      "--prompt", "tomato", "--per-prompt", "2", "--steps", "1", "--out", str(out)]) == 0
+    assert Image.open(out).size[0] > 100 and "a: 4 samples" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"b: expected \(P \* k, 1 or 3, H, W\) images for 2 prompts, got \(3, 3"):
+        plot_prompt_grid({"b": torch.zeros(3, 3, 8, 8)}, ["x", "y"], tmp_path / "bad.png")

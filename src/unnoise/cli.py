@@ -197,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atol", type=float, default=1e-5, help="nll: absolute tolerance of the dopri5 solve")
     p.add_argument("--vlb-steps", type=_positive_int, default=None,
                    help="vlb: T; None: the schedule's own (1000 for DDPM), else 1000")
+    p.add_argument("--reference", choices=["test", "train", "all"], default=None,
+                   help="the split the sample metrics compare with; None: the held-out split (test), or the "
+                   "whole set where there is none. A text model is prompted with these images' captions")
     p.add_argument("--features", default=None,
                    help="a feature network .safetensors (scripts/train_features.py); None: the packaged one")
     p.add_argument("--sweep", action="store_true",
@@ -372,7 +375,7 @@ def cmd_eval(args) -> int:
                        seed=args.seed, batch_size=args.batch_size, nll_n=args.nll_n, trace=args.trace,
                        rtol=args.rtol, atol=args.atol, vlb_steps=args.vlb_steps, features=args.features,
                        classifier=str(args.classifier) if args.classifier else None,
-                       classifier_scale=args.classifier_scale)
+                       classifier_scale=args.classifier_scale, reference=args.reference)
     if args.sweep and args.guidance_scales:
         raise ValueError("--sweep and --guidance-scales are separate jobs: give one")
     if args.guidance_scales and _text_model(args.checkpoint):

@@ -36,6 +36,7 @@ SAMPLE_METRICS = ("fd", "kid", "pr", "acc", "nn")
 LIKELIHOOD_METRICS = ("nll", "vlb")
 METRICS = SAMPLE_METRICS + LIKELIHOOD_METRICS
 SWEEP_NFE = (1, 2, 3, 4, 6, 8, 10, 15, 20, 30, 50, 100)
+REFERENCE_SPLITS = ("test", "train", "all")
 ADAPTIVE_TOLERANCES = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 1e-4)  # ode_adaptive's NFE is its tolerance's
 
 
@@ -57,8 +58,11 @@ class EvalOptions:
     features: str | None = None  # a feature network file; None: the packaged one for the run's data
     classifier: str | None = None  # a noise-aware classifier run for classifier guidance
     classifier_scale: float = 1.0  # its guidance scale
+    reference: str | None = None  # the split the sample metrics compare with; None: the held-out one
 
     def __post_init__(self) -> None:
+        if self.reference not in (None, *REFERENCE_SPLITS):
+            raise ValueError(f"reference must be one of {', '.join(REFERENCE_SPLITS)}, got {self.reference!r}")
         unknown = [m for m in self.metrics if m not in METRICS]
         if unknown or not self.metrics:
             raise ValueError(f"unknown metrics {unknown or '(none given)'}; choose from {', '.join(METRICS)}")
@@ -74,35 +78,43 @@ class EvalOptions:
 
 @dataclass
 class Reference:
-    features: Tensor  # (N, D) float64, of the test split
+    features: Tensor  # (N, D) float64, of the reference split
+    labels: Tensor  # (N,) its labels (-1: none)
+    prompts: list[str] | None  # its images' first captions, where the data set has captions
     train_images: Tensor  # (M, C, H, W) uint8, for the nearest-neighbour check and the floor
     train_labels: Tensor  # (M,)
-    test_images: Tensor  # (N, C, H, W) uint8
+    test_images: Tensor  # (K, C, H, W) uint8, held out: the nearest-neighbour check's baseline
     test_labels: Tensor
     mu: np.ndarray
     cov: np.ndarray
     split: str  # the split the features come from
 
 
-def reference(config: RunConfig, feats: LoadedFeatures, cache_dir: Path) -> Reference:
-    """Features of the run's test split (the whole set where there is none), cached in
+def reference(config: RunConfig, feats: LoadedFeatures, cache_dir: Path, split: str | None = None) -> Reference:
+    """Features of `split` (None: the held-out split, or the whole set where there is none), cached in
     `cache_dir/reference-<key>.safetensors`, the key hashing the images and the feature network."""
     from unnoise.data import load_dataset
 
-    split = eval_split(config.data.name)
-    test = load_dataset(replace(config.data, split=split))
-    train = load_dataset(replace(config.data, split="train"))
-    if not hasattr(test, "images"):
+    held_out = eval_split(config.data.name)
+    split = split or held_out
+    if split != "all" and held_out == "all":
+        raise ValueError(f"{config.data.name} has no train/test split; the reference can only be 'all'")
+    sets = {s: load_dataset(replace(config.data, split=s)) for s in {split, held_out, "train"}}
+    ref_set, test, train = sets[split], sets[held_out], sets["train"]
+    if not hasattr(ref_set, "images"):
         raise ValueError(f"sample-quality metrics need an image data set, got {config.data.name!r}")
-    key = hashlib.sha256(feats.sha256.encode() + split.encode() + test.images.numpy().tobytes()).hexdigest()[:16]
+    key = hashlib.sha256(feats.sha256.encode() + split.encode() + ref_set.images.numpy().tobytes()).hexdigest()[:16]
     path = cache_dir / f"reference-{key}.safetensors"
     if path.is_file():
         features = load_file(str(path))["features"]
     else:
-        features, _ = feats.embed(to_signed_unit(test.images))
+        features, _ = feats.embed(to_signed_unit(ref_set.images))
         write_atomic(path, lambda tmp: save_file({"features": features.contiguous()}, str(tmp)))
     mu, cov = metrics.gaussian_stats(features)
-    return Reference(features, train.images, train.labels, test.images, test.labels, mu, cov, split)
+    captions = getattr(ref_set, "captions", None)
+    prompts = [captions.texts[i] for i in captions.ids[:, 0].tolist()] if captions is not None else None
+    return Reference(features, ref_set.labels, prompts, train.images, train.labels, test.images, test.labels,
+                     mu, cov, split)
 
 
 # ---- generation and the sample metrics -------------------------------------------------------
@@ -180,20 +192,23 @@ def floor_metrics(ref: Reference, feats: LoadedFeatures, n: int, labels: Tensor 
     (FD is biased upwards at finite n; the floor says how far). Given the samples' labels, the real
     images have the same number per class: a class-balanced set scores much lower than a random one
     (on Fashion-MNIST at n = 200: FD 0.33-0.53 against 1.0-2.2), so only that floor is fair."""
+    # Real images from outside the reference: the training split, or the held-out one when the
+    # reference is the training split (then the floor may have fewer than n images: it says how many).
+    outside = ref.split == "train"
+    images, image_labels = (ref.test_images, ref.test_labels) if outside else (ref.train_images, ref.train_labels)
     g = torch.Generator().manual_seed(seed)
     if labels is None:
-        pick = torch.randperm(len(ref.train_images), generator=g)[: min(n, len(ref.train_images))]
+        pick = torch.randperm(len(images), generator=g)[: min(n, len(images))]
     else:
-        train_labels = ref.train_labels
         parts = []
         for c, count in zip(*torch.unique(labels, return_counts=True), strict=True):
-            pool = torch.nonzero(train_labels == c).flatten()
+            pool = torch.nonzero(image_labels == c).flatten()
             parts.append(pool[torch.randperm(len(pool), generator=g)[: int(count)]])
         pick = torch.cat(parts)
-    f, _ = feats.embed(to_signed_unit(ref.train_images[pick]))
+    f, _ = feats.embed(to_signed_unit(images[pick]))
     mu, cov = metrics.gaussian_stats(f)
     kid, se = metrics.kernel_inception_distance(ref.features, f)
-    kind = "training images" if labels is None else "training images, same classes"
+    kind = f"{'held-out' if outside else 'training'} images{'' if labels is None else ', same classes'}"
     return {f"FD[{feats.name}] floor ({len(pick)} {kind})": metrics.frechet_distance(mu, cov, ref.mu, ref.cov),
             f"KID[{feats.name}] floor": kid, f"KID[{feats.name}] floor se": se}
 
@@ -258,7 +273,7 @@ def open_run(checkpoint: str | Path, opts: EvalOptions) -> Run:
 
     ckpt = load_checkpoint(checkpoint, with_state=False)
     config = load_config(None, tree=ckpt.config["tree"])
-    conditional = getattr(config.model, "num_classes", 0)
+    conditional = getattr(config.model, "num_classes", 0) or getattr(config.model, "context_dim", 0)
     guidance = opts.guidance if opts.guidance is not None else (config.sample.guidance if conditional else None)
     return Run(ckpt, config, opts.spacing or config.sample.spacing, guidance)
 
@@ -281,13 +296,23 @@ def evaluate(checkpoint: str | Path, opts: EvalOptions, device=None, progress: b
         result.update({"classifier": opts.classifier, "classifier scale": opts.classifier_scale})
     if any(m in SAMPLE_METRICS for m in opts.metrics):
         feats = feature_net_for(config.data.name, opts.features, device)
-        ref = reference(config, feats, ckpt.path)
+        ref = reference(config, feats, ckpt.path, opts.reference)
+        # A text model draws sample i with the caption of reference image i mod N (as COCO evaluations
+        # prompt with the reference's captions), so its samples and the reference describe the same things.
+        prompts = ref.prompts if getattr(config.model, "context_dim", 0) else None
+        if prompts is None and getattr(config.model, "context_dim", 0):
+            raise ValueError(f"{config.data.name} has no captions to prompt a text model with")
+        if prompts and classifier:
+            raise ValueError("classifier guidance needs class labels; this is a text model")
         images, labels, nfe, seconds = draw(config, ckpt.ema, opts.n, sampler=sampler, steps=steps, spacing=spacing,
                                             guidance=guidance, seed=opts.seed, batch_size=opts.batch_size,
                                             device=device, progress=progress, classifier=classifier,
-                                            classifier_scale=opts.classifier_scale)
+                                            classifier_scale=opts.classifier_scale, prompts=prompts)
+        if prompts and bool((ref.labels >= 0).all()):  # the prompt's class is its image's
+            labels = ref.labels[torch.arange(opts.n) % len(ref.labels)]
         result.update({"features": feats.name, "feature test accuracy": feats.info.get("test_accuracy"),
                        "reference": f"{config.data.name} {ref.split} ({len(ref.features)} images)",
+                       "prompts": f"the reference images' captions ({len(prompts)})" if prompts else None,
                        "nfe": nfe, "seconds per sample": seconds})
         result.update(sample_metrics(images, labels, ref, feats, opts.metrics))
         if "fd" in opts.metrics:
@@ -297,7 +322,8 @@ def evaluate(checkpoint: str | Path, opts: EvalOptions, device=None, progress: b
                        "vlb steps": opts.vlb_steps})
         result.update(likelihood_metrics(config, ckpt.ema, opts, device, progress))
     scale = f"-c{opts.classifier_scale:g}" if classifier else ""
-    name = (f"eval-{sampler}-{steps}-g{guidance}{scale}-n{opts.n}.json" if samples
+    split = f"-{opts.reference}" if opts.reference else ""
+    name = (f"eval-{sampler}-{steps}-g{guidance}{scale}-n{opts.n}{split}.json" if samples
             else f"eval-{'-'.join(opts.metrics)}-n{opts.nll_n}.json")
     path = ckpt.path / name
     write_text_atomic(path, json.dumps({**result, "options": asdict(opts)}, indent=1) + "\n")
@@ -360,7 +386,7 @@ def sweep(checkpoint: str | Path, opts: EvalOptions, samplers: list[str], budget
     run = open_run(checkpoint, opts)
     ckpt, config, spacing, guidance = run.ckpt, run.config, run.spacing, run.guidance
     feats = feature_net_for(config.data.name, opts.features, device)
-    ref = reference(config, feats, ckpt.path)
+    ref = reference(config, feats, ckpt.path, opts.reference)
     plan = []
     cache: dict = {}
     for s in samplers:
@@ -449,7 +475,7 @@ def guidance_curve(checkpoint: str | Path, opts: EvalOptions, scales=GUIDANCE_SC
         raise ValueError(f"guidance scales must be >= 0, got {scales}")
     sampler, steps = opts.sampler or config.sample.sampler, opts.steps or config.sample.steps
     feats = feature_net_for(config.data.name, opts.features, device)
-    ref = reference(config, feats, ckpt.path)
+    ref = reference(config, feats, ckpt.path, opts.reference)
     kind = "classifier" if classifier else "classifier-free"
     rows = []
     for scale in tqdm(scales, desc=f"{kind} guidance", disable=not progress):
@@ -505,7 +531,7 @@ def prompt_curve(checkpoint: str | Path, opts: EvalOptions, prompts: list[tuple[
         raise ValueError("need at least one prompt and per_prompt >= 1")
     sampler, steps = opts.sampler or config.sample.sampler, opts.steps or config.sample.steps
     feats = feature_net_for(config.data.name, opts.features, device)
-    ref = reference(config, feats, ckpt.path)
+    ref = reference(config, feats, ckpt.path, opts.reference)
     texts = [p for p, _, _ in prompts]
     classes = torch.tensor([c for _, c, _ in prompts])
     groups = list(dict.fromkeys(g for _, _, g in prompts))

@@ -157,3 +157,29 @@ def plot_prompt_accuracy(rows: list[dict], groups: list[str], path: str | os.Pat
     ax.legend(fontsize=8)
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def plot_prompt_grid(panels: dict[str, Tensor], prompts: list[str], path: str | os.PathLike) -> Path:
+    """Samples by prompt, one panel per model side by side: panels[name] is (P * k, C, H, W) in [-1, 1]
+    with sample i drawn from prompts[i mod P]; each panel's row p shows the k samples of prompt p."""
+    import numpy as np
+
+    p = len(prompts)
+    fig, axes = plt.subplots(p, len(panels), figsize=(1.4 + 2.2 * len(panels), 0.62 * p + 0.5), squeeze=False)
+    for col, (name, images) in enumerate(panels.items()):
+        if images.ndim != 4 or images.shape[0] % p or images.shape[1] not in (1, 3):
+            raise ValueError(f"{name}: expected (P * k, 1 or 3, H, W) images for {p} prompts, got "
+                             f"{tuple(images.shape)}")
+        k = images.shape[0] // p
+        pixels = ((images.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+        for row in range(p):
+            strip = np.concatenate([pixels[row + j * p] for j in range(k)], axis=1)  # prompt row's samples
+            ax = axes[row, col]
+            ax.imshow(strip.squeeze(-1) if strip.shape[-1] == 1 else strip, cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 0:
+                ax.set_ylabel(prompts[row], rotation=0, ha="right", va="center", fontsize=8)
+        axes[0, col].set_title(name, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
