@@ -134,6 +134,28 @@ def test_a_latent_model_trains_samples_and_refuses_another_autoencoder(autoencod
         load_latent_space(summary["checkpoints"][-1])
 
 
+def test_a_latent_dit_follows_prompts_and_the_sample_command_decodes(autoencoder_run, tmp_path, capsys):
+    # The other network and the other condition on the same latents: a DiT reading text through
+    # cross-attention; `unnoise sample` writes decoded RGB images, not latents.
+    import numpy as np
+
+    from unnoise.cli import main
+
+    out, _ = autoencoder_run
+    tree = {**LATENT, "latent": {"autoencoder": str(out)}, "out": str(tmp_path / "ldit"),
+            "model": {"preset": "dit_tiny", "in_channels": 2, "out_channels": 2, "image_size": 8,
+                      "patch_size": 2, "context_dim": 384},
+            "sample": {**LATENT["sample"], "guidance": 2.0, "prompts": ["red apple"]}}
+    summary = train(load_config(None, tree=tree), quiet=True)
+    path = tmp_path / "apples.npz"
+    assert main(["sample", summary["checkpoints"][-1], "--n", "2", "--prompt", "green apple", "--steps", "2",
+                 "--out", str(path)]) == 0
+    with np.load(path) as f:
+        images = next(iter(f.values()))
+    assert images.shape[0] == 2 and images.shape[-3:] in ((3, 16, 16), (16, 16, 3))
+    capsys.readouterr()
+
+
 def test_every_autoencoder_preset_builds():
     for name in ("autoencoder_f4", "autoencoder_tiny"):
         config = MODEL_PRESETS[name]()

@@ -24,15 +24,18 @@ def test_training_is_recreated_bit_for_bit(tmp_path):
     assert 0 <= loaded.info["test_accuracy"] <= 1 and loaded.info["test_images"] == 500
 
 
-@pytest.mark.parametrize("data,accuracy", [("mnist", 0.95), ("fashion-mnist", 0.88)])
-def test_packaged_networks_record_how_they_were_made(data, accuracy):
+@pytest.mark.parametrize("data,accuracy,shape,classes", [("mnist", 0.95, (1, 28, 28), 10),
+                                                          ("fashion-mnist", 0.88, (1, 28, 28), 10),
+                                                          ("emoji", 0.5, (3, 32, 32), 8)])  # 8 emoji groups
+def test_packaged_networks_record_how_they_were_made(data, accuracy, shape, classes):
     feats = load_feature_net(data)
     assert feats.name == f"{data}-cnn" and feats.info["data"] == data
     assert feats.info["test_accuracy"] >= accuracy  # measured on the test split, never trained on
     assert feats.info["config"]["seed"] == 0 and feats.info["threads"] >= 1
     assert packaged_path(data).stat().st_size < 1_000_000
-    f, logits = feats.embed(torch.zeros(3, 1, 28, 28))
-    assert f.shape == (3, 128) and f.dtype == torch.float64 and logits.shape == (3, 10)
+    assert (feats.info["in_channels"], feats.info["image_size"], feats.info["image_size"]) == shape
+    f, logits = feats.embed(torch.zeros(3, *shape))
+    assert f.shape == (3, 128) and f.dtype == torch.float64 and logits.shape == (3, classes)
 
 
 def test_inputs_of_another_size_or_colour_are_brought_to_the_network():
@@ -77,3 +80,15 @@ def test_metadata_is_json_with_the_config(tmp_path):
     with safe_open(str(path), "pt") as f:
         meta = json.loads(f.metadata()["unnoise.features"])
     assert meta["config"]["channels"] == [8, 8, 8] and meta["image_size"] == 28 and meta["num_classes"] == 10
+
+
+def test_padded_images_are_cropped_back_before_the_network_sees_them():
+    from unnoise.data.image_set import fit_images, to_signed_unit
+    from unnoise.features import LoadedFeatures
+
+    net = FeatureNet(1, 28, 10, (8, 8, 8), 16).eval()
+    native = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
+    padded = to_signed_unit(fit_images(native, 32, "pad"))
+    cropping, resizing = LoadedFeatures(net, "x", "0", {}, crop=True), LoadedFeatures(net, "x", "0", {})
+    assert torch.equal(cropping.embed(padded)[0], resizing.embed(to_signed_unit(native))[0])
+    assert not torch.allclose(resizing.embed(padded)[0], resizing.embed(to_signed_unit(native))[0], atol=1e-3)

@@ -345,7 +345,7 @@ def write_reconstructions(config: RunConfig, weights: dict, out: Path, device="c
         recons.append(x_hat.cpu())
     result = {"split": eval_split(config.data.name), "images": len(test), "psnr dB": torch.cat(values).mean().item()}
     if config.data.name in PACKAGED:
-        feats = feature_net_for(config.data.name, None, device)
+        feats = feature_net_for(config.data.name, None, device, config.data.fit == "pad")
         f_real, _ = feats.embed(torch.cat(originals))
         f_rec, logits = feats.embed(torch.cat(recons))
         result[f"FD[{feats.name}] of reconstructions"] = metrics.frechet_distance(

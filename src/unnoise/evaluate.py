@@ -103,7 +103,8 @@ def reference(config: RunConfig, feats: LoadedFeatures, cache_dir: Path, split: 
     ref_set, test, train = sets[split], sets[held_out], sets["train"]
     if not hasattr(ref_set, "images"):
         raise ValueError(f"sample-quality metrics need an image data set, got {config.data.name!r}")
-    key = hashlib.sha256(feats.sha256.encode() + split.encode() + ref_set.images.numpy().tobytes()).hexdigest()[:16]
+    key = hashlib.sha256(feats.sha256.encode() + split.encode() + (b"crop" if feats.crop else b"")
+                         + ref_set.images.numpy().tobytes()).hexdigest()[:16]
     path = cache_dir / f"reference-{key}.safetensors"
     if path.is_file():
         features = load_file(str(path))["features"]
@@ -295,7 +296,7 @@ def evaluate(checkpoint: str | Path, opts: EvalOptions, device=None, progress: b
     if classifier:
         result.update({"classifier": opts.classifier, "classifier scale": opts.classifier_scale})
     if any(m in SAMPLE_METRICS for m in opts.metrics):
-        feats = feature_net_for(config.data.name, opts.features, device)
+        feats = feature_net_for(config.data.name, opts.features, device, config.data.fit == "pad")
         ref = reference(config, feats, ckpt.path, opts.reference)
         # A text model draws sample i with the caption of reference image i mod N (as COCO evaluations
         # prompt with the reference's captions), so its samples and the reference describe the same things.
@@ -385,7 +386,7 @@ def sweep(checkpoint: str | Path, opts: EvalOptions, samplers: list[str], budget
         get_sampler(s)
     run = open_run(checkpoint, opts)
     ckpt, config, spacing, guidance = run.ckpt, run.config, run.spacing, run.guidance
-    feats = feature_net_for(config.data.name, opts.features, device)
+    feats = feature_net_for(config.data.name, opts.features, device, config.data.fit == "pad")
     ref = reference(config, feats, ckpt.path, opts.reference)
     plan = []
     cache: dict = {}
@@ -474,7 +475,7 @@ def guidance_curve(checkpoint: str | Path, opts: EvalOptions, scales=GUIDANCE_SC
     if any(s < 0 for s in scales):
         raise ValueError(f"guidance scales must be >= 0, got {scales}")
     sampler, steps = opts.sampler or config.sample.sampler, opts.steps or config.sample.steps
-    feats = feature_net_for(config.data.name, opts.features, device)
+    feats = feature_net_for(config.data.name, opts.features, device, config.data.fit == "pad")
     ref = reference(config, feats, ckpt.path, opts.reference)
     kind = "classifier" if classifier else "classifier-free"
     rows = []
@@ -530,7 +531,7 @@ def prompt_curve(checkpoint: str | Path, opts: EvalOptions, prompts: list[tuple[
     if not prompts or per_prompt < 1:
         raise ValueError("need at least one prompt and per_prompt >= 1")
     sampler, steps = opts.sampler or config.sample.sampler, opts.steps or config.sample.steps
-    feats = feature_net_for(config.data.name, opts.features, device)
+    feats = feature_net_for(config.data.name, opts.features, device, config.data.fit == "pad")
     ref = reference(config, feats, ckpt.path, opts.reference)
     texts = [p for p, _, _ in prompts]
     classes = torch.tensor([c for _, c, _ in prompts])

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from unnoise.data.image_set import to_signed_unit
 from unnoise.files import write_atomic
 
-PACKAGED = ("mnist", "fashion-mnist")  # data sets with shipped feature networks
+PACKAGED = ("mnist", "fashion-mnist", "emoji")  # data sets with shipped feature networks
 
 
 @dataclass(frozen=True)
@@ -115,10 +115,17 @@ class LoadedFeatures:
     name: str  # e.g. "fashion-mnist-cnn": goes into every metric's name
     sha256: str  # of the weights file: part of every cached reference statistic's key
     info: dict  # the metadata saved with it (data, test accuracy, config, ...)
+    crop: bool = False  # inputs are the data padded to a larger size: cut the border off before resizing
 
     @torch.no_grad()
     def embed(self, images: Tensor, batch_size: int = 500) -> tuple[Tensor, Tensor]:
         """Features (N, feature_dim) float64 and logits (N, classes) float32 of images in [-1, 1]."""
+        s, (h, w) = self.net.image_size, images.shape[-2:]
+        if self.crop and h >= s and w >= s:
+            # The inverse of data.image_set.fit_images' "pad": the border is the model's, not the data's,
+            # and resizing the padded image would shrink every garment by 28/32 for the network.
+            top, left = (h - s) // 2, (w - s) // 2
+            images = images[..., top:top + s, left:left + s]
         device = next(self.net.parameters()).device
         feats, logits = [], []
         for i in range(0, images.shape[0], batch_size):
@@ -247,12 +254,14 @@ def load_feature_net(source: str | Path, device: torch.device | str = "cpu") -> 
     return LoadedFeatures(net, name, hashlib.sha256(path.read_bytes()).hexdigest(), info)
 
 
-def feature_net_for(data_name: str, features: str | Path | None = None, device="cpu") -> LoadedFeatures:
-    """The feature network for evaluating a model trained on `data_name` (or the one given)."""
+def feature_net_for(data_name: str, features: str | Path | None = None, device="cpu",
+                    padded: bool = False) -> LoadedFeatures:
+    """The feature network for evaluating a model trained on `data_name` (or the one given); padded:
+    the model's images are the data padded to a larger size ([data] fit = "pad"), cropped back here."""
     if features is not None:
-        return load_feature_net(features, device)
+        return dataclasses.replace(load_feature_net(features, device), crop=padded)
     if data_name not in PACKAGED:
         raise ValueError(f"no packaged feature network for {data_name!r} (packaged: {', '.join(PACKAGED)}); "
                          "train one with `python scripts/train_features.py --data folder --path DIR --out "
                          "feats.safetensors` and pass --features feats.safetensors")
-    return load_feature_net(data_name, device)
+    return dataclasses.replace(load_feature_net(data_name, device), crop=padded)
