@@ -109,6 +109,22 @@ def test_a_tiny_autoencoder_learns_to_reconstruct(autoencoder_run):
     assert under_autocast.dtype == torch.float32 and torch.equal(under_autocast, space.decode(z[:4]))
 
 
+def test_eval_of_an_autoencoder_measures_its_reconstructions_on_any_split(autoencoder_run, capsys):
+    import json
+
+    from unnoise.cli import main
+
+    out, summary = autoencoder_run
+    assert main(["eval", str(out), "--reference", "train"]) == 0
+    ckpt = load_checkpoint(out, with_state=False).path
+    result = json.loads((ckpt / "reconstruction-train.json").read_text())
+    assert result["split"] == "train" and result["images"] == 1225 and (ckpt / "reconstructions-train.png").is_file()
+    assert 0 <= result["accuracy[emoji-cnn] of reconstructions"] <= 1 and "psnr dB" in capsys.readouterr().out
+    assert main(["eval", str(out)]) == 0  # the held-out split: what training wrote, from the same EMA weights
+    held_out = json.loads((ckpt / "reconstruction.json").read_text())
+    assert held_out["psnr dB"] == pytest.approx(summary["psnr dB"], rel=1e-6)
+
+
 def test_a_latent_model_trains_samples_and_refuses_another_autoencoder(autoencoder_run, tmp_path):
     out, _ = autoencoder_run
     tree = {**LATENT, "latent": {"autoencoder": str(out)}, "out": str(tmp_path / "ldm")}

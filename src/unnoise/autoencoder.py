@@ -322,10 +322,11 @@ def _save(config, out, step, model, ema, optimizer, disc, disc_opt, batches, wor
 
 
 @torch.no_grad()
-def write_reconstructions(config: RunConfig, weights: dict, out: Path, device="cpu") -> dict:
-    """PSNR on the held-out split, the Fréchet distance of the reconstructions to the originals in
-    the data set's feature network (where one is packaged), and a PNG: rows of originals, each
-    above its row of reconstructions."""
+def write_reconstructions(config: RunConfig, weights: dict, out: Path, device="cpu", split: str | None = None) -> dict:
+    """PSNR on `split` (None: the held-out one), the Fréchet distance of the reconstructions to the
+    originals in the data set's feature network (where one is packaged), and a PNG: rows of
+    originals, each above its row of reconstructions. Writes reconstruction.json (the held-out
+    split) or reconstruction-<split>.json and the PNG beside it."""
     from unnoise import metrics
     from unnoise.data import eval_split, load_dataset
     from unnoise.features import PACKAGED, feature_net_for
@@ -335,7 +336,8 @@ def write_reconstructions(config: RunConfig, weights: dict, out: Path, device="c
     model = Autoencoder(config.model).to(device)
     model.load_state_dict(weights)
     model.eval()
-    test = load_dataset(replace(config.data, split=eval_split(config.data.name)))
+    split = split or eval_split(config.data.name)
+    test = load_dataset(replace(config.data, split=split))
     values, originals, recons = [], [], []
     for i in range(0, len(test), 500):
         x = test.batch(torch.arange(i, min(i + 500, len(test))))[0].to(device)
@@ -343,7 +345,7 @@ def write_reconstructions(config: RunConfig, weights: dict, out: Path, device="c
         values.append(psnr(x, x_hat).cpu())
         originals.append(x.cpu())
         recons.append(x_hat.cpu())
-    result = {"split": eval_split(config.data.name), "images": len(test), "psnr dB": torch.cat(values).mean().item()}
+    result = {"split": split, "images": len(test), "psnr dB": torch.cat(values).mean().item()}
     if config.data.name in PACKAGED:
         feats = feature_net_for(config.data.name, None, device, config.data.fit == "pad")
         f_real, _ = feats.embed(torch.cat(originals))
@@ -351,9 +353,10 @@ def write_reconstructions(config: RunConfig, weights: dict, out: Path, device="c
         result[f"FD[{feats.name}] of reconstructions"] = metrics.frechet_distance(
             *metrics.gaussian_stats(f_rec), *metrics.gaussian_stats(f_real))
         result[f"accuracy[{feats.name}] of reconstructions"] = (logits.argmax(1) == test.labels).double().mean().item()
-    write_text_atomic(out / "reconstruction.json", json.dumps(result, indent=1) + "\n")
+    suffix = "" if split == eval_split(config.data.name) else f"-{split}"
+    write_text_atomic(out / f"reconstruction{suffix}.json", json.dumps(result, indent=1) + "\n")
     x = test.batch(torch.arange(min(16, len(test))))[0].to(device)
     x_hat = model.decode(model.encode(x).mean).clamp(-1, 1)
     rows = [part for i in range(0, len(x), 8) for part in (x[i:i + 8], x_hat[i:i + 8])]  # originals, then theirs
-    save_image_grid(torch.cat(rows), out / "reconstructions.png", columns=8)
+    save_image_grid(torch.cat(rows), out / f"reconstructions{suffix}.png", columns=8)
     return result

@@ -162,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Evaluate a checkpoint: Fréchet distance, KID, precision/recall, class "
                        "accuracy and a nearest-training-neighbour check in the features of unnoise's own "
                        "classifier for the data set (named in every metric: these are not FID numbers), "
-                       "and NLL (probability-flow ODE) and VLB in bits/dim on test images. Prints a table "
+                       "and NLL (probability-flow ODE) and VLB in bits/dim on test images; of an autoencoder "
+                       "checkpoint: PSNR and the feature metrics of its reconstructions. Prints a table "
                        "and writes it as JSON into the checkpoint folder. --sweep runs every sampler at "
                        "NFE budgets 1..100 and writes a table, sweep.json and a Pareto plot sweep.png.")
     p.add_argument("checkpoint", type=Path, help="a checkpoint folder, or a run folder (its newest checkpoint)")
@@ -349,6 +350,16 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _autoencoder(checkpoint) -> bool:
+    """Whether a checkpoint is an autoencoder's (from its config.json alone)."""
+    from unnoise.checkpoint import resolve_checkpoint
+    from unnoise.config import load_config
+    from unnoise.models import AutoencoderConfig
+
+    tree = json.loads((resolve_checkpoint(checkpoint) / "config.json").read_text())["tree"]
+    return isinstance(load_config(None, tree=tree).model, AutoencoderConfig)
+
+
 def _text_model(checkpoint) -> bool:
     """Whether a checkpoint is a text model (read from its config.json alone, not its weights)."""
     from unnoise.checkpoint import resolve_checkpoint
@@ -396,6 +407,17 @@ def cmd_eval(args) -> int:
         rows, json_path, png = sweep(args.checkpoint, opts, samplers, budgets, device=args.device)
         print(format_sweep(rows, budgets))
         print(f"\nFD of {args.n} samples per cell; bold: the best sampler per budget. wrote {json_path} and {png}")
+        return 0
+    if _autoencoder(args.checkpoint):
+        from unnoise.autoencoder import write_reconstructions
+        from unnoise.checkpoint import load_checkpoint, resolve_checkpoint
+        from unnoise.config import load_config
+
+        ckpt = load_checkpoint(args.checkpoint, with_state=False)
+        config = load_config(None, tree=ckpt.config["tree"])
+        result = write_reconstructions(config, ckpt.ema, resolve_checkpoint(args.checkpoint), args.device or "cpu",
+                                       args.reference)
+        print(format_table({"checkpoint": str(ckpt.path), "step": ckpt.step, **result}))
         return 0
     result, path = evaluate(args.checkpoint, opts, device=args.device)
     print(format_table(result))
