@@ -123,6 +123,9 @@ def test_eval_of_an_autoencoder_measures_its_reconstructions_on_any_split(autoen
     assert main(["eval", str(out)]) == 0  # the held-out split: what training wrote, from the same EMA weights
     held_out = json.loads((ckpt / "reconstruction.json").read_text())
     assert held_out["psnr dB"] == pytest.approx(summary["psnr dB"], rel=1e-6)
+    capsys.readouterr()
+    assert main(["eval", str(out), "--sweep", "--n", "5"]) == 2
+    assert "is an autoencoder: eval measures its reconstructions" in capsys.readouterr().err
 
 
 def test_a_latent_model_trains_samples_and_refuses_another_autoencoder(autoencoder_run, tmp_path):

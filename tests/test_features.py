@@ -83,12 +83,21 @@ def test_metadata_is_json_with_the_config(tmp_path):
 
 
 def test_padded_images_are_cropped_back_before_the_network_sees_them():
+    from unnoise.data import DataConfig, padded_from
     from unnoise.data.image_set import fit_images, to_signed_unit
     from unnoise.features import LoadedFeatures
 
     net = FeatureNet(1, 28, 10, (8, 8, 8), 16).eval()
     native = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
-    padded = to_signed_unit(fit_images(native, 32, "pad"))
-    cropping, resizing = LoadedFeatures(net, "x", "0", {}, crop=True), LoadedFeatures(net, "x", "0", {})
-    assert torch.equal(cropping.embed(padded)[0], resizing.embed(to_signed_unit(native))[0])
-    assert not torch.allclose(resizing.embed(padded)[0], resizing.embed(to_signed_unit(native))[0], atol=1e-3)
+    resizing = LoadedFeatures(net, "x", "0", {})
+    for size in (32, 31):  # an even and an odd margin
+        padded = to_signed_unit(fit_images(native, size, "pad"))
+        cropping = LoadedFeatures(net, "x", "0", {}, crop=padded_from(DataConfig("fashion-mnist", image_size=size)))
+        assert torch.equal(cropping.embed(padded)[0], resizing.embed(to_signed_unit(native))[0])
+        assert not torch.allclose(resizing.embed(padded)[0], resizing.embed(to_signed_unit(native))[0], atol=1e-3)
+    # only what was padded is cropped: native sizes, resized sets and sets fit never touches
+    assert padded_from(DataConfig("fashion-mnist")) is None
+    assert padded_from(DataConfig("mnist", image_size=32, fit="resize")) is None
+    assert padded_from(DataConfig("emoji", image_size=32)) is None
+    with pytest.raises(ValueError, match=r"take images \(B, 1 or 3, H, W\), got shape \(28, 28\)"):
+        resizing.embed(torch.zeros(28, 28))

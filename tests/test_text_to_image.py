@@ -156,7 +156,7 @@ def test_the_python_api_samples_a_checkpoint_from_prompts(run):
         sample_checkpoint(ckpt.path, 2, label=1)
 
 
-def test_eval_prompts_a_text_model_with_the_reference_captions(run, tmp_path, capsys):
+def test_eval_prompts_a_text_model_with_the_reference_captions(run, tmp_path, capsys, monkeypatch):
     # Sample i is drawn with the caption of reference image i mod N and scored against that image's
     # class; with the training split as reference, the floor comes from the held-out images.
     from unnoise.evaluate import EvalOptions, reference
@@ -173,8 +173,28 @@ def test_eval_prompts_a_text_model_with_the_reference_captions(run, tmp_path, ca
     assert ref.prompts == [test.captions.texts[i + 1] for i in range(len(test))]  # each image's own name
     assert "red apple" not in ref.prompts and len(ref.prompts) == len(test)  # a training caption
 
+    import unnoise.evaluate as ev
+
+    seen = {}
+    real_draw, real_metrics = ev.draw, ev.sample_metrics
+
+    def draw(*args, **kwargs):  # what the samples were prompted with
+        seen["prompts"] = kwargs["prompts"]
+        return real_draw(*args, **kwargs)
+
+    def sample_metrics(images, labels, *args):  # what they were scored against
+        seen["labels"] = labels
+        return real_metrics(images, labels, *args)
+
+    monkeypatch.setattr(ev, "draw", draw)
+    monkeypatch.setattr(ev, "sample_metrics", sample_metrics)
     assert main(["eval", str(ckpt.path), "--n", "20", "--steps", "1", "--batch-size", "8", "--reference", "train",
                  "--features", str(feats_path), "--metrics", "fd,acc"]) == 0
+    train_set = load_dataset(dataclasses.replace(config.data, split="train"))
+    label_of = {train_set.captions.texts[i + 1]: int(c) for i, c in enumerate(train_set.labels)}
+    prompts, labels = seen["prompts"], seen["labels"]
+    assert sorted(prompts) == sorted(label_of) and prompts[:20] != list(label_of)[:20]  # all, in a seeded order
+    assert labels.tolist() == [label_of[prompts[i]] for i in range(20)]  # sample i: prompt i and its image's group
     doc = json.loads((ckpt.path / "eval-euler-1-g2.0-n20-train.json").read_text())
     assert doc["reference"] == "emoji train (1225 images)" and doc["prompts"].endswith("(1225)")
     assert doc["guidance"] == 2.0 and 0 <= doc["accuracy[emoji16]"] <= 1

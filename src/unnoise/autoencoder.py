@@ -322,13 +322,14 @@ def _save(config, out, step, model, ema, optimizer, disc, disc_opt, batches, wor
 
 
 @torch.no_grad()
-def write_reconstructions(config: RunConfig, weights: dict, out: Path, device="cpu", split: str | None = None) -> dict:
+def write_reconstructions(config: RunConfig, weights: dict, out: Path, device="cpu", split: str | None = None,
+                          features: str | Path | None = None) -> dict:
     """PSNR on `split` (None: the held-out one), the Fréchet distance of the reconstructions to the
-    originals in the data set's feature network (where one is packaged), and a PNG: rows of
+    originals in the data set's feature network (where one is packaged, or `features`), and a PNG: rows of
     originals, each above its row of reconstructions. Writes reconstruction.json (the held-out
     split) or reconstruction-<split>.json and the PNG beside it."""
     from unnoise import metrics
-    from unnoise.data import eval_split, load_dataset
+    from unnoise.data import eval_split, load_dataset, padded_from
     from unnoise.features import PACKAGED, feature_net_for
     from unnoise.files import write_text_atomic
     from unnoise.plots import save_image_grid
@@ -346,8 +347,8 @@ def write_reconstructions(config: RunConfig, weights: dict, out: Path, device="c
         originals.append(x.cpu())
         recons.append(x_hat.cpu())
     result = {"split": split, "images": len(test), "psnr dB": torch.cat(values).mean().item()}
-    if config.data.name in PACKAGED:
-        feats = feature_net_for(config.data.name, None, device, config.data.fit == "pad")
+    if config.data.name in PACKAGED or features:
+        feats = feature_net_for(config.data.name, features, device, padded_from(config.data))
         f_real, _ = feats.embed(torch.cat(originals))
         f_rec, logits = feats.embed(torch.cat(recons))
         result[f"FD[{feats.name}] of reconstructions"] = metrics.frechet_distance(

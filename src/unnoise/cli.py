@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vlb: T; None: the schedule's own (1000 for DDPM), else 1000")
     p.add_argument("--reference", choices=["test", "train", "all"], default=None,
                    help="the split the sample metrics compare with; None: the held-out split (test), or the "
-                   "whole set where there is none. A text model is prompted with these images' captions")
+                   "whole set where there is none. A text model is prompted with these images' captions (in a "
+                   "seeded order) and scored against their classes; result files get -<split> in their names")
     p.add_argument("--features", default=None,
                    help="a feature network .safetensors (scripts/train_features.py); None: the packaged one")
     p.add_argument("--sweep", action="store_true",
@@ -360,6 +361,26 @@ def _autoencoder(checkpoint) -> bool:
     return isinstance(load_config(None, tree=tree).model, AutoencoderConfig)
 
 
+def _eval_autoencoder(args) -> int:
+    """PSNR and the feature metrics of an autoencoder's reconstructions of the --reference split."""
+    from unnoise.autoencoder import write_reconstructions
+    from unnoise.checkpoint import load_checkpoint
+    from unnoise.config import load_config
+    from unnoise.evaluate import format_table
+
+    defaults = vars(build_parser().parse_args(["eval", str(args.checkpoint)]))
+    applies = {"command", "checkpoint", "reference", "features", "device"}
+    given = [f"--{k.replace('_', '-')}" for k, v in vars(args).items() if k not in applies and v != defaults[k]]
+    if given:
+        raise ValueError(f"{args.checkpoint} is an autoencoder: eval measures its reconstructions and takes only "
+                         f"--reference, --features and --device, not {', '.join(given)}")
+    ckpt = load_checkpoint(args.checkpoint, with_state=False)
+    config = load_config(None, tree=ckpt.config["tree"])
+    result = write_reconstructions(config, ckpt.ema, ckpt.path, args.device or "cpu", args.reference, args.features)
+    print(format_table({"checkpoint": str(ckpt.path), "step": ckpt.step, **result}))
+    return 0
+
+
 def _text_model(checkpoint) -> bool:
     """Whether a checkpoint is a text model (read from its config.json alone, not its weights)."""
     from unnoise.checkpoint import resolve_checkpoint
@@ -389,6 +410,8 @@ def cmd_eval(args) -> int:
                        classifier_scale=args.classifier_scale, reference=args.reference)
     if args.sweep and args.guidance_scales:
         raise ValueError("--sweep and --guidance-scales are separate jobs: give one")
+    if _autoencoder(args.checkpoint):
+        return _eval_autoencoder(args)
     if args.guidance_scales and _text_model(args.checkpoint):
         prompts = fashion_prompts()
         rows, json_path, png = prompt_curve(args.checkpoint, opts, prompts, args.guidance_scales, args.per_prompt,
@@ -407,17 +430,6 @@ def cmd_eval(args) -> int:
         rows, json_path, png = sweep(args.checkpoint, opts, samplers, budgets, device=args.device)
         print(format_sweep(rows, budgets))
         print(f"\nFD of {args.n} samples per cell; bold: the best sampler per budget. wrote {json_path} and {png}")
-        return 0
-    if _autoencoder(args.checkpoint):
-        from unnoise.autoencoder import write_reconstructions
-        from unnoise.checkpoint import load_checkpoint, resolve_checkpoint
-        from unnoise.config import load_config
-
-        ckpt = load_checkpoint(args.checkpoint, with_state=False)
-        config = load_config(None, tree=ckpt.config["tree"])
-        result = write_reconstructions(config, ckpt.ema, resolve_checkpoint(args.checkpoint), args.device or "cpu",
-                                       args.reference)
-        print(format_table({"checkpoint": str(ckpt.path), "step": ckpt.step, **result}))
         return 0
     result, path = evaluate(args.checkpoint, opts, device=args.device)
     print(format_table(result))

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from unnoise import metrics
 from unnoise.config import RunConfig
 from unnoise.convergence import CountingDenoiser
-from unnoise.data import eval_split
+from unnoise.data import eval_split, padded_from
 from unnoise.data.image_set import to_signed_unit
 from unnoise.features import LoadedFeatures
 from unnoise.files import write_atomic, write_text_atomic
@@ -103,7 +103,7 @@ def reference(config: RunConfig, feats: LoadedFeatures, cache_dir: Path, split: 
     ref_set, test, train = sets[split], sets[held_out], sets["train"]
     if not hasattr(ref_set, "images"):
         raise ValueError(f"sample-quality metrics need an image data set, got {config.data.name!r}")
-    key = hashlib.sha256(feats.sha256.encode() + split.encode() + (b"crop" if feats.crop else b"")
+    key = hashlib.sha256(feats.sha256.encode() + split.encode() + (f"crop{feats.crop}".encode() if feats.crop else b"")
                          + ref_set.images.numpy().tobytes()).hexdigest()[:16]
     path = cache_dir / f"reference-{key}.safetensors"
     if path.is_file():
@@ -158,6 +158,20 @@ def draw(config: RunConfig, weights: dict, n: int, *, sampler: str | None, steps
     return torch.cat(out), labels, round(calls, 2) if calls != int(calls) else int(calls), seconds
 
 
+def reference_prompts(config: RunConfig, ref: Reference, n: int, seed: int) -> tuple[list[str] | None, Tensor | None]:
+    """A text model's prompts and what they ask for: the reference images' captions in a seeded order
+    (sample i gets prompt i mod N, so n < N still spans the whole reference, not its first n images,
+    which are often sorted), and for each of the n samples its image's label (-1: none). As COCO
+    evaluations prompt with the reference's captions: samples and reference describe the same things.
+    (None, None) for a model without text conditioning."""
+    if not getattr(config.model, "context_dim", 0):
+        return None, None
+    if ref.prompts is None:
+        raise ValueError(f"{config.data.name} has no captions to prompt a text model with")
+    order = torch.randperm(len(ref.prompts), generator=torch.Generator().manual_seed(seed))
+    return [ref.prompts[i] for i in order.tolist()], ref.labels[order][torch.arange(n) % len(order)]
+
+
 def sample_metrics(images: Tensor, labels: Tensor | None, ref: Reference, feats: LoadedFeatures,
                    which: tuple[str, ...]) -> dict:
     """The sample metrics of `which` for generated images against the reference."""
@@ -174,8 +188,9 @@ def sample_metrics(images: Tensor, labels: Tensor | None, ref: Reference, feats:
         m = min(len(f), len(ref.features))
         p, r = metrics.precision_recall(ref.features[:m], f[:m], k=3)
         out[f"precision[{name}]"], out[f"recall[{name}]"] = p, r
-    if "acc" in which and labels is not None:
-        out[f"accuracy[{name}]"] = (logits.argmax(1) == labels).double().mean().item()
+    if "acc" in which and labels is not None and bool((labels >= 0).any()):  # -1: no label to score against
+        known = labels >= 0
+        out[f"accuracy[{name}]"] = (logits[known].argmax(1) == labels[known]).double().mean().item()
     if "nn" in which:
         # Memorisation check (pixels): distance from each sample to its nearest training image, beside
         # the same for held-out test images. Samples much closer than test images are copies.
@@ -193,8 +208,9 @@ def floor_metrics(ref: Reference, feats: LoadedFeatures, n: int, labels: Tensor 
     (FD is biased upwards at finite n; the floor says how far). Given the samples' labels, the real
     images have the same number per class: a class-balanced set scores much lower than a random one
     (on Fashion-MNIST at n = 200: FD 0.33-0.53 against 1.0-2.2), so only that floor is fair."""
-    # Real images from outside the reference: the training split, or the held-out one when the
-    # reference is the training split (then the floor may have fewer than n images: it says how many).
+    # Real images from the training split, or from the held-out one when the reference is the
+    # training split (then the floor may have fewer than n images: it says how many). A reference of
+    # "all" contains the training images: that floor is biased low, and its name says so.
     outside = ref.split == "train"
     images, image_labels = (ref.test_images, ref.test_labels) if outside else (ref.train_images, ref.train_labels)
     g = torch.Generator().manual_seed(seed)
@@ -209,7 +225,8 @@ def floor_metrics(ref: Reference, feats: LoadedFeatures, n: int, labels: Tensor 
     f, _ = feats.embed(to_signed_unit(images[pick]))
     mu, cov = metrics.gaussian_stats(f)
     kid, se = metrics.kernel_inception_distance(ref.features, f)
-    kind = f"{'held-out' if outside else 'training'} images{'' if labels is None else ', same classes'}"
+    kind = (f"{'held-out' if outside else 'training'} images{'' if labels is None else ', same classes'}"
+            + (", also in the reference" if ref.split == "all" else ""))  # then it is biased low
     return {f"FD[{feats.name}] floor ({len(pick)} {kind})": metrics.frechet_distance(mu, cov, ref.mu, ref.cov),
             f"KID[{feats.name}] floor": kid, f"KID[{feats.name}] floor se": se}
 
@@ -296,21 +313,16 @@ def evaluate(checkpoint: str | Path, opts: EvalOptions, device=None, progress: b
     if classifier:
         result.update({"classifier": opts.classifier, "classifier scale": opts.classifier_scale})
     if any(m in SAMPLE_METRICS for m in opts.metrics):
-        feats = feature_net_for(config.data.name, opts.features, device, config.data.fit == "pad")
+        feats = feature_net_for(config.data.name, opts.features, device, padded_from(config.data))
         ref = reference(config, feats, ckpt.path, opts.reference)
-        # A text model draws sample i with the caption of reference image i mod N (as COCO evaluations
-        # prompt with the reference's captions), so its samples and the reference describe the same things.
-        prompts = ref.prompts if getattr(config.model, "context_dim", 0) else None
-        if prompts is None and getattr(config.model, "context_dim", 0):
-            raise ValueError(f"{config.data.name} has no captions to prompt a text model with")
+        prompts, prompt_labels = reference_prompts(config, ref, opts.n, opts.seed)
         if prompts and classifier:
             raise ValueError("classifier guidance needs class labels; this is a text model")
         images, labels, nfe, seconds = draw(config, ckpt.ema, opts.n, sampler=sampler, steps=steps, spacing=spacing,
                                             guidance=guidance, seed=opts.seed, batch_size=opts.batch_size,
                                             device=device, progress=progress, classifier=classifier,
                                             classifier_scale=opts.classifier_scale, prompts=prompts)
-        if prompts and bool((ref.labels >= 0).all()):  # the prompt's class is its image's
-            labels = ref.labels[torch.arange(opts.n) % len(ref.labels)]
+        labels = prompt_labels if prompts else labels
         result.update({"features": feats.name, "feature test accuracy": feats.info.get("test_accuracy"),
                        "reference": f"{config.data.name} {ref.split} ({len(ref.features)} images)",
                        "prompts": f"the reference images' captions ({len(prompts)})" if prompts else None,
@@ -386,8 +398,9 @@ def sweep(checkpoint: str | Path, opts: EvalOptions, samplers: list[str], budget
         get_sampler(s)
     run = open_run(checkpoint, opts)
     ckpt, config, spacing, guidance = run.ckpt, run.config, run.spacing, run.guidance
-    feats = feature_net_for(config.data.name, opts.features, device, config.data.fit == "pad")
+    feats = feature_net_for(config.data.name, opts.features, device, padded_from(config.data))
     ref = reference(config, feats, ckpt.path, opts.reference)
+    prompts, _ = reference_prompts(config, ref, opts.n, opts.seed)
     plan = []
     cache: dict = {}
     for s in samplers:
@@ -401,16 +414,17 @@ def sweep(checkpoint: str | Path, opts: EvalOptions, samplers: list[str], budget
         images, labels, nfe, seconds = draw(config, ckpt.ema, opts.n, sampler=s, steps=steps, spacing=spacing,
                                             guidance=guidance, seed=opts.seed, batch_size=opts.batch_size,
                                             device=device, options=options, progress=progress,
-                                            desc=f"{s} {steps} steps")
+                                            desc=f"{s} {steps} steps", prompts=prompts)
         m = sample_metrics(images, labels, ref, feats, ("fd", "kid"))
         rows.append({"sampler": s, "steps": steps, "nfe": nfe, **({"tolerance": options["rtol"]} if options else {}),
                      "FD": m[f"FD[{feats.name}]"], "KID": m[f"KID[{feats.name}]"], "KID se": m[f"KID[{feats.name}] se"],
                      "seconds per sample": seconds})
     out = out or ckpt.path
-    meta = {"checkpoint": str(ckpt.path), "features": feats.name, "n": opts.n, "spacing": spacing,
-            "guidance": guidance, "seed": opts.seed}
-    json_path = write_text_atomic(out / "sweep.json", json.dumps({**meta, "rows": rows}, indent=1) + "\n")
-    png = plot_sweep(rows, out / "sweep.png", f"FD[{feats.name}]",
+    meta = {"checkpoint": str(ckpt.path), "features": feats.name, "reference": ref.split, "n": opts.n,
+            "spacing": spacing, "guidance": guidance, "seed": opts.seed}
+    suffix = f"-{opts.reference}" if opts.reference else ""
+    json_path = write_text_atomic(out / f"sweep{suffix}.json", json.dumps({**meta, "rows": rows}, indent=1) + "\n")
+    png = plot_sweep(rows, out / f"sweep{suffix}.png", f"FD[{feats.name}]",
                      f"{config.data.name}, step {ckpt.step}, n = {opts.n}, {spacing} grid, guidance {guidance}")
     return rows, json_path, png
 
@@ -475,7 +489,7 @@ def guidance_curve(checkpoint: str | Path, opts: EvalOptions, scales=GUIDANCE_SC
     if any(s < 0 for s in scales):
         raise ValueError(f"guidance scales must be >= 0, got {scales}")
     sampler, steps = opts.sampler or config.sample.sampler, opts.steps or config.sample.steps
-    feats = feature_net_for(config.data.name, opts.features, device, config.data.fit == "pad")
+    feats = feature_net_for(config.data.name, opts.features, device, padded_from(config.data))
     ref = reference(config, feats, ckpt.path, opts.reference)
     kind = "classifier" if classifier else "classifier-free"
     rows = []
@@ -489,14 +503,16 @@ def guidance_curve(checkpoint: str | Path, opts: EvalOptions, scales=GUIDANCE_SC
         rows.append({"scale": scale, "nfe": nfe, "seconds per sample": seconds,
                      **{k.split("[")[0]: v for k, v in m.items()}})
     meta = {"checkpoint": str(ckpt.path), "kind": kind, "classifier": opts.classifier, "features": feats.name,
-            "n": opts.n, "sampler": sampler, "steps": steps, "spacing": run.spacing, "seed": opts.seed}
-    json_path = write_text_atomic(ckpt.path / f"guidance-{kind}.json",
+            "reference": ref.split, "n": opts.n, "sampler": sampler, "steps": steps, "spacing": run.spacing,
+            "seed": opts.seed}
+    suffix = f"-{opts.reference}" if opts.reference else ""
+    json_path = write_text_atomic(ckpt.path / f"guidance-{kind}{suffix}.json",
                                   json.dumps({**meta, "rows": rows}, indent=1) + "\n")
     curves = {}
     for k in ("classifier-free", "classifier"):
-        if (ckpt.path / f"guidance-{k}.json").is_file():
-            curves[f"{k} guidance"] = json.loads((ckpt.path / f"guidance-{k}.json").read_text())["rows"]
-    png = plot_guidance(curves, ckpt.path / "guidance.png", feats.name,
+        if (ckpt.path / f"guidance-{k}{suffix}.json").is_file():
+            curves[f"{k} guidance"] = json.loads((ckpt.path / f"guidance-{k}{suffix}.json").read_text())["rows"]
+    png = plot_guidance(curves, ckpt.path / f"guidance{suffix}.png", feats.name,
                         f"{config.data.name}, step {ckpt.step}, {sampler} {steps} steps, n = {opts.n}")
     return rows, json_path, png
 
@@ -531,7 +547,7 @@ def prompt_curve(checkpoint: str | Path, opts: EvalOptions, prompts: list[tuple[
     if not prompts or per_prompt < 1:
         raise ValueError("need at least one prompt and per_prompt >= 1")
     sampler, steps = opts.sampler or config.sample.sampler, opts.steps or config.sample.steps
-    feats = feature_net_for(config.data.name, opts.features, device, config.data.fit == "pad")
+    feats = feature_net_for(config.data.name, opts.features, device, padded_from(config.data))
     ref = reference(config, feats, ckpt.path, opts.reference)
     texts = [p for p, _, _ in prompts]
     classes = torch.tensor([c for _, c, _ in prompts])
@@ -552,11 +568,13 @@ def prompt_curve(checkpoint: str | Path, opts: EvalOptions, prompts: list[tuple[
             row[f"accuracy: {g}"] = hit[torch.isin(which, members)].double().mean().item()
         row["per prompt"] = {t: hit[which == i].double().mean().item() for i, t in enumerate(texts)}
         rows.append(row)
-    meta = {"checkpoint": str(ckpt.path), "features": feats.name, "per prompt": per_prompt, "sampler": sampler,
-            "steps": steps, "spacing": run.spacing, "seed": opts.seed,
+    meta = {"checkpoint": str(ckpt.path), "features": feats.name, "reference": ref.split, "per prompt": per_prompt,
+            "sampler": sampler, "steps": steps, "spacing": run.spacing, "seed": opts.seed,
             "prompts": [{"prompt": p, "class": c, "group": g} for p, c, g in prompts]}
-    json_path = write_text_atomic(ckpt.path / "prompts.json", json.dumps({**meta, "rows": rows}, indent=1) + "\n")
-    png = plot_prompt_accuracy(rows, groups, ckpt.path / "prompts.png", feats.name,
+    suffix = f"-{opts.reference}" if opts.reference else ""
+    json_path = write_text_atomic(ckpt.path / f"prompts{suffix}.json",
+                                  json.dumps({**meta, "rows": rows}, indent=1) + "\n")
+    png = plot_prompt_accuracy(rows, groups, ckpt.path / f"prompts{suffix}.png", feats.name,
                                f"{config.data.name}, step {ckpt.step}, {sampler} {steps} steps, "
                                f"{per_prompt} samples per prompt")
     return rows, json_path, png

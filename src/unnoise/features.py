@@ -115,13 +115,15 @@ class LoadedFeatures:
     name: str  # e.g. "fashion-mnist-cnn": goes into every metric's name
     sha256: str  # of the weights file: part of every cached reference statistic's key
     info: dict  # the metadata saved with it (data, test accuracy, config, ...)
-    crop: bool = False  # inputs are the data padded to a larger size: cut the border off before resizing
+    crop: int | None = None  # inputs are a set of this native side padded larger: cut the border off first
 
     @torch.no_grad()
     def embed(self, images: Tensor, batch_size: int = 500) -> tuple[Tensor, Tensor]:
         """Features (N, feature_dim) float64 and logits (N, classes) float32 of images in [-1, 1]."""
-        s, (h, w) = self.net.image_size, images.shape[-2:]
-        if self.crop and h >= s and w >= s:
+        if images.ndim != 4:
+            raise ValueError(f"feature networks take images (B, 1 or 3, H, W), got shape {tuple(images.shape)}")
+        s, (h, w) = self.crop, images.shape[-2:]
+        if s and h > s and w > s:
             # The inverse of data.image_set.fit_images' "pad": the border is the model's, not the data's,
             # and resizing the padded image would shrink every garment by 28/32 for the network.
             top, left = (h - s) // 2, (w - s) // 2
@@ -255,9 +257,9 @@ def load_feature_net(source: str | Path, device: torch.device | str = "cpu") -> 
 
 
 def feature_net_for(data_name: str, features: str | Path | None = None, device="cpu",
-                    padded: bool = False) -> LoadedFeatures:
+                    padded: int | None = None) -> LoadedFeatures:
     """The feature network for evaluating a model trained on `data_name` (or the one given); padded:
-    the model's images are the data padded to a larger size ([data] fit = "pad"), cropped back here."""
+    the native side of images the model saw padded larger (unnoise.data.padded_from), cropped back here."""
     if features is not None:
         return dataclasses.replace(load_feature_net(features, device), crop=padded)
     if data_name not in PACKAGED:

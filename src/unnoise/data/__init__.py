@@ -53,6 +53,7 @@ __all__ = [
     "load_dataset",
     "load_folder",
     "mnist_5k",
+    "padded_from",
     "moons",
     "read_idx",
     "swiss_roll",
@@ -89,6 +90,15 @@ class DataConfig:
             raise ValueError(f"captions=True needs a set with captions ({', '.join(_WITH_CAPTIONS)}), not {self.name}")
         if self.name == "emoji" and self.channels not in (None, 3):
             raise ValueError(f"emoji images are RGB: channels must be 3 (or unset), got {self.channels}")
+
+
+_NATIVE_SIZE = {"mnist": 28, "fashion-mnist": 28, "digits8x8": 8}  # the built-in sets that fit = "pad" grows
+
+
+def padded_from(config: DataConfig) -> int | None:
+    """The native side of a built-in set that `config` pads to a larger image_size, else None."""
+    native = _NATIVE_SIZE.get(config.name)
+    return native if native and config.fit == "pad" and (config.image_size or native) > native else None
 
 
 def eval_split(data_name: str) -> str:
