@@ -325,7 +325,7 @@ def evaluate(checkpoint: str | Path, opts: EvalOptions, device=None, progress: b
         labels = prompt_labels if prompts else labels
         result.update({"features": feats.name, "feature test accuracy": feats.info.get("test_accuracy"),
                        "reference": f"{config.data.name} {ref.split} ({len(ref.features)} images)",
-                       "prompts": f"the reference images' captions ({len(prompts)})" if prompts else None,
+                       **({"prompts": f"the reference images' captions ({len(prompts)})"} if prompts else {}),
                        "nfe": nfe, "seconds per sample": seconds})
         result.update(sample_metrics(images, labels, ref, feats, opts.metrics))
         if "fd" in opts.metrics:
