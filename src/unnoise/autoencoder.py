@@ -329,7 +329,7 @@ def write_reconstructions(config: RunConfig, weights: dict, out: Path, device="c
     originals, each above its row of reconstructions. Writes reconstruction.json (the held-out
     split) or reconstruction-<split>.json and the PNG beside it."""
     from unnoise import metrics
-    from unnoise.data import eval_split, load_dataset, padded_from
+    from unnoise.data import eval_split, load_dataset
     from unnoise.features import PACKAGED, feature_net_for
     from unnoise.files import write_text_atomic
     from unnoise.plots import save_image_grid
@@ -348,7 +348,7 @@ def write_reconstructions(config: RunConfig, weights: dict, out: Path, device="c
         recons.append(x_hat.cpu())
     result = {"split": split, "images": len(test), "psnr dB": torch.cat(values).mean().item()}
     if config.data.name in PACKAGED or features:
-        feats = feature_net_for(config.data.name, features, device, padded_from(config.data))
+        feats = feature_net_for(config.data, features, device)
         f_real, _ = feats.embed(torch.cat(originals))
         f_rec, logits = feats.embed(torch.cat(recons))
         result[f"FD[{feats.name}] of reconstructions"] = metrics.frechet_distance(

@@ -351,21 +351,18 @@ def cmd_sample(args) -> int:
     return 0
 
 
-def _autoencoder(checkpoint) -> bool:
-    """Whether a checkpoint is an autoencoder's (from its config.json alone)."""
+def _checkpoint_config(checkpoint):
+    """A checkpoint's RunConfig, read from its config.json alone (not its weights)."""
     from unnoise.checkpoint import resolve_checkpoint
     from unnoise.config import load_config
-    from unnoise.models import AutoencoderConfig
 
-    tree = json.loads((resolve_checkpoint(checkpoint) / "config.json").read_text())["tree"]
-    return isinstance(load_config(None, tree=tree).model, AutoencoderConfig)
+    return load_config(None, tree=json.loads((resolve_checkpoint(checkpoint) / "config.json").read_text())["tree"])
 
 
-def _eval_autoencoder(args) -> int:
+def _eval_autoencoder(args, config) -> int:
     """PSNR and the feature metrics of an autoencoder's reconstructions of the --reference split."""
     from unnoise.autoencoder import write_reconstructions
     from unnoise.checkpoint import load_checkpoint
-    from unnoise.config import load_config
     from unnoise.evaluate import format_table
 
     defaults = vars(build_parser().parse_args(["eval", str(args.checkpoint)]))
@@ -375,19 +372,13 @@ def _eval_autoencoder(args) -> int:
         raise ValueError(f"{args.checkpoint} is an autoencoder: eval measures its reconstructions and takes only "
                          f"--reference, --features and --device, not {', '.join(given)}")
     ckpt = load_checkpoint(args.checkpoint, with_state=False)
-    config = load_config(None, tree=ckpt.config["tree"])
     result = write_reconstructions(config, ckpt.ema, ckpt.path, args.device or "cpu", args.reference, args.features)
     print(format_table({"checkpoint": str(ckpt.path), "step": ckpt.step, **result}))
     return 0
 
 
-def _text_model(checkpoint) -> bool:
-    """Whether a checkpoint is a text model (read from its config.json alone, not its weights)."""
-    from unnoise.checkpoint import resolve_checkpoint
-    from unnoise.config import load_config
-
-    tree = json.loads((resolve_checkpoint(checkpoint) / "config.json").read_text())["tree"]
-    config = load_config(None, tree=tree)
+def _text_model(config) -> bool:
+    """Whether a run config is a text model's (whose prompt accuracy needs fashion-mnist's classes)."""
     if getattr(config.model, "context_dim", 0) and config.data.name != "fashion-mnist":
         raise ValueError(f"prompt accuracy needs a labelled data set with prompts per class (fashion-mnist); "
                          f"this text model was trained on {config.data.name}")
@@ -410,9 +401,12 @@ def cmd_eval(args) -> int:
                        classifier_scale=args.classifier_scale, reference=args.reference)
     if args.sweep and args.guidance_scales:
         raise ValueError("--sweep and --guidance-scales are separate jobs: give one")
-    if _autoencoder(args.checkpoint):
-        return _eval_autoencoder(args)
-    if args.guidance_scales and _text_model(args.checkpoint):
+    from unnoise.models import AutoencoderConfig
+
+    config = _checkpoint_config(args.checkpoint)
+    if isinstance(config.model, AutoencoderConfig):
+        return _eval_autoencoder(args, config)
+    if args.guidance_scales and _text_model(config):
         prompts = fashion_prompts()
         rows, json_path, png = prompt_curve(args.checkpoint, opts, prompts, args.guidance_scales, args.per_prompt,
                                             device=args.device)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from unnoise import metrics
 from unnoise.config import RunConfig
 from unnoise.convergence import CountingDenoiser
-from unnoise.data import eval_split, padded_from
+from unnoise.data import eval_split
 from unnoise.data.image_set import to_signed_unit
 from unnoise.features import LoadedFeatures
 from unnoise.files import write_atomic, write_text_atomic
@@ -59,6 +59,11 @@ class EvalOptions:
     classifier: str | None = None  # a noise-aware classifier run for classifier guidance
     classifier_scale: float = 1.0  # its guidance scale
     reference: str | None = None  # the split the sample metrics compare with; None: the held-out one
+
+    @property
+    def suffix(self) -> str:
+        """What result file names carry for a reference other than the default."""
+        return f"-{self.reference}" if self.reference else ""
 
     def __post_init__(self) -> None:
         if self.reference not in (None, *REFERENCE_SPLITS):
@@ -313,7 +318,7 @@ def evaluate(checkpoint: str | Path, opts: EvalOptions, device=None, progress: b
     if classifier:
         result.update({"classifier": opts.classifier, "classifier scale": opts.classifier_scale})
     if any(m in SAMPLE_METRICS for m in opts.metrics):
-        feats = feature_net_for(config.data.name, opts.features, device, padded_from(config.data))
+        feats = feature_net_for(config.data, opts.features, device)
         ref = reference(config, feats, ckpt.path, opts.reference)
         prompts, prompt_labels = reference_prompts(config, ref, opts.n, opts.seed)
         if prompts and classifier:
@@ -335,8 +340,7 @@ def evaluate(checkpoint: str | Path, opts: EvalOptions, device=None, progress: b
                        "vlb steps": opts.vlb_steps})
         result.update(likelihood_metrics(config, ckpt.ema, opts, device, progress))
     scale = f"-c{opts.classifier_scale:g}" if classifier else ""
-    split = f"-{opts.reference}" if opts.reference else ""
-    name = (f"eval-{sampler}-{steps}-g{guidance}{scale}-n{opts.n}{split}.json" if samples
+    name = (f"eval-{sampler}-{steps}-g{guidance}{scale}-n{opts.n}{opts.suffix}.json" if samples
             else f"eval-{'-'.join(opts.metrics)}-n{opts.nll_n}.json")
     path = ckpt.path / name
     write_text_atomic(path, json.dumps({**result, "options": asdict(opts)}, indent=1) + "\n")
@@ -398,7 +402,7 @@ def sweep(checkpoint: str | Path, opts: EvalOptions, samplers: list[str], budget
         get_sampler(s)
     run = open_run(checkpoint, opts)
     ckpt, config, spacing, guidance = run.ckpt, run.config, run.spacing, run.guidance
-    feats = feature_net_for(config.data.name, opts.features, device, padded_from(config.data))
+    feats = feature_net_for(config.data, opts.features, device)
     ref = reference(config, feats, ckpt.path, opts.reference)
     prompts, _ = reference_prompts(config, ref, opts.n, opts.seed)
     plan = []
@@ -422,7 +426,7 @@ def sweep(checkpoint: str | Path, opts: EvalOptions, samplers: list[str], budget
     out = out or ckpt.path
     meta = {"checkpoint": str(ckpt.path), "features": feats.name, "reference": ref.split, "n": opts.n,
             "spacing": spacing, "guidance": guidance, "seed": opts.seed}
-    suffix = f"-{opts.reference}" if opts.reference else ""
+    suffix = opts.suffix
     json_path = write_text_atomic(out / f"sweep{suffix}.json", json.dumps({**meta, "rows": rows}, indent=1) + "\n")
     png = plot_sweep(rows, out / f"sweep{suffix}.png", f"FD[{feats.name}]",
                      f"{config.data.name}, step {ckpt.step}, n = {opts.n}, {spacing} grid, guidance {guidance}")
@@ -489,7 +493,7 @@ def guidance_curve(checkpoint: str | Path, opts: EvalOptions, scales=GUIDANCE_SC
     if any(s < 0 for s in scales):
         raise ValueError(f"guidance scales must be >= 0, got {scales}")
     sampler, steps = opts.sampler or config.sample.sampler, opts.steps or config.sample.steps
-    feats = feature_net_for(config.data.name, opts.features, device, padded_from(config.data))
+    feats = feature_net_for(config.data, opts.features, device)
     ref = reference(config, feats, ckpt.path, opts.reference)
     kind = "classifier" if classifier else "classifier-free"
     rows = []
@@ -505,7 +509,7 @@ def guidance_curve(checkpoint: str | Path, opts: EvalOptions, scales=GUIDANCE_SC
     meta = {"checkpoint": str(ckpt.path), "kind": kind, "classifier": opts.classifier, "features": feats.name,
             "reference": ref.split, "n": opts.n, "sampler": sampler, "steps": steps, "spacing": run.spacing,
             "seed": opts.seed}
-    suffix = f"-{opts.reference}" if opts.reference else ""
+    suffix = opts.suffix
     json_path = write_text_atomic(ckpt.path / f"guidance-{kind}{suffix}.json",
                                   json.dumps({**meta, "rows": rows}, indent=1) + "\n")
     curves = {}
@@ -547,7 +551,7 @@ def prompt_curve(checkpoint: str | Path, opts: EvalOptions, prompts: list[tuple[
     if not prompts or per_prompt < 1:
         raise ValueError("need at least one prompt and per_prompt >= 1")
     sampler, steps = opts.sampler or config.sample.sampler, opts.steps or config.sample.steps
-    feats = feature_net_for(config.data.name, opts.features, device, padded_from(config.data))
+    feats = feature_net_for(config.data, opts.features, device)
     ref = reference(config, feats, ckpt.path, opts.reference)
     texts = [p for p, _, _ in prompts]
     classes = torch.tensor([c for _, c, _ in prompts])
@@ -571,7 +575,7 @@ def prompt_curve(checkpoint: str | Path, opts: EvalOptions, prompts: list[tuple[
     meta = {"checkpoint": str(ckpt.path), "features": feats.name, "reference": ref.split, "per prompt": per_prompt,
             "sampler": sampler, "steps": steps, "spacing": run.spacing, "seed": opts.seed,
             "prompts": [{"prompt": p, "class": c, "group": g} for p, c, g in prompts]}
-    suffix = f"-{opts.reference}" if opts.reference else ""
+    suffix = opts.suffix
     json_path = write_text_atomic(ckpt.path / f"prompts{suffix}.json",
                                   json.dumps({**meta, "rows": rows}, indent=1) + "\n")
     png = plot_prompt_accuracy(rows, groups, ckpt.path / f"prompts{suffix}.png", feats.name,

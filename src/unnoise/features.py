@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,9 @@ from torch import Tensor, nn
 
 from unnoise.data.image_set import to_signed_unit
 from unnoise.files import write_atomic
+
+if TYPE_CHECKING:
+    from unnoise.data import DataConfig
 
 PACKAGED = ("mnist", "fashion-mnist", "emoji")  # data sets with shipped feature networks
 
@@ -256,10 +260,13 @@ def load_feature_net(source: str | Path, device: torch.device | str = "cpu") -> 
     return LoadedFeatures(net, name, hashlib.sha256(path.read_bytes()).hexdigest(), info)
 
 
-def feature_net_for(data_name: str, features: str | Path | None = None, device="cpu",
-                    padded: int | None = None) -> LoadedFeatures:
-    """The feature network for evaluating a model trained on `data_name` (or the one given); padded:
-    the native side of images the model saw padded larger (unnoise.data.padded_from), cropped back here."""
+def feature_net_for(data: str | DataConfig, features: str | Path | None = None, device="cpu") -> LoadedFeatures:
+    """The feature network for evaluating a model trained on `data` (a data set name, or the run's
+    DataConfig), or the one given. With a DataConfig that pads a built-in set larger (fit = "pad"),
+    the network crops the border back off (unnoise.data.padded_from): the metrics see the data's own content."""
+    from unnoise.data import DataConfig, padded_from
+
+    data_name, padded = (data.name, padded_from(data)) if isinstance(data, DataConfig) else (data, None)
     if features is not None:
         return dataclasses.replace(load_feature_net(features, device), crop=padded)
     if data_name not in PACKAGED:
