@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from unnoise.models.embeddings import check_images
+from unnoise.models.interface import ModelInterface
 from unnoise.models.unet import AttentionBlock, ResBlock, group_norm
 
 
@@ -55,6 +56,10 @@ class AutoencoderConfig:
     def latent_shape(self) -> tuple[int, int, int]:
         side = self.image_size // self.downsampling
         return (self.latent_channels, side, side)
+
+    @property
+    def interface(self) -> ModelInterface:
+        return ModelInterface((self.in_channels, self.image_size, self.image_size), output="autoencoder")
 
 
 @dataclass(frozen=True)

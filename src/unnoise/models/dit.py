@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from unnoise.models.embeddings import (Attention, Cond, ConditionEmbedding, Context, check_images, scale_shift,
                                        sincos_positions_2d, zero_)
+from unnoise.models.interface import ModelInterface
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,10 @@ class DiTConfig:
             raise ValueError(f"mlp_ratio must be positive, got {self.mlp_ratio}")
         if self.num_classes < 0 or self.context_dim < 0:
             raise ValueError(f"num_classes and context_dim must be >= 0, got {self.num_classes}, {self.context_dim}")
+
+    @property
+    def interface(self) -> ModelInterface:
+        return ModelInterface((self.in_channels, self.image_size, self.image_size), self.num_classes, self.context_dim)
 
 
 class DiTBlock(nn.Module):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from unnoise.models.embeddings import Cond, ConditionEmbedding, zero_
+from unnoise.models.interface import ModelInterface
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,10 @@ class MLPConfig:
     depth: int = 4  # residual blocks
     num_classes: int = 0  # class labels (0 = unconditional); label num_classes is the null label
     time_scale: float = 1000.0  # the time input is embedded as sin/cos of time_scale * t
+
+    @property
+    def interface(self) -> ModelInterface:
+        return ModelInterface((self.dim,), self.num_classes)
 
 
 class MLP(nn.Module):

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from unnoise.models.embeddings import (Attention, Cond, ConditionEmbedding, Context, check_images, scale_shift,
                                       zero_)
+from unnoise.models.interface import ModelInterface
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,13 @@ class UNetConfig:
     def downsampling(self) -> int:
         """How much the lowest level is smaller than the input: H and W must be multiples of this."""
         return 2 ** (len(self.channel_mult) - 1)
+
+    @property
+    def interface(self) -> ModelInterface:
+        shape = (self.in_channels, self.image_size, self.image_size)
+        if self.head == "logits":
+            return ModelInterface(shape, output="logits")
+        return ModelInterface(shape, self.num_classes, self.context_dim)
 
 
 def _heads(channels: int, head_channels: int) -> int:
