@@ -56,6 +56,28 @@ def plot_samples(sets: dict[str, Tensor], path: str | os.PathLike, limit: float 
     return _save(fig, path)
 
 
+def plot_signals(signals: Tensor, path: str | os.PathLike, columns: int | None = None, limit: float = 3.0) -> Path:
+    """1-D signals (N, C, L) as a grid of line plots, one panel per signal (channels overlaid)."""
+    import math
+
+    if signals.ndim != 3:
+        raise ValueError(f"expected signals of shape (N, C, L), got {tuple(signals.shape)}")
+    n = signals.shape[0]
+    columns = columns or min(n, 4)
+    rows = math.ceil(n / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 1.5 * rows), squeeze=False, sharex=True)
+    values = signals.detach().float().cpu()
+    for k, ax in enumerate(axes.flat):
+        if k < n:
+            for channel in values[k]:
+                ax.plot(channel.numpy(), linewidth=0.9)
+            ax.set_ylim(-limit, limit)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def save_image_grid(images: Tensor, path: str | os.PathLike, columns: int | None = None) -> Path:
     """Images (N, C, H, W) in [-1, 1] tiled into one PNG (grey for C = 1, RGB for C = 3), 1-pixel gaps."""
     import math

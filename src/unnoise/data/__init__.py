@@ -53,6 +53,7 @@ __all__ = [
     "load_dataset",
     "load_folder",
     "mnist_5k",
+    "modality_of",
     "padded_from",
     "moons",
     "read_idx",
@@ -90,6 +91,14 @@ class DataConfig:
             raise ValueError(f"captions=True needs a set with captions ({', '.join(_WITH_CAPTIONS)}), not {self.name}")
         if self.name == "emoji" and self.channels not in (None, 3):
             raise ValueError(f"emoji images are RGB: channels must be 3 (or unset), got {self.channels}")
+
+
+_POINT_SETS = ("moons", "swiss-roll", "gaussians")
+
+
+def modality_of(config: DataConfig) -> str:
+    """What a sample of this data set is (unnoise.modality): "image", "points" or "signal"."""
+    return "points" if config.name in _POINT_SETS else "image"
 
 
 _NATIVE_SIZE = {"mnist": 28, "fashion-mnist": 28, "digits8x8": 8}  # the built-in sets that fit = "pad" grows

@@ -35,6 +35,8 @@ class ImageSet(Dataset):
     `dataset.captions` is None, or a Captions table with one row per image.
     """
 
+    modality = "image"  # how a sample is previewed (unnoise.modality)
+
     def __init__(
         self, images: Tensor, labels: Tensor | None, *, name: str, class_names: Sequence[str] = (),
         captions: Captions | None = None,
