@@ -62,17 +62,13 @@ from unnoise.data import DataConfig, load_dataset  # noqa: E402
 from unnoise.grids import time_grid  # noqa: E402
 from unnoise.losses import DiffusionLoss  # noqa: E402
 from unnoise.models import build_model, count_parameters  # noqa: E402
-from unnoise.parameterization import EpsPrediction, NetworkDenoiser  # noqa: E402
+from unnoise.objectives import DiffusionObjective, RunContext  # noqa: E402
+from unnoise.parameterization import EpsPrediction, NetworkDenoiser, get_parameterization  # noqa: E402
 from unnoise.samplers import ddim  # noqa: E402
 from unnoise.schedules import from_alphas_cumprod, get_schedule  # noqa: E402
-from unnoise.train import (  # noqa: E402
-    EMA,
-    Batches,
-    build_parameterization,
-    draw_batch,
-    seeded_generator,
-    train,
-)
+from unnoise.training.batches import Batches, seeded_generator  # noqa: E402
+from unnoise.training.ema import EMA  # noqa: E402
+from unnoise.training.loop import train  # noqa: E402
 
 CONV_PEAK = {"fp32": 430.0, "bf16": 850.0}  # GFLOP/s of a large convolution on this machine (DESIGN.md)
 DATA = {"name": "mnist", "image_size": 32, "channels": 3, "fit": "pad"}  # the only built-in 3x32x32 set
@@ -160,9 +156,13 @@ def diffusers_step(unet: UNet2DModel, x0: Tensor, bf16: bool) -> Callable[[], No
     return step
 
 
+def _parameterization(config: RunConfig):
+    return get_parameterization(config.diffusion.parameterization, config.diffusion.sigma_data)
+
+
 def check_bare_loss(model: nn.Module, config: RunConfig, x0: Tensor) -> float:
     """Relative difference of (b)'s loss from the trainer's `DiffusionLoss` on the same times and noise."""
-    loss_fn = DiffusionLoss(get_schedule(config.diffusion.schedule), build_parameterization(config), config.loss)
+    loss_fn = DiffusionLoss(get_schedule(config.diffusion.schedule), _parameterization(config), config.loss)
     g = seeded_generator(0, 2, 1)
     t = loss_fn.sample_times(x0.shape[0], g)
     noise = torch.randn(x0.shape, generator=g)
@@ -212,7 +212,7 @@ def trainer_measure(batch: int, warmup: int, bf16: bool, workdir: Path) -> Calla
         records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
         if any(r.get("nonfinite") for r in records):
             raise RuntimeError(f"run (a) skipped non-finite steps: {records}")
-        rates = [r["img_per_s"] for r in records][warmup:]
+        rates = [r["examples_per_s"] for r in records][warmup:]
         return len(rates) / sum(1 / r for r in rates)  # images / seconds over steps of equal batch
 
     return measure
@@ -310,16 +310,21 @@ def median_ms(fn: Callable[[], Any], reps: int) -> float:
 def trainer_pieces(model: nn.Module, batch: int, reps: int) -> list[tuple[str, float, float]]:
     """(piece, ms in (a), ms in (b)) for what (a) does around the step; model holds (b)'s gradients."""
     config = load_config(None, tree=trainer_tree(batch, 1, False, "unused"))
-    dataset = load_dataset(DataConfig(**DATA))
-    batches = Batches(dataset, batch, 0)
-    loss_fn = DiffusionLoss(get_schedule(config.diffusion.schedule), build_parameterization(config), config.loss)
-    x0, t, noise, *_ = draw_batch(batches, loss_fn, config.train, 0)
+    objective = DiffusionObjective(config, RunContext(torch.device("cpu"), torch.float32, Path("unused")))
+    batches = Batches(len(objective.dataset), batch, 0)
+    loss_fn = objective.loss_fn
+
+    def draw():
+        return objective.draw(*batches.next())
+
+    drawn = draw()
+    x0, t, noise = drawn["x0"], drawn["t"], drawn["noise"]
     out = torch.zeros(x0.shape, requires_grad=True)  # a zero-cost network's output
     sigma = loss_fn.schedule.sigma_tilde(t).float()
     ema = EMA(model)
     params = [p for p in model.parameters() if p.grad is not None]
     return [
-        ("batch, times and noise (`draw_batch`)", median_ms(lambda: draw_batch(batches, loss_fn, config.train, 0), reps),
+        ("batch, times and noise (`DiffusionObjective.draw`)", median_ms(draw, reps),
          median_ms(lambda: (torch.randn(batch), torch.randn(x0.shape)), reps)),
         ("loss around a zero-cost network, forward + backward",
          median_ms(lambda: loss_fn(lambda *a: out, x0, None, noise=noise, t=t).mean().backward(), reps),

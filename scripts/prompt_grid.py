@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from unnoise.plots import plot_prompt_grid
-from unnoise.train import sample_checkpoint
+from unnoise.pipeline import Pipeline
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,9 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, run in zip(names, args.runs, strict=True):
         start = time.perf_counter()
         n = len(args.prompt) * args.per_prompt
-        images, ckpt = sample_checkpoint(run, n, prompts=args.prompt, guidance=args.guidance, sampler=args.sampler,
-                                         steps=args.steps, seed=args.seed)
-        panels[f"{name} (step {ckpt.step})"] = images
+        pipe = Pipeline.load(run)
+        images = pipe.sample(n, prompts=args.prompt, guidance=args.guidance, sampler=args.sampler, steps=args.steps,
+                             seed=args.seed)
+        panels[f"{name} (step {pipe.step})"] = images
         print(f"{name}: {n} samples in {time.perf_counter() - start:.1f} s")
     print(f"wrote {plot_prompt_grid(panels, args.prompt, args.out)}")
     return 0

@@ -6,13 +6,14 @@ import math
 import pytest
 import torch
 
-from unnoise.autoencoder import latent_space_for, load_latent_space, measure_scale, train_autoencoder
 from unnoise.checkpoint import load_checkpoint
 from unnoise.config import load_config
 from unnoise.losses import adaptive_weight, hinge_discriminator_loss, perceptual_loss
 from unnoise.models import MODEL_PRESETS, build_model
 from unnoise.models.autoencoder import Autoencoder, AutoencoderConfig, PatchDiscriminator, Posterior, psnr
-from unnoise.train import generate, train
+from unnoise.latent import load_latent_space, measure_scale, space_for
+from unnoise.pipeline import Pipeline
+from unnoise.training.loop import train
 
 AE = {
     "data": {"name": "emoji", "image_size": 16},
@@ -32,7 +33,7 @@ LATENT = {
 @pytest.fixture(scope="module")
 def autoencoder_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ae") / "run"
-    summary = train_autoencoder(load_config(None, tree={**AE, "out": str(out)}), quiet=True)
+    summary = train(load_config(None, tree={**AE, "out": str(out)}), quiet=True)
     return out, summary
 
 
@@ -96,7 +97,7 @@ def test_a_tiny_autoencoder_learns_to_reconstruct(autoencoder_run):
     test = load_dataset(DataConfig(name="emoji", split="test", image_size=16))
     x = test.batch(torch.arange(len(test)))[0]
     baseline = psnr(x, x.mean(0, keepdim=True).expand_as(x)).mean().item()
-    assert summary["psnr dB"] > baseline + 5, (summary["psnr dB"], baseline)
+    assert summary.report["psnr dB"] > baseline + 5, (summary.report["psnr dB"], baseline)
     assert (out / "reconstructions.png").is_file() and (out / "reconstruction.json").is_file()
     space = load_latent_space(out)
     z = space.encode(x)
@@ -122,7 +123,7 @@ def test_eval_of_an_autoencoder_measures_its_reconstructions_on_any_split(autoen
     assert 0 <= result["accuracy[emoji-cnn] of reconstructions"] <= 1 and "psnr dB" in capsys.readouterr().out
     assert main(["eval", str(out)]) == 0  # the held-out split: what training wrote, from the same EMA weights
     held_out = json.loads((ckpt / "reconstruction.json").read_text())
-    assert held_out["psnr dB"] == pytest.approx(summary["psnr dB"], rel=1e-6)
+    assert held_out["psnr dB"] == pytest.approx(summary.report["psnr dB"], rel=1e-6)
     capsys.readouterr()
     assert main(["eval", str(out), "--sweep", "--n", "5"]) == 2
     assert "is an autoencoder: eval measures its reconstructions" in capsys.readouterr().err
@@ -132,25 +133,23 @@ def test_a_latent_model_trains_samples_and_refuses_another_autoencoder(autoencod
     out, _ = autoencoder_run
     tree = {**LATENT, "latent": {"autoencoder": str(out)}, "out": str(tmp_path / "ldm")}
     summary = train(load_config(None, tree=tree), quiet=True)
-    ckpt = load_checkpoint(summary["checkpoints"][-1], with_state=False)
+    ckpt = load_checkpoint(summary.checkpoints[-1], with_state=False)
     config = load_config(None, tree=ckpt.config["tree"])
     assert config.latent.sha256 == load_latent_space(out).sha256  # the checkpoint names its autoencoder
-    images = generate(config, ckpt.ema, 3, seed=0)
+    images = Pipeline.load(ckpt.path).sample(3, seed=0)
     assert images.shape == (3, 3, 16, 16) and torch.isfinite(images).all()  # decoded to pixels
     # another autoencoder at the same path: refused, with both hashes named
     other = tmp_path / "other"
-    train_autoencoder(load_config(None, tree={**AE, "out": str(other), "train": {**AE["train"], "steps": 2,
+    train(load_config(None, tree={**AE, "out": str(other), "train": {**AE["train"], "steps": 2,
                                                                                   "checkpoint_every": 2}}), quiet=True)
     moved = load_config(None, tree={**ckpt.config["tree"], "latent": {**ckpt.config["tree"]["latent"],
                                                                       "autoencoder": str(other)}})
     with pytest.raises(ValueError, match=f"weights {config.latent.sha256[:12]}.*a different autoencoder"):
-        generate(moved, ckpt.ema, 1)
-    with pytest.raises(ValueError, match="the network needs in_channels = out_channels = 2 and image_size = 8"):
-        latent_space_for(load_config(None, tree={**tree, "model": {"preset": "unet_tiny"}}))
-    with pytest.raises(ValueError, match="train it with unnoise train-autoencoder"):
-        train(load_config(None, tree={**AE, "out": str(tmp_path / "x")}))
+        Pipeline.from_weights(moved, ckpt.ema)
+    with pytest.raises(ValueError, match=r"set \[model\] in_channels = out_channels = 2 and image_size = 8"):
+        space_for(load_config(None, tree={**tree, "model": {"preset": "unet_tiny"}}))
     with pytest.raises(ValueError, match="not an autoencoder checkpoint"):
-        load_latent_space(summary["checkpoints"][-1])
+        load_latent_space(summary.checkpoints[-1])
 
 
 def test_a_latent_dit_follows_prompts_and_the_sample_command_decodes(autoencoder_run, tmp_path, capsys):
@@ -167,7 +166,7 @@ def test_a_latent_dit_follows_prompts_and_the_sample_command_decodes(autoencoder
             "sample": {**LATENT["sample"], "guidance": 2.0, "prompts": ["red apple"]}}
     summary = train(load_config(None, tree=tree), quiet=True)
     path = tmp_path / "apples.npz"
-    assert main(["sample", summary["checkpoints"][-1], "--n", "2", "--prompt", "green apple", "--steps", "2",
+    assert main(["sample", summary.checkpoints[-1], "--n", "2", "--prompt", "green apple", "--steps", "2",
                  "--out", str(path)]) == 0
     with np.load(path) as f:
         images = next(iter(f.values()))
@@ -192,8 +191,8 @@ def test_two_process_autoencoder_training_matches_one_process(tmp_path):
 
     train_cfg = {**AE["train"], "steps": 5, "checkpoint_every": 5}
     tree = {**AE, "autoencoder": {**AE["autoencoder"], "disc_weight": 0.0}, "train": train_cfg}
-    train_autoencoder(load_config(None, tree={**tree, "out": str(tmp_path / "one")}), quiet=True)
-    mp.spawn(_ddp_worker, args=(2, _free_port(), {**tree, "out": str(tmp_path / "two")}, train_autoencoder), nprocs=2,
+    train(load_config(None, tree={**tree, "out": str(tmp_path / "one")}), quiet=True)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), {**tree, "out": str(tmp_path / "two")}, train), nprocs=2,
              join=True)
     a, b = load_checkpoint(tmp_path / "one" / "checkpoints"), load_checkpoint(tmp_path / "two" / "checkpoints")
     assert a.step == b.step == 5 and "latent_scale" in b.config
@@ -208,7 +207,7 @@ def test_the_perceptual_term_and_the_reconstruction_metrics_on_mnist(tmp_path):
             "model": {"preset": "autoencoder_tiny", "in_channels": 1, "image_size": 32},
             "autoencoder": {"perceptual_weight": 1.0, "disc_start": 2, "scale_images": 100},
             "train": {**AE["train"], "steps": 4, "batch_size": 8, "checkpoint_every": 4}, "out": str(tmp_path / "m")}
-    summary = train_autoencoder(load_config(None, tree=tree), quiet=True)
-    assert {"psnr dB", "FD[mnist-cnn] of reconstructions", "accuracy[mnist-cnn] of reconstructions"} <= set(summary)
+    summary = train(load_config(None, tree=tree), quiet=True)
+    assert {"psnr dB", "FD[mnist-cnn] of reconstructions", "accuracy[mnist-cnn] of reconstructions"} <= set(summary.report)
     log = [json.loads(line) for line in (tmp_path / "m" / "log.jsonl").read_text().splitlines()]
     assert "perceptual" in log[0] and "lambda" in log[-1] and "d" in log[-1]  # the discriminator ran from step 2

@@ -17,7 +17,8 @@ from unnoise.guidance import ALPHA_ZERO_LAMBDA, ClassifierGuidance
 from unnoise.oracle import GaussianMixture
 from unnoise.samplers import get_sampler
 from unnoise.schedules import get_schedule
-from unnoise.train import generate, train
+from unnoise.pipeline import Pipeline
+from unnoise.training.loop import train
 
 
 @pytest.fixture
@@ -98,7 +99,7 @@ def test_bad_classifier_guidance_arguments(labelled, ddpm):
         ClassifierGuidance(den, clf, ddpm, 1.0)(torch.zeros(2, 2, dtype=torch.float64), 0.5)
 
 
-# ---- a noise-aware classifier trained by the train loop, used by generate ---------------------------
+# ---- a noise-aware classifier trained by the training loop, used by the pipeline ---------------------------
 
 DATA = {"name": "mnist"}
 DIFFUSION = {"schedule": "edm", "parameterization": "edm"}
@@ -120,7 +121,7 @@ MODEL = {
 
 def tiny_model(out, **sections) -> str:
     """A 5-step class-conditional MNIST model; returns its checkpoint folder."""
-    return train(load_config(None, tree={**MODEL, **sections, "out": str(out)}), quiet=True)["checkpoints"][-1]
+    return train(load_config(None, tree={**MODEL, **sections, "out": str(out)}), quiet=True).checkpoints[-1]
 
 
 @pytest.fixture(scope="module")
@@ -133,23 +134,22 @@ def classifier_run(tmp_path_factory):
 def test_the_train_loop_trains_a_noise_aware_classifier(classifier_run):
     out, summary = classifier_run
     accuracy = json.loads((out / "accuracy.json").read_text())["accuracy by sigma~"]
-    assert accuracy == {str(k): v for k, v in summary["accuracy"].items()}
+    assert accuracy == {str(k): v for k, v in summary.report["accuracy"].items()}
     # 150 steps of 32 digits: far above chance (0.1) at low noise, back to chance when noise drowns it
     assert accuracy["0.1"] > 0.5, accuracy
     assert accuracy["0.1"] > accuracy["2.0"] > accuracy["10.0"] - 0.05, accuracy
     assert not (out / "samples.png").exists()
 
 
-def test_generate_with_classifier_guidance(classifier_run, tmp_path):
-    clf = load_classifier(classifier_run[0])
-    ckpt = load_checkpoint(tiny_model(tmp_path / "m"), with_state=False)
-    config = load_config(None, tree=ckpt.config["tree"])
-    plain = generate(config, ckpt.ema, 4, seed=3)
-    assert torch.equal(generate(config, ckpt.ema, 4, seed=3, classifier=clf, classifier_scale=0.0), plain)
-    guided = generate(config, ckpt.ema, 4, seed=3, classifier=clf, classifier_scale=5.0)
+def test_pipeline_with_classifier_guidance(classifier_run, tmp_path):
+    model = tiny_model(tmp_path / "m")
+    plain = Pipeline.load(model).sample(4, seed=3)
+    pipe = Pipeline.load(model, classifier=classifier_run[0])
+    assert torch.equal(pipe.sample(4, seed=3, classifier_scale=0.0), plain)
+    guided = pipe.sample(4, seed=3, classifier_scale=5.0)
     assert guided.shape == plain.shape and torch.isfinite(guided).all() and not torch.allclose(guided, plain)
     # the unconditional branch alone (classifier-free scale 0) plus the classifier: ADM's own setting
-    uncond = generate(config, ckpt.ema, 4, seed=3, guidance=0.0, classifier=clf, classifier_scale=5.0)
+    uncond = pipe.sample(4, seed=3, guidance=0.0, classifier_scale=5.0)
     assert not torch.allclose(uncond, guided)
 
 
@@ -161,11 +161,9 @@ def test_classifier_runs_refuse_what_does_not_fit(classifier_run, tmp_path):
         load_config(None, tree={**CLASSIFIER, "model": {**CLASSIFIER["model"], "num_classes": 10}})
     with pytest.raises(ValueError, match="not a classifier run"):
         build_classifier(load_config(None, tree=MODEL), {})
-    clf = load_classifier(classifier_run[0])
-    ckpt = load_checkpoint(tiny_model(tmp_path / "m", diffusion={"schedule": "ddpm", "parameterization": "eps"}),
-                           with_state=False)
+    ddpm_model = tiny_model(tmp_path / "m", diffusion={"schedule": "ddpm", "parameterization": "eps"})
     with pytest.raises(ValueError, match="trained on schedule 'edm'"):
-        generate(load_config(None, tree=ckpt.config["tree"]), ckpt.ema, 2, classifier=clf, classifier_scale=1.0)
+        Pipeline.load(ddpm_model, classifier=classifier_run[0])
 
 
 def test_guidance_curves_and_sampling_from_the_command_line(classifier_run, tmp_path, capsys):
@@ -198,4 +196,4 @@ def test_guidance_curves_and_sampling_from_the_command_line(classifier_run, tmp_
         load_config(None, tree={**MODEL, "sample": {"guidance_interval": [0.5, 0.2]}})
     assert main(["sample", model, "--n", "2", "--classifier", str(classifier_run[0]), "--classifier-scale", "-1",
                  "--out", str(png)]) != 0
-    assert "classifier guidance scale must be >= 0, got -1.0" in capsys.readouterr().err
+    assert "classifier_scale must be >= 0, got -1.0" in capsys.readouterr().err

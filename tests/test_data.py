@@ -296,7 +296,7 @@ def test_config_rejects_bad_values_and_names_the_valid_ones():
     with pytest.raises(dataclasses.FrozenInstanceError):
         DataConfig().name = "moons"
     assert set(DATASET_NAMES) == {"mnist", "fashion-mnist", "digits8x8", "folder", "moons", "swiss-roll", "gaussians",
-                                  "emoji"}
+                                  "emoji", "signals"}
 
 
 def test_load_dataset_folder_by_config(messy):

@@ -6,9 +6,9 @@ import pytest
 
 from unnoise.cli import main
 from unnoise.config import load_config
-from unnoise.evaluate import EvalOptions, at_budget, best_per_budget, format_sweep, steps_for_nfe
+from unnoise.eval import EvalOptions, SweepRow, at_budget, best_per_budget, format_sweep, steps_for_nfe
 from unnoise.features import FeatureConfig, save_feature_net, train_feature_net
-from unnoise.train import train
+from unnoise.training.loop import train
 
 TREE = {
     "data": {"name": "mnist"},
@@ -85,8 +85,10 @@ def test_steps_for_nfe_counts_calls():
 
 
 def test_best_per_budget_and_the_table():
-    rows = [{"sampler": "a", "nfe": 2, "FD": 5.0}, {"sampler": "a", "nfe": 4, "FD": 3.0},
-            {"sampler": "b", "nfe": 3, "FD": 4.0}]
+    def row(sampler, nfe, fd):
+        return SweepRow(sampler, steps=nfe, nfe=nfe, fd=fd, kid=0.0, kid_se=0.0, seconds=0.0)
+
+    rows = [row("a", 2, 5.0), row("a", 4, 3.0), row("b", 3, 4.0)]
     assert at_budget(rows, 3) == {"a": rows[0], "b": rows[2]}
     best = best_per_budget(rows, (2, 3, 4))
     assert best[2] is rows[0] and best[3] is rows[2] and best[4] is rows[1]

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from unnoise.conditioning import Condition
 from unnoise.convergence import CountingDenoiser
 from unnoise.grids import time_grid
 from unnoise.guidance import ClassifierFreeGuidance
@@ -80,16 +81,16 @@ def test_text_conditions_of_different_lengths_share_one_batched_call():
             p.add_(0.1 * torch.randn(p.shape))
     g = torch.Generator().manual_seed(0)
     x, t = torch.randn(2, 3, 16, 16, generator=g), torch.tensor(0.5)
-    cond = {"context": torch.randn(2, 3, 12, generator=g), "context_mask": torch.tensor([[1, 1, 1], [1, 1, 0]]).bool()}
-    null = {"context": torch.randn(1, 2, 12, generator=g), "context_mask": torch.ones(1, 2, dtype=torch.bool)}
+    cond = Condition(context=torch.randn(2, 3, 12, generator=g), context_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]).bool())
+    null = Condition(context=torch.randn(1, 2, 12, generator=g), context_mask=torch.ones(1, 2, dtype=torch.bool))
     den = lambda x_, t_, c: net(x_, t_.expand(x_.shape[0]), c)  # noqa: E731
     with torch.no_grad():
         x0_c = den(x, t, cond)
-        x0_u = den(x, t, {k: v.expand(2, *v.shape[1:]) for k, v in null.items()})
+        x0_u = den(x, t, null.expand(2))
         counted = CountingDenoiser(den)
         guided = ClassifierFreeGuidance(counted, 3.0, null)(x, t, cond)
         assert counted.calls == 1
         assert torch.allclose(guided, x0_u + 3.0 * (x0_c - x0_u), atol=1e-5)
         assert torch.allclose(ClassifierFreeGuidance(den, 0.0, null)(x, t, cond), x0_u, atol=1e-6)
-    with pytest.raises(ValueError, match="needs a dict null condition"):
+    with pytest.raises(ValueError, match="cannot stack a condition with"):
         ClassifierFreeGuidance(den, 2.0, 10)(x, t, cond)

@@ -1,9 +1,11 @@
 import dataclasses
+from dataclasses import replace
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from unnoise.conditioning import Condition
 from unnoise.guidance import ClassifierFreeGuidance
 from unnoise.models import MODEL_PRESETS, DiTConfig, UNetConfig, build_model, count_parameters
 from unnoise.models.embeddings import sincos_positions_2d, sinusoidal_embedding
@@ -27,7 +29,7 @@ def inputs(net: torch.nn.Module, seed: int = 0) -> tuple[torch.Tensor, torch.Ten
     """x, t and a full cond (labels including the null label, and a context) for net."""
     c, g = net.config, torch.Generator().manual_seed(seed)
     x = torch.randn(B, c.in_channels, c.image_size, c.image_size, generator=g)
-    cond = {"labels": torch.tensor([1, CLASSES]), "context": torch.randn(B, CONTEXT_LEN, CONTEXT_DIM, generator=g)}
+    cond = Condition(labels=torch.tensor([1, CLASSES]), context=torch.randn(B, CONTEXT_LEN, CONTEXT_DIM, generator=g))
     return x, torch.rand(B, generator=g), cond
 
 
@@ -58,7 +60,7 @@ def train_steps(net: torch.nn.Module, steps: int) -> torch.optim.Optimizer:
 def test_output_has_the_input_shape(kind, which):
     net = perturb_(conditional(kind))
     x, t, full = inputs(net)
-    cond = {"none": None, "labels": full["labels"], "context": {"context": full["context"]}, "both": full}[which]
+    cond = {"none": None, "labels": full.labels, "context": Condition(context=full.context), "both": full}[which]
     assert net(x, t, cond).shape == x.shape
     plain = make(kind)
     assert plain(x, t).shape == x.shape
@@ -99,8 +101,8 @@ def test_labels_and_null_label(kind):
         for b in range(a):
             assert not torch.allclose(out[a], out[b])
     assert torch.equal(net(x, t), out[CLASSES])  # cond=None is the null label
-    assert torch.equal(net(x, t, {}), out[CLASSES])
-    assert torch.equal(net(x, t, {"labels": torch.full((B,), 2)}), out[2])
+    assert torch.equal(net(x, t, Condition()), out[CLASSES])
+    assert torch.equal(net(x, t, Condition(labels=torch.full((B,), 2))), out[2])
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -108,9 +110,9 @@ def test_context_reaches_the_output(kind):
     net = perturb_(conditional(kind))
     x, t, cond = inputs(net)
     with_context = net(x, t, cond)
-    other = net(x, t, {**cond, "context": cond["context"] + 1})
+    other = net(x, t, replace(cond, context=cond.context + 1))
     assert not torch.allclose(with_context, other)
-    assert not torch.allclose(with_context, net(x, t, cond["labels"]))  # no context: cross-attention skipped
+    assert not torch.allclose(with_context, net(x, t, cond.labels))  # no context: cross-attention skipped
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -120,19 +122,19 @@ def test_masked_context_tokens_are_never_read(kind):
     net = perturb_(conditional(kind))
     x, t, cond = inputs(net)
     mask = torch.tensor([[True, True, False], [True, False, False]])
-    garbage = cond["context"].clone()
+    garbage = cond.context.clone()
     garbage[~mask] = 100.0
-    masked = net(x, t, {**cond, "context_mask": mask})
-    assert torch.allclose(net(x, t, {**cond, "context": garbage, "context_mask": mask}), masked, atol=1e-5)
-    short = {"labels": cond["labels"][1:], "context": cond["context"][1:, :1]}  # sample 1 alone, unpadded
+    masked = net(x, t, replace(cond, context_mask=mask))
+    assert torch.allclose(net(x, t, replace(cond, context=garbage, context_mask=mask)), masked, atol=1e-5)
+    short = Condition(labels=cond.labels[1:], context=cond.context[1:, :1])  # sample 1 alone, unpadded
     assert torch.allclose(net(x[1:], t[1:], short), masked[1:], atol=1e-5)
     assert not torch.allclose(net(x, t, cond), masked)  # the mask matters
     with pytest.raises(ValueError, match="no token to attend to"):
-        net(x, t, {**cond, "context_mask": torch.tensor([[True, False, False], [False, False, False]])})
+        net(x, t, replace(cond, context_mask=torch.tensor([[True, False, False], [False, False, False]])))
     with pytest.raises(ValueError, match="context_mask must be a bool tensor of shape"):
-        net(x, t, {**cond, "context_mask": mask.float()})
+        net(x, t, replace(cond, context_mask=mask.float()))
     with pytest.raises(ValueError, match="context_mask given without a context"):
-        net(x, t, {"labels": cond["labels"], "context_mask": mask})
+        Condition(labels=cond.labels, context_mask=mask)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -156,7 +158,7 @@ def test_time_reaches_the_output(kind):
     ("context_without_cross", "without cross-attention"),
     ("context_width", rf"\(2, L, {CONTEXT_DIM}\)"),
     ("t_shape", r"t must have shape \(2,\)"),
-    ("cond_key", "unknown cond keys"),
+    ("cond_key", "a condition must be None, a Condition"),
 ])
 def test_clear_errors(kind, case, message):
     net, plain = conditional(kind), make(kind)
@@ -164,13 +166,13 @@ def test_clear_errors(kind, case, message):
     calls = {
         "channels": lambda: net(x[:, :2], t),
         "size": lambda: net(x[:, :, :15, :15], t),
-        "labels_unconditional": lambda: plain(x, t, cond["labels"]),
+        "labels_unconditional": lambda: plain(x, t, cond.labels),
         "label_range": lambda: net(x, t, torch.tensor([0, CLASSES + 1])),
         "label_dtype": lambda: net(x, t, torch.tensor([0.0, 1.0])),
-        "context_without_cross": lambda: plain(x, t, {"context": cond["context"]}),
-        "context_width": lambda: net(x, t, {"context": cond["context"][..., :-1]}),
+        "context_without_cross": lambda: plain(x, t, Condition(context=cond.context)),
+        "context_width": lambda: net(x, t, Condition(context=cond.context[..., :-1])),
         "t_shape": lambda: net(x, t[:1]),
-        "cond_key": lambda: net(x, t, {"label": cond["labels"]}),
+        "cond_key": lambda: net(x, t, {"labels": cond.labels}),
     }
     with pytest.raises(ValueError, match=message):
         calls[case]()
@@ -277,3 +279,91 @@ def test_classifier_free_guidance_with_the_null_label(kind):
     guided = ClassifierFreeGuidance(denoise, 3.0, null_cond=CLASSES)(x, 0.5, labels)
     x0_c, x0_u = denoise(x, 0.5, labels), denoise(x, 0.5, None)
     assert torch.allclose(guided, x0_u + 3.0 * (x0_c - x0_u), atol=1e-5)
+
+
+def unet1d(seed: int = 0, **overrides) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model(dataclasses.replace(MODEL_PRESETS["unet1d_small"](), **overrides))
+
+
+def test_unet_1d_maps_signals_to_signals_and_starts_at_zero():
+    net = unet1d()
+    x, t = torch.randn(B, 1, 256, generator=torch.Generator().manual_seed(0)), torch.rand(B)
+    assert torch.equal(net(x, t), torch.zeros_like(x))
+    assert net.config.interface.sample_shape == (1, 256)
+    assert all(not isinstance(m, torch.nn.Conv2d) for m in net.modules())
+    out = perturb_(net)(x, t)
+    assert out.shape == (B, 1, 256) and out.abs().min() > 0
+    assert net(x[..., :64], t).shape == (B, 1, 64)  # any length divisible by 8
+
+
+def test_unet_1d_takes_labels_and_context():
+    net = perturb_(unet1d(num_classes=CLASSES, context_dim=CONTEXT_DIM))
+    x, t = torch.randn(B, 1, 256, generator=torch.Generator().manual_seed(0)), torch.rand(B)
+    out = [net(x, t, torch.full((B,), label)) for label in range(CLASSES + 1)]
+    assert not torch.allclose(out[0], out[1]) and torch.equal(net(x, t), out[CLASSES])
+    context = torch.randn(B, CONTEXT_LEN, CONTEXT_DIM, generator=torch.Generator().manual_seed(1))
+    with_context = net(x, t, Condition(labels=torch.full((B,), 1), context=context))
+    assert with_context.shape == x.shape and not torch.allclose(with_context, out[1])
+
+
+@pytest.mark.parametrize("shape, message", [
+    ((B, 1, 16, 16), r"expected signals of shape \(B, 1, L\), got \(2, 1, 16, 16\)"),
+    ((B, 2, 256), r"expected signals of shape \(B, 1, L\), got \(2, 2, 256\)"),
+    ((B, 1, 100), r"signal length must be a multiple of 8 \(the U-Net halves them 3 times\), got 100"),
+])
+def test_unet_1d_shape_errors(shape, message):
+    with pytest.raises(ValueError, match=message):
+        unet1d()(torch.randn(shape), torch.rand(B))
+
+
+def test_unet_2d_refuses_signals():
+    with pytest.raises(ValueError, match=r"expected images of shape \(B, 1, H, W\)"):
+        build_model(MODEL_PRESETS["unet_small"]())(torch.randn(B, 1, 28), torch.rand(B))
+
+
+@pytest.mark.parametrize("make_config, message", [
+    (lambda: UNetConfig(dims=3), "dims must be 1 .signals. or 2 .images., got 3"),
+    (lambda: dataclasses.replace(MODEL_PRESETS["classifier_small"](), dims=1), "dims must be 2, got 1"),
+    (lambda: dataclasses.replace(MODEL_PRESETS["unet1d_small"](), image_size=100), "multiple of 8"),
+])
+def test_unet_1d_config_errors(make_config, message):
+    with pytest.raises(ValueError, match=message):
+        make_config()
+
+
+def test_dims_changes_no_parameter_names_and_2d_state_dicts_still_load(tmp_path):
+    # Module names do not depend on dims: the 1-D preset built in 2-D has the same keys, and only
+    # the kernels' shapes differ. A 2-D state dict saved by a preset loads into dims=2 given explicitly.
+    one, two = unet1d(), unet1d(dims=2)
+    shapes_1d = {k: tuple(v.shape) for k, v in one.state_dict().items()}
+    shapes_2d = {k: tuple(v.shape) for k, v in two.state_dict().items()}
+    assert shapes_1d.keys() == shapes_2d.keys()
+    assert all(s2 == s1 or s2 == s1 + (3,) or s2 == s1 + (1,) for s1, s2 in
+               ((shapes_1d[k], shapes_2d[k]) for k in shapes_1d))
+    for name in ("unet_small", "classifier_small"):
+        torch.manual_seed(0)
+        saved = perturb_(build_model(MODEL_PRESETS[name]()))
+        save_file(saved.state_dict(), tmp_path / "net.safetensors")
+        torch.manual_seed(1)
+        explicit = build_model(dataclasses.replace(MODEL_PRESETS[name](), dims=2))
+        explicit.load_state_dict(load_file(tmp_path / "net.safetensors"))  # strict: same keys and shapes
+        x, t = torch.randn(B, 1, 28, 28), torch.rand(B)
+        assert torch.equal(explicit(x, t), saved(x, t))
+
+
+def test_resblock_1d_and_its_2d_default():
+    from unnoise.models.unet import ResBlock
+
+    block_2d, block_1d = ResBlock(8, 16, 12), ResBlock(8, 16, 12, dims=1)
+    assert isinstance(block_2d.conv1, torch.nn.Conv2d) and isinstance(block_1d.conv1, torch.nn.Conv1d)
+    perturb_(block_1d)
+    emb = torch.randn(B, 12)
+    assert block_1d(torch.randn(B, 8, 32), emb).shape == (B, 16, 32)
+    assert ResBlock(8, 8, 0, dims=1)(torch.randn(B, 8, 32)).shape == (B, 8, 32)  # the autoencoder's form
+
+
+def test_unet_1d_preset_parameter_count():
+    with torch.device("meta"):
+        n = count_parameters(build_model(MODEL_PRESETS["unet1d_small"]()))
+    assert 0.6e6 <= n <= 1.0e6

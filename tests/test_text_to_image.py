@@ -8,12 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 
+import unnoise
+
 from unnoise.checkpoint import load_checkpoint
 from unnoise.cli import main
-from unnoise.conditioning import CaptionBank, TextConfig, load_text_encoder, prompt_bank
+from unnoise.text import CaptionBank, TextConfig, load_text_encoder, prompt_bank
 from unnoise.config import load_config
 from unnoise.data import load_dataset
-from unnoise.train import Batches, draw_batch, generate, train
+from unnoise.models import build_model
+from unnoise.objectives import DiffusionObjective, RunContext
+from unnoise.pipeline import Pipeline
+from unnoise.training.batches import Batches
+from unnoise.training.loop import train
 
 TREE = {
     "data": {"name": "emoji", "image_size": 16},
@@ -28,38 +34,35 @@ TREE = {
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("t2i") / "run"
     summary = train(load_config(None, tree={**TREE, "out": str(out)}), quiet=True)
-    return load_checkpoint(summary["checkpoints"][-1], with_state=False), summary
+    return load_checkpoint(summary.checkpoints[-1], with_state=False), summary
 
 
-def test_training_draws_captions_and_drops_them_to_the_empty_prompt():
+def test_training_draws_captions_and_drops_them_to_the_empty_prompt(tmp_path):
     config = load_config(None, tree=TREE)
-    data = load_dataset(config.data)
-    from unnoise.losses import DiffusionLoss
-    from unnoise.train import build_parameterization
-    from unnoise.schedules import get_schedule
+    objective = DiffusionObjective(config, RunContext(torch.device("cpu"), torch.float32, tmp_path))
 
-    loss_fn = DiffusionLoss(get_schedule("edm"), build_parameterization(config), config.loss)
-    ids = [draw_batch(Batches(data, 8, 0, position=k), loss_fn, config.train, 0, data.captions)[4] for k in range(40)]
-    ids = torch.cat(ids)
+    def caption_ids(position):
+        return objective.draw(*Batches(len(objective.dataset), 8, 0, position=position).next())["caption_ids"]
+
+    ids = torch.cat([caption_ids(k) for k in range(40)])
     dropped = (ids == 0).double().mean().item()
     assert abs(dropped - 0.5) < 4 * (0.25 / len(ids)) ** 0.5  # label_dropout = 0.5, binomial SE
-    again = draw_batch(Batches(data, 8, 0, position=3), loss_fn, config.train, 0, data.captions)[4]
-    assert torch.equal(again, ids[24:32])  # (seed, batch number) fix the draw
+    assert torch.equal(caption_ids(3), ids[24:32])  # (seed, batch number) fix the draw
 
 
 def test_a_text_model_trains_and_samples_from_prompts(run, tmp_path, capsys):
     ckpt, summary = run
-    config = load_config(None, tree=ckpt.config["tree"])
-    x = generate(config, ckpt.ema, 4, seed=0)
+    pipe = Pipeline.load(ckpt.path)
+    x = pipe.sample(4, seed=0)
     assert x.shape == (4, 3, 16, 16) and torch.isfinite(x).all()
     # sample i uses prompt i mod 2; seeds are per sample, so sample 0 and 2 differ only by seed
-    a = generate(config, ckpt.ema, 2, seed=0, prompts=["red apple"])
-    b = generate(config, ckpt.ema, 2, seed=0, prompts=["red apple", "grinning face"])
+    a = pipe.sample(2, seed=0, prompts=["red apple"])
+    b = pipe.sample(2, seed=0, prompts=["red apple", "grinning face"])
     assert torch.equal(a[0], b[0]) and not torch.equal(a[1], b[1])
     # guidance 0 is the empty prompt's estimate alone: every prompt gives the same images
-    u = generate(config, ckpt.ema, 2, seed=0, prompts=["red apple"], guidance=0.0)
-    assert torch.allclose(u, generate(config, ckpt.ema, 2, seed=0, prompts=["grinning face"], guidance=0.0))
-    assert torch.allclose(u, generate(config, ckpt.ema, 2, seed=0, prompts=[""], guidance=1.0), atol=1e-6)
+    u = pipe.sample(2, seed=0, prompts=["red apple"], guidance=0.0)
+    assert torch.allclose(u, pipe.sample(2, seed=0, prompts=["grinning face"], guidance=0.0))
+    assert torch.allclose(u, pipe.sample(2, seed=0, prompts=[""], guidance=1.0), atol=1e-6)
     out = tmp_path / "apple.png"
     assert main(["sample", str(ckpt.path), "--prompt", "a red apple", "--prompt", "a boot", "--n", "4",
                  "--steps", "2", "--guidance", "4", "--out", str(out)]) == 0
@@ -76,11 +79,13 @@ def test_text_runs_refuse_what_does_not_fit(run, tmp_path):
     with pytest.raises(ValueError, match="context_dim must be the text encoder's width 384"):
         train(load_config(None, tree={**TREE, "model": {**TREE["model"], "context_dim": 16},
                                       "out": str(tmp_path / "b")}))
+    no_prompts = load_config(None, tree={**ckpt.config["tree"], "sample": {"prompts": []}})
     with pytest.raises(ValueError, match="needs prompts"):
-        generate(load_config(None, tree={**ckpt.config["tree"], "sample": {"prompts": []}}), ckpt.ema, 2)
-    plain = load_config(None, tree={**TREE, "model": {"preset": "unet_tiny"}})
+        Pipeline.from_weights(no_prompts, ckpt.ema).sample(2)
+    plain = load_config(None, tree={**TREE, "model": {"preset": "unet_tiny"}, "sample": {"n": 4},
+                                    "train": {**TREE["train"], "label_dropout": 0.0}})
     with pytest.raises(ValueError, match="no text conditioning"):
-        generate(plain, {}, 1, prompts=["a boot"])
+        Pipeline.from_weights(plain, build_model(plain.model).state_dict()).sample(1, prompts=["a boot"])
     with pytest.raises(ValueError, match="max_tokens must lie in 3..512"):
         TextConfig(max_tokens=2)
     assert config.text.encoder == "all-MiniLM-L6-v2"
@@ -91,17 +96,17 @@ def test_the_caption_bank_pads_and_trims():
     bank = prompt_bank(encoder, ["a red apple on a wooden table", "boot"])
     assert bank.texts[0] == "" and bank.mask[0].sum() == 2  # the empty prompt: [CLS] [SEP]
     short = bank.cond(torch.tensor([0, 2]))
-    assert short["context"].shape[1] == int(bank.mask[2].sum())  # trimmed to the longest asked for
+    assert short.context.shape[1] == int(bank.mask[2].sum())  # trimmed to the longest asked for
     alone = CaptionBank.encode(encoder, ["boot"])
     n = int(alone.mask[0].sum())
-    assert torch.allclose(short["context"][1, :n], alone.context[0, :n], atol=1e-5)
+    assert torch.allclose(short.context[1, :n], alone.context[0, :n], atol=1e-5)
 
 
 @pytest.mark.slow  # the reference features of Fashion-MNIST's 10,000 test images
 def test_prompt_accuracy_of_a_fashion_text_model(tmp_path, capsys):
     tree = {**TREE, "data": {"name": "fashion-mnist", "captions": True}, "out": str(tmp_path / "f"),
             "model": {**TREE["model"], "in_channels": 1, "out_channels": 1, "image_size": 28}}
-    ckpt = train(load_config(None, tree=tree), quiet=True)["checkpoints"][-1]
+    ckpt = train(load_config(None, tree=tree), quiet=True).checkpoints[-1]
     assert main(["eval", ckpt, "--guidance-scales", "0,2", "--per-prompt", "1", "--steps", "2",
                  "--batch-size", "50"]) == 0
     out = capsys.readouterr().out
@@ -131,35 +136,35 @@ def test_two_process_ddp_text_model_matches_one_process(tmp_path):
 
 
 def test_batched_draws_keep_each_sample_on_its_prompt(run):
-    # evaluate.draw samples in batches; sample i must get prompt i mod P whatever the batch size.
-    from unnoise.evaluate import draw
+    # eval.samples.draw samples in batches; sample i must get prompt i mod P whatever the batch size.
+    from unnoise.eval.samples import draw
 
     ckpt, _ = run
-    config = load_config(None, tree=ckpt.config["tree"])
+    pipe = Pipeline.load(ckpt.path, "cpu")
     prompts = ["red apple", "grinning face", "rocket"]
-    whole = generate(config, ckpt.ema, 5, seed=0, prompts=prompts).float().clamp(-1, 1)
-    batched, labels, _, _ = draw(config, ckpt.ema, 5, sampler=None, steps=None, spacing=None, guidance=None,
-                                 seed=0, batch_size=2, device="cpu", progress=False, prompts=prompts)
+    whole = pipe.sample(5, seed=0, prompts=prompts).float().clamp(-1, 1)
+    batched, labels, _, _ = draw(pipe, 5, sampler=None, steps=None, spacing=None, guidance=None,
+                                 seed=0, batch_size=2, progress=False, prompts=prompts)
     assert labels is None
     assert torch.allclose(batched, whole, atol=1e-5)
 
 
-def test_the_python_api_samples_a_checkpoint_from_prompts(run):
-    from unnoise.train import sample_checkpoint
-
+def test_the_python_api_loads_once_and_samples_from_prompts(run):
     ckpt, _ = run
-    images, loaded = sample_checkpoint(ckpt.path, 2, prompts=["red apple"], guidance=2.0, steps=2, seed=0)
+    pipe = unnoise.Pipeline.load(ckpt.path)
+    images = pipe.sample(2, prompts=["red apple"], guidance=2.0, steps=2, seed=0)
+    assert pipe.source == str(ckpt.path) and pipe.step == ckpt.step
     config = load_config(None, tree=ckpt.config["tree"])
-    assert loaded.path == ckpt.path
-    assert torch.equal(images, generate(config, ckpt.ema, 2, prompts=["red apple"], guidance=2.0, steps=2, seed=0))
+    again = Pipeline.from_weights(config, ckpt.ema).sample(2, prompts=["red apple"], guidance=2.0, steps=2, seed=0)
+    assert torch.equal(images, again)
     with pytest.raises(ValueError, match="takes no class labels .*give prompts"):
-        sample_checkpoint(ckpt.path, 2, label=1)
+        pipe.sample(2, label=1)
 
 
 def test_eval_prompts_a_text_model_with_the_reference_captions(run, tmp_path, capsys, monkeypatch):
     # Sample i is drawn with the caption of reference image i mod N and scored against that image's
     # class; with the training split as reference, the floor comes from the held-out images.
-    from unnoise.evaluate import EvalOptions, reference
+    from unnoise.eval import EvalOptions, reference
     from unnoise.features import FeatureConfig, feature_net_for, save_feature_net, train_feature_net
 
     ckpt, _ = run
@@ -173,7 +178,7 @@ def test_eval_prompts_a_text_model_with_the_reference_captions(run, tmp_path, ca
     assert ref.prompts == [test.captions.texts[i + 1] for i in range(len(test))]  # each image's own name
     assert "red apple" not in ref.prompts and len(ref.prompts) == len(test)  # a training caption
 
-    import unnoise.evaluate as ev
+    import unnoise.eval.report as ev  # evaluate() draws and scores through these names
 
     seen = {}
     real_draw, real_metrics = ev.draw, ev.sample_metrics

@@ -11,7 +11,8 @@ import torch.multiprocessing as mp
 from unnoise.checkpoint import load_checkpoint
 from unnoise.config import load_config
 from unnoise.losses import DiffusionLoss
-from unnoise.train import ema_decay, train
+from unnoise.training.ema import ema_decay
+from unnoise.training.loop import train
 
 TINY = {
     "data": {"name": "moons"},
@@ -85,7 +86,7 @@ def test_nonfinite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
 
     monkeypatch.setattr(DiffusionLoss, "__call__", sometimes_nan)
     summary = train(config(tmp_path, "nan", steps=20), quiet=True)
-    assert summary["step"] == 20 and summary["skipped"] == 2  # the counter only counts real steps
+    assert summary.step == 20 and summary.skipped == 2  # the counter only counts real steps
     records = [json.loads(x) for x in (tmp_path / "nan" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r.get("nonfinite")] == [4, 4]
 

@@ -1,1 +1,9 @@
-"""unnoise: diffusion models on one mathematical core."""
+"""unnoise: diffusion models on one mathematical core, x_t = alpha(t) x0 + sigma(t) noise.
+
+    pipe = unnoise.Pipeline.load("runs/demo")          # load once
+    x = pipe.sample(8, label=3, sampler="dpmpp_2m")     # sample many
+"""
+
+from unnoise.pipeline import Pipeline
+
+__all__ = ["Pipeline"]

@@ -3,7 +3,8 @@
 A classifier p_phi(y | x_t) is trained on noised images at the times the sampler visits, with
 the cross-entropy of the true label. It is read like a diffusion network: through the run's
 parameterisation, so it sees the same inputs (c_in x_t and c_noise for EDM, x_t and t otherwise)
-and trains with the same train loop, config sections, checkpoints and DDP.
+and trains with the same training loop (unnoise.objectives.classifier), config sections,
+checkpoints and DDP.
 
     unnoise train fashion-classifier          # [model] preset = "classifier_small"
     classifier = load_classifier("runs/fashion-classifier")
@@ -12,35 +13,16 @@ and trains with the same train loop, config sections, checkpoints and DDP.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from unnoise.config import RunConfig
-from unnoise.losses import DiffusionLoss
-from unnoise.parameterization import NetworkDenoiser, path_point
-
-
-def is_classifier(config: RunConfig) -> bool:
-    return getattr(config.model, "head", "image") == "logits"
-
-
-class ClassifierLoss(DiffusionLoss):
-    """Per-example cross-entropy of the classifier on x_t = alpha x0 + sigma eps, t drawn as the
-    [loss] section says."""
-
-    def __call__(self, net, x0: Tensor, labels: Tensor, generator: torch.Generator | None = None,
-                 noise: Tensor | None = None, t: Tensor | None = None) -> Tensor:
-        if labels is None:
-            raise ValueError("training a classifier needs labelled data")
-        t = self.sample_times(x0.shape[0], generator) if t is None else t
-        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device) if noise is None else noise
-        p = path_point(self.schedule, t.to(x0.device, x0.dtype), x0.ndim, derivatives=False)
-        x_in, t_in = self.parameterization.network_inputs(p.alpha * x0 + p.sigma * eps, p)
-        return F.cross_entropy(net(x_in, t_in).float(), labels, reduction="none")
+from unnoise.checkpoint import load_checkpoint
+from unnoise.config import RunConfig, load_config
+from unnoise.models import build_model
+from unnoise.parameterization import NetworkDenoiser, get_parameterization
+from unnoise.schedules import get_schedule
 
 
 class NoisyClassifier(NetworkDenoiser):
@@ -53,24 +35,19 @@ class NoisyClassifier(NetworkDenoiser):
 
 def build_classifier(config: RunConfig, weights: dict[str, Tensor], device: torch.device | str = "cpu"):
     """The classifier of a trained run (weights: typically its EMA)."""
-    from unnoise.models import build_model
-    from unnoise.schedules import get_schedule
-    from unnoise.train import build_parameterization
-
-    if not is_classifier(config):
-        raise ValueError(f"{config.out} is not a classifier run: its [model] head is "
-                         f"{getattr(config.model, 'head', 'image')!r}, not 'logits'")
+    if config.model.interface.output != "logits":
+        raise ValueError(f"{config.out} is not a classifier run: its network's output is "
+                         f"{config.model.interface.output!r}, not 'logits'")
     model = build_model(config.model)
     model.load_state_dict(weights)
     model.to(device).eval().requires_grad_(False)  # gradients flow to x_t only
-    return NoisyClassifier(model, build_parameterization(config), get_schedule(config.diffusion.schedule))
+    diffusion = config.diffusion
+    return NoisyClassifier(model, get_parameterization(diffusion.parameterization, diffusion.sigma_data),
+                           get_schedule(diffusion.schedule))
 
 
 def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> NoisyClassifier:
     """A classifier from a run folder or checkpoint folder (EMA weights)."""
-    from unnoise.checkpoint import load_checkpoint
-    from unnoise.config import load_config
-
     ckpt = load_checkpoint(path, with_state=False)
     return build_classifier(load_config(None, tree=ckpt.config["tree"]), ckpt.ema, device)
 
@@ -94,15 +71,3 @@ def accuracy_by_noise(classifier: NoisyClassifier, images: Tensor, labels: Tenso
             correct += (classifier(x, t).argmax(1).cpu() == labels[i:i + batch_size]).sum().item()
         out[float(s)] = correct / len(images)
     return out
-
-
-def log_prob_gradient(classifier, x: Tensor, t: float | Tensor, labels: Tensor) -> Tensor:
-    """grad_x log p(y | x_t) for labels y (B,), in x's dtype."""
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        log_p = torch.log_softmax(classifier(x, t).double(), dim=1)
-        chosen = log_p.gather(1, labels.view(-1, 1).to(log_p.device)).sum()
-        (grad,) = torch.autograd.grad(chosen, x)
-    if not math.isfinite(grad.abs().max().item()):
-        raise FloatingPointError("the classifier's gradient is not finite")
-    return grad

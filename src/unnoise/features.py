@@ -24,18 +24,17 @@ import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from tqdm import tqdm
 
+from unnoise.data import DataConfig, load_dataset, padded_from
 from unnoise.data.image_set import to_signed_unit
 from unnoise.files import write_atomic
-
-if TYPE_CHECKING:
-    from unnoise.data import DataConfig
 
 PACKAGED = ("mnist", "fashion-mnist", "emoji")  # data sets with shipped feature networks
 
@@ -142,8 +141,6 @@ class LoadedFeatures:
 
 
 def _training_set(config: FeatureConfig, split: str):
-    from unnoise.data import DataConfig, load_dataset
-
     data = DataConfig(config.data, path=config.path, image_size=config.image_size, split=split,
                       labels="folders" if config.data == "folder" else "none")
     dataset = load_dataset(data)
@@ -173,8 +170,6 @@ def train_feature_net(config: FeatureConfig, progress: bool = False) -> tuple[Fe
     Deterministic: the initial weights, the data order and the augmentation all come from
     generators seeded with config.seed, so the same torch build and thread count give the same bits.
     """
-    from tqdm import tqdm
-
     train_set = _training_set(config, "train")
     images, labels = train_set.images, train_set.labels
     if config.limit is not None:
@@ -244,8 +239,6 @@ def load_feature_net(source: str | Path, device: torch.device | str = "cpu") -> 
         raise ValueError(f"feature networks load from .safetensors files only, got {path}")
     if not path.is_file():
         raise FileNotFoundError(f"no feature network at {path}")
-    from safetensors import safe_open
-
     with safe_open(str(path), "pt") as f:
         meta = (f.metadata() or {}).get("unnoise.features")
     if meta is None:
@@ -264,8 +257,6 @@ def feature_net_for(data: str | DataConfig, features: str | Path | None = None, 
     """The feature network for evaluating a model trained on `data` (a data set name, or the run's
     DataConfig), or the one given. With a DataConfig that pads a built-in set larger (fit = "pad"),
     the network crops the border back off (unnoise.data.padded_from): the metrics see the data's own content."""
-    from unnoise.data import DataConfig, padded_from
-
     data_name, padded = (data.name, padded_from(data)) if isinstance(data, DataConfig) else (data, None)
     if features is not None:
         return dataclasses.replace(load_feature_net(features, device), crop=padded)

@@ -18,12 +18,13 @@ and with the exact classifier and s = 1 it is the exact class-conditional denois
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from unnoise.classifier import log_prob_gradient
+from unnoise.conditioning import Condition, as_condition
 from unnoise.samplers.steps import Denoiser
 from unnoise.schedules import Schedule
 
@@ -35,42 +36,33 @@ def _per_sample_std(v: Tensor) -> Tensor:
     return v.flatten(1).std(dim=1).view((-1,) + (1,) * (v.ndim - 1))
 
 
-def _pair(cond: Any, null: Any, batch: int, device) -> tuple[Any, Any]:
-    """cond and the null condition, both with `batch` rows: labels (tensors), or dicts of tensors
-    (text: "context" (B, L, D) and "context_mask" (B, L); a null of one row is broadcast)."""
-    if isinstance(cond, dict):
-        if not isinstance(null, dict):
-            raise ValueError("a dict condition (text) needs a dict null condition (the empty prompt's encoding)")
-        return ({k: v.to(device) for k, v in cond.items()},
-                {k: v.to(device).expand(batch, *v.shape[1:]) for k, v in null.items()})
-    cond = torch.as_tensor(cond, device=device)
-    return cond, torch.as_tensor(null, dtype=cond.dtype, device=device).expand_as(cond)
+def _pair(cond: Any, null: Any, batch: int, device) -> tuple[Condition, Condition]:
+    """cond and the null condition as Conditions of `batch` rows (a null of one row is broadcast; an
+    int null is the null label)."""
+    if isinstance(null, int):
+        null = torch.tensor([null])
+    cond, null = as_condition(cond), as_condition(null)
+    if cond is None or null is None:
+        raise ValueError("classifier-free guidance needs a condition and a null condition")
+    return cond.to(device), null.to(device).expand(batch)
 
 
-def _concat(a: Any, b: Any) -> Any:
-    """Two conditions stacked along the batch; text contexts padded to the longer sequence, the
-    padding masked out so that the network never reads it."""
-    if not isinstance(a, dict):
-        return torch.cat([a, b])
-    if set(a) != set(b):
-        raise ValueError(f"the condition has keys {sorted(a)}, the null condition {sorted(b)}")
-    out = {k: torch.cat([a[k], b[k]]) for k in a if k not in ("context", "context_mask")}
-    if "context" in a:
-        length = max(a["context"].shape[1], b["context"].shape[1])
-        states, masks = [], []
-        for c in (a, b):
-            ctx = c["context"]
-            mask = c.get("context_mask", torch.ones(ctx.shape[:2], dtype=torch.bool, device=ctx.device))
-            pad = length - ctx.shape[1]
-            states.append(torch.nn.functional.pad(ctx, (0, 0, 0, pad)))
-            masks.append(torch.nn.functional.pad(mask, (0, pad), value=False))
-        out["context"], out["context_mask"] = torch.cat(states), torch.cat(masks)
-    return out
+def log_prob_gradient(classifier, x: Tensor, t: float | Tensor, labels: Tensor) -> Tensor:
+    """grad_x log p(y | x_t) for labels y (B,) of classifier(x_t, t) -> logits, in x's dtype."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        log_p = torch.log_softmax(classifier(x, t).double(), dim=1)
+        chosen = log_p.gather(1, labels.view(-1, 1).to(log_p.device)).sum()
+        (grad,) = torch.autograd.grad(chosen, x)
+    if not math.isfinite(grad.abs().max().item()):
+        raise FloatingPointError("the classifier's gradient is not finite")
+    return grad
 
 
 class ClassifierFreeGuidance:
     """denoise(x, t, cond) for a guided pair, with both branches in one batched call of the
-    wrapped denoiser: cond and null_cond are stacked along the batch (null_cond broadcast to cond)."""
+    wrapped denoiser: cond and null_cond (Conditions, or bare label tensors) are stacked along the
+    batch, null_cond broadcast to cond."""
 
     def __init__(self, denoise: Denoiser, scale: float, null_cond: Any, *, rescale: float = 0.0,
                  interval: tuple[float, float] = (0.0, 1.0)):
@@ -93,7 +85,7 @@ class ClassifierFreeGuidance:
         if self.scale == 0 and self.rescale == 0 and t_scalar is not None:  # x0_u alone: one half-size call
             return self.denoise(x, t, null)
         t_both = torch.cat([t, t]) if t_scalar is None else t
-        x0_c, x0_u = self.denoise(torch.cat([x, x]), t_both, _concat(cond, null)).chunk(2)
+        x0_c, x0_u = self.denoise(torch.cat([x, x]), t_both, Condition.cat(cond, null)).chunk(2)
         guided = x0_u + self.scale * (x0_c - x0_u)
         if self.rescale > 0:
             rescaled = guided * (_per_sample_std(x0_c) / _per_sample_std(guided).clamp(min=1e-12))
@@ -121,13 +113,17 @@ class ClassifierGuidance:
     def __call__(self, x: Tensor, t: float | Tensor, cond: Any = None) -> Tensor:
         if cond is None:
             raise ValueError("classifier guidance needs the labels to guide to; got cond=None")
-        labels = torch.as_tensor(cond, device=x.device).expand(x.shape[0])
+        cond = as_condition(cond)
+        if cond.labels is None:
+            raise ValueError("classifier guidance needs class labels in the condition")
+        labels = cond.labels.to(x.device).expand(x.shape[0])
         if isinstance(self.model_cond, str) and self.model_cond == SAME:
-            model_cond = labels
+            model_cond = cond
         elif self.model_cond is None:
             model_cond = None
         else:
-            model_cond = torch.as_tensor(self.model_cond, dtype=labels.dtype, device=x.device).expand_as(labels)
+            model_cond = Condition(labels=torch.as_tensor(self.model_cond, dtype=labels.dtype,
+                                                          device=x.device).expand_as(labels))
         x0 = self.denoise(x, t, model_cond)
         if self.scale == 0:
             return x0

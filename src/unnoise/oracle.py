@@ -10,6 +10,9 @@ v_k = alpha^2 s_k^2 + sigma^2. Then (Bishop 2006, eq. 2.116 per component, and B
 A finite data set {y_i} is the mixture with s_k = 0 and equal weights (DESIGN.md). Component labels
 make the denoiser class-conditional: restrict the sum to the components of one class, and give
 the exact noisy-image classifier log p(y | x_t) = log sum_{k in y} r_k(x_t) (for classifier guidance).
+
+GaussianData is one Gaussian with a full covariance, N(mean, cov) (the law of the `signals` set):
+its denoiser is linear, x0_hat = mean + U diag(alpha lam / (alpha^2 lam + sigma^2)) U^T (x_t - alpha mean).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from unnoise.conditioning import Condition
 from unnoise.schedules import Schedule
 
 _F64 = torch.float64
@@ -137,8 +141,8 @@ class MixtureClassifier:
 
 
 class MixtureDenoiser:
-    """denoise(x_t, t, cond=None) -> E[x0 | x_t] exactly. cond: None, or (B,) class labels where -1
-    means unconditional. Computed in float64, returned in x's dtype."""
+    """denoise(x_t, t, cond=None) -> E[x0 | x_t] exactly. cond: None, (B,) class labels or a Condition
+    holding them, where label -1 means unconditional. Computed in float64, returned in x's dtype."""
 
     def __init__(self, mixture: GaussianMixture, schedule: Schedule):
         self.mixture, self.schedule = mixture, schedule
@@ -152,12 +156,123 @@ class MixtureDenoiser:
         # its limit (the nearest point) rather than 0 / 0.
         var = (alpha**2 * s2 + sigma**2).clamp(min=torch.finfo(_F64).tiny)
         logits = m._log_joint(x64, alpha, var)  # (B, K)
-        if cond is not None:
-            cond = torch.as_tensor(cond, device=logits.device).view(-1, 1)
-            allowed = (cond < 0) | (cond == m.labels.to(logits.device))
+        labels = cond.labels if isinstance(cond, Condition) else cond
+        if labels is not None:
+            labels = torch.as_tensor(labels, device=logits.device).view(-1, 1)
+            allowed = (labels < 0) | (labels == m.labels.to(logits.device))
             logits = logits.masked_fill(~allowed, -math.inf)
         r = torch.softmax(logits, dim=1)  # responsibilities (B, K)
         gain = alpha * s2 / var  # (K,) or (B, K): alpha s_k^2 / v_k
         mu = m.means.flatten(1).to(x.device)
         x0 = (r * (1 - alpha * gain)) @ mu + x64 * (r * gain).sum(1, keepdim=True)
+        return x0.view_as(x).to(x.dtype)
+
+
+@dataclass(frozen=True)
+class GaussianData:
+    """Gaussian data N(mean, cov) over tensors of any shape, held in float64 by the eigendecomposition
+    cov = U diag(lam) U^T. Its noised marginal N(alpha mean, alpha^2 cov + sigma^2 I) shares the
+    eigenvectors U, so everything below is elementwise in the eigenbasis:
+
+        x0_hat = mean + U diag(alpha lam / (alpha^2 lam + sigma^2)) U^T (x_t - alpha mean)
+
+    the conditional mean of jointly Gaussian (x0, x_t) (Bishop 2006, eq. 2.116; Rasmussen & Williams
+    2006, eq. A.6), whose error covariance has eigenvalues lam sigma^2 / (alpha^2 lam + sigma^2).
+    """
+
+    mean: Tensor  # (*shape) float64
+    eigenvalues: Tensor  # (D,) lam >= 0, D = prod(shape), ascending
+    eigenvectors: Tensor  # (D, D) orthonormal columns U
+
+    def __post_init__(self):
+        D = self.mean.numel()
+        if self.mean.ndim < 1 or D < 1:
+            raise ValueError(f"mean must have the sample shape (at least one dimension), got {tuple(self.mean.shape)}")
+        if self.eigenvalues.shape != (D,) or self.eigenvectors.shape != (D, D):
+            raise ValueError(f"eigenvalues must be ({D},) and eigenvectors ({D}, {D}), got "
+                             f"{tuple(self.eigenvalues.shape)} and {tuple(self.eigenvectors.shape)}")
+        if bool((self.eigenvalues < 0).any()):
+            raise ValueError(f"eigenvalues must be >= 0, got a minimum of {self.eigenvalues.min().item()}")
+
+    @classmethod
+    def create(cls, mean, cov) -> GaussianData:
+        """From a mean (*shape) and a symmetric covariance (D, D), D = prod(shape); eigenvalues that
+        rounding makes slightly negative are clamped to 0."""
+        mean = torch.as_tensor(mean, dtype=_F64)
+        cov = torch.as_tensor(cov, dtype=_F64)
+        D = mean.numel()
+        if cov.shape != (D, D):
+            raise ValueError(f"cov must have shape ({D}, {D}) for a mean of shape {tuple(mean.shape)}, "
+                             f"got {tuple(cov.shape)}")
+        if not torch.allclose(cov, cov.T, rtol=1e-10, atol=1e-12 * float(cov.abs().max())):
+            raise ValueError("cov must be symmetric")
+        lam, U = torch.linalg.eigh(0.5 * (cov + cov.T))
+        return cls(mean, lam.clamp(min=0), U)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.mean.shape)
+
+    @property
+    def dim(self) -> int:
+        return self.mean.numel()
+
+    @property
+    def cov(self) -> Tensor:
+        """U diag(lam) U^T, (D, D) float64."""
+        U = self.eigenvectors
+        return (U * self.eigenvalues) @ U.T
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n true samples (n, *shape) in float64: mean + U diag(sqrt(lam)) z, z ~ N(0, I)."""
+        z = torch.randn(n, self.dim, generator=generator, dtype=_F64)  # (n, D)
+        x = (z * self.eigenvalues.sqrt()) @ self.eigenvectors.T  # (n, D)
+        return self.mean + x.view((n,) + self.shape)
+
+    def log_prob(self, x: Tensor, schedule: Schedule, t: float | Tensor) -> Tensor:
+        """Exact log-density (n,) in nats of x (n, *shape) under the law of x_t at time t:
+        N(alpha mean, alpha^2 cov + sigma^2 I), evaluated in the eigenbasis (variances v_i)."""
+        x64 = x.to(_F64).flatten(1)  # (n, D)
+        alpha, sigma = _coefficients(schedule, t, x.device)
+        v = alpha**2 * self.eigenvalues.to(x.device) + sigma**2  # (D,) or (n, D)
+        if bool((v <= 0).any()):
+            raise ValueError("this marginal is singular (a zero eigenvalue and sigma = 0): it has no density")
+        y = (x64 - alpha * self.mean.to(x.device).flatten()) @ self.eigenvectors.to(x.device)  # (n, D)
+        return -0.5 * (y**2 / v + torch.log(2 * math.pi * v)).sum(-1)
+
+    def denoising_mse(self, schedule: Schedule, t: float) -> float:
+        """The minimum expected squared error per dimension, E|x0 - E[x0 | x_t]|^2 / D at time t: the
+        mean over eigenvalues of lam sigma^2 / (alpha^2 lam + sigma^2) (0 where sigma = 0)."""
+        alpha, sigma = schedule.alpha(float(t)).item(), schedule.sigma(float(t)).item()
+        lam = self.eigenvalues
+        var = alpha**2 * lam + sigma**2
+        return (lam * sigma**2 / var.clamp(min=torch.finfo(_F64).tiny)).mean().item()
+
+    def denoiser(self, schedule: Schedule) -> GaussianDenoiser:
+        return GaussianDenoiser(self, schedule)
+
+
+class GaussianDenoiser:
+    """denoise(x_t, t, cond=None) -> E[x0 | x_t] exactly for GaussianData (see its docstring). The law
+    has no classes: cond must be None or labels that are all -1 (bare or in a Condition). Computed in
+    float64, returned in x's dtype and on x's device; t a float or a (B,) tensor."""
+
+    def __init__(self, data: GaussianData, schedule: Schedule):
+        self.data, self.schedule = data, schedule
+
+    def __call__(self, x: Tensor, t: float | Tensor, cond: Tensor | None = None) -> Tensor:
+        d = self.data
+        labels = getattr(cond, "labels", cond)  # a Condition's labels, or bare (B,) labels
+        if labels is not None and bool((torch.as_tensor(labels) >= 0).any()):
+            raise ValueError("GaussianData has no classes: cond must be None or labels that are all -1 (unconditional)")
+        if tuple(x.shape[1:]) != d.shape:
+            raise ValueError(f"x must have shape (B, {', '.join(map(str, d.shape))}), got {tuple(x.shape)}")
+        alpha, sigma = _coefficients(self.schedule, t, x.device)
+        lam, U = d.eigenvalues.to(x.device), d.eigenvectors.to(x.device)
+        mean = d.mean.to(x.device).flatten()  # (D,)
+        y = (x.to(_F64).flatten(1) - alpha * mean) @ U  # (B, D) coordinates in the eigenbasis
+        # alpha lam / (alpha^2 lam + sigma^2), (D,) or (B, D); at sigma = 0 a direction of zero variance
+        # gets its limit 0 rather than 0 / 0, so the clean end projects x onto the support.
+        gain = alpha * lam / (alpha**2 * lam + sigma**2).clamp(min=torch.finfo(_F64).tiny)
+        x0 = mean + (gain * y) @ U.T  # (B, D)
         return x0.view_as(x).to(x.dtype)

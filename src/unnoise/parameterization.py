@@ -151,10 +151,11 @@ PARAMETERIZATIONS: dict[str, Callable[[], Parameterization]] = {
 }
 
 
-def get_parameterization(name: str) -> Parameterization:
+def get_parameterization(name: str, sigma_data: float = 0.5) -> Parameterization:
+    """The parameterisation called `name`; sigma_data is EDM preconditioning's data std."""
     if name not in PARAMETERIZATIONS:
         raise ValueError(f"unknown parameterization {name!r}; choose from {', '.join(PARAMETERIZATIONS)}")
-    return PARAMETERIZATIONS[name]()
+    return EDMPreconditioning(sigma_data) if name == "edm" else PARAMETERIZATIONS[name]()
 
 
 def path_point(schedule: Schedule, t: Tensor, ndim: int, derivatives: bool = True) -> PathPoint:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from pathlib import Path
 
@@ -10,7 +12,9 @@ import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from unnoise.convergence import Report  # noqa: E402
@@ -58,8 +62,6 @@ def plot_samples(sets: dict[str, Tensor], path: str | os.PathLike, limit: float 
 
 def plot_signals(signals: Tensor, path: str | os.PathLike, columns: int | None = None, limit: float = 3.0) -> Path:
     """1-D signals (N, C, L) as a grid of line plots, one panel per signal (channels overlaid)."""
-    import math
-
     if signals.ndim != 3:
         raise ValueError(f"expected signals of shape (N, C, L), got {tuple(signals.shape)}")
     n = signals.shape[0]
@@ -80,11 +82,6 @@ def plot_signals(signals: Tensor, path: str | os.PathLike, columns: int | None =
 
 def save_image_grid(images: Tensor, path: str | os.PathLike, columns: int | None = None) -> Path:
     """Images (N, C, H, W) in [-1, 1] tiled into one PNG (grey for C = 1, RGB for C = 3), 1-pixel gaps."""
-    import math
-
-    import numpy as np
-    from PIL import Image
-
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"expected images of shape (N, 1 or 3, H, W), got {tuple(images.shape)}")
     n, c, h, w = images.shape
@@ -101,8 +98,6 @@ def save_image_grid(images: Tensor, path: str | os.PathLike, columns: int | None
 
 def plot_loss(log_path: str | os.PathLike, path: str | os.PathLike) -> Path:
     """The loss curve of a JSON-lines training log (raw and smoothed), as PNG."""
-    import json
-
     records = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
     points = [(r["step"], r["loss"]) for r in records if "loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -184,8 +179,6 @@ def plot_prompt_accuracy(rows: list[dict], groups: list[str], path: str | os.Pat
 def plot_prompt_grid(panels: dict[str, Tensor], prompts: list[str], path: str | os.PathLike) -> Path:
     """Samples by prompt, one panel per model side by side: panels[name] is (P * k, C, H, W) in [-1, 1]
     with sample i drawn from prompts[i mod P]; each panel's row p shows the k samples of prompt p."""
-    import numpy as np
-
     p = len(prompts)
     fig, axes = plt.subplots(p, len(panels), figsize=(1.4 + 2.2 * len(panels), 0.62 * p + 0.5), squeeze=False)
     for col, (name, images) in enumerate(panels.items()):

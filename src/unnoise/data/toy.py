@@ -34,6 +34,7 @@ class PointSet(Dataset):
     channels = None  # not an image
     image_size = None
     modality = "points"  # how a sample is previewed (unnoise.modality)
+    captions = None  # no texts
 
     def __init__(self, points: Tensor, labels: Tensor, *, name: str, class_names=(), mixture=None):
         self.points = points.to(torch.float32).contiguous()  # (N, 2)

@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-Cond = Tensor | dict[str, Tensor] | None  # labels (B,), {"labels", "context", "context_mask"}, or None
-_COND_KEYS = ("labels", "context", "context_mask")
+from unnoise.conditioning import Condition, as_condition
+
+Cond = Condition | Tensor | None  # a Condition, bare labels (B,), or None
 
 
 class Context(NamedTuple):
@@ -102,9 +103,9 @@ class ConditionEmbedding(nn.Module):
     """emb = MLP(sinusoid(time_scale * t)) + label_table[labels] + Linear(pooled context), and the
     context passed on for cross-attention.
 
-    Reads `cond` as the networks' contract says: None, a (B,) integer tensor of labels, or a dict
-    with optional keys "labels", "context" and "context_mask". Built with classes, missing labels
-    mean the null label; missing context means the cross-attention layers are skipped.
+    Reads `cond` as the networks' contract says: None, a Condition (unnoise.conditioning) or a bare
+    (B,) integer tensor of labels. Built with classes, missing labels mean the null label; missing
+    context means the cross-attention layers are skipped.
     """
 
     def __init__(self, dim: int, num_classes: int = 0, context_dim: int = 0, time_scale: float = 1000.0,
@@ -118,7 +119,10 @@ class ConditionEmbedding(nn.Module):
 
     def forward(self, t: Tensor, cond: Cond, batch: int) -> tuple[Tensor, Context | None]:
         """(emb (B, dim), Context or None) for a batch of `batch` images."""
-        labels, context, mask = self._split(cond)
+        cond = as_condition(cond) or Condition()
+        if cond.image is not None:
+            raise ValueError("this network takes no image condition (hint); got one")
+        labels, context, mask = cond.labels, cond.context, cond.context_mask
         t = self._check_t(t, batch)
         waves = sinusoidal_embedding(self.time_scale * t.float(), self.frequencies)  # float32 phases
         emb = self.time_mlp(waves.to(self.time_mlp[0].weight.dtype))  # (B, dim), in the network's precision
@@ -130,8 +134,6 @@ class ConditionEmbedding(nn.Module):
                 labels = torch.full((batch,), self.num_classes, dtype=torch.long, device=emb.device)
             emb = emb + self.label_table(self._check_labels(labels, batch))
         if context is None:
-            if mask is not None:
-                raise ValueError("context_mask given without a context")
             return emb, None
         self._check_context(context, mask, batch)
         context = context.to(emb.dtype)
@@ -141,17 +143,6 @@ class ConditionEmbedding(nn.Module):
             weights = mask.to(context.dtype)[..., None]  # (B, L, 1)
             pooled = (context * weights).sum(1) / weights.sum(1)  # masked mean over real tokens
         return emb + self.pooled(pooled), Context(context, mask)
-
-    def _split(self, cond: Cond) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        if cond is None or isinstance(cond, Tensor):
-            return cond, None, None
-        if isinstance(cond, dict):
-            unknown = set(cond) - set(_COND_KEYS)
-            if unknown:
-                raise ValueError(f"unknown cond keys {sorted(unknown)}; allowed keys are {list(_COND_KEYS)}")
-            return cond.get("labels"), cond.get("context"), cond.get("context_mask")
-        raise TypeError(f"cond must be None, a (B,) tensor of labels or a dict with keys {list(_COND_KEYS)}, "
-                        f"got {type(cond).__name__}")
 
     @staticmethod
     def _check_t(t: Tensor, batch: int) -> Tensor:
@@ -193,8 +184,15 @@ def _describe(value: object) -> str:
     return f"a {value.dtype} tensor" if isinstance(value, Tensor) else type(value).__name__
 
 
-def check_images(x: Tensor, channels: int, multiple: int, why: str) -> None:
-    """Raise a ValueError unless x is (B, channels, H, W) with H and W multiples of `multiple`."""
+def check_images(x: Tensor, channels: int, multiple: int, why: str, *, dims: int = 2) -> None:
+    """Raise a ValueError unless x is (B, channels, H, W) with H and W multiples of `multiple`, or for
+    dims = 1 a batch of signals (B, channels, L) with L a multiple of `multiple`."""
+    if dims == 1:
+        if x.ndim != 3 or x.shape[1] != channels:
+            raise ValueError(f"expected signals of shape (B, {channels}, L), got {tuple(x.shape)}")
+        if x.shape[2] % multiple:
+            raise ValueError(f"signal length must be a multiple of {multiple} ({why}), got {x.shape[2]}")
+        return
     if x.ndim != 4 or x.shape[1] != channels:
         raise ValueError(f"expected images of shape (B, {channels}, H, W), got {tuple(x.shape)}")
     height, width = x.shape[2:]

@@ -15,6 +15,10 @@ Optional cross-attention to a context sequence follows each self-attention (Romb
 With head = "logits" the network is ADM's noise-aware classifier (Dhariwal & Nichol 2021, §4.1): the
 same down path and middle, then group norm, SiLU and a linear layer from the lowest-resolution map
 to out_channels class logits (ADM pools first); classifier guidance differentiates it in x_t.
+
+With dims = 1 the same network reads 1-D signals (B, C, L): every convolution, the stride-2
+downsampling and the nearest-neighbour upsampling act along L, and attention runs over the L
+positions (image_size is then the length L). The classifier head stays 2-D only.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from unnoise.models.interface import ModelInterface
 class UNetConfig:
     in_channels: int = 3  # channels of the input images
     out_channels: int = 3  # channels of the output (what the parameterisation predicts)
-    image_size: int = 32  # side of the training images; other sizes work if divisible by the downsampling
+    image_size: int = 32  # side of the training images (length L for dims=1); others work if divisible enough
     base_channels: int = 64  # channels at full resolution (a multiple of 4)
     channel_mult: tuple[int, ...] = (1, 2, 2)  # each level's width / base_channels; levels after the first halve H, W
     blocks_per_level: int = 2  # residual blocks per level on the way down (one more on the way up)
@@ -47,6 +51,7 @@ class UNetConfig:
     context_dim: int = 0  # width of the context vectors for cross-attention; 0 = no cross-attention
     time_scale: float = 1000.0  # the network embeds sinusoid(time_scale * t)
     head: str = "image"  # image: the U-Net, output of x's shape; logits: down path and middle -> (B, out_channels)
+    dims: int = 2  # 1: signals (B, C, L); 2: images (B, C, H, W)
 
     def __post_init__(self) -> None:
         levels = len(self.channel_mult)
@@ -73,18 +78,22 @@ class UNetConfig:
             raise ValueError(f"num_classes and context_dim must be >= 0, got {self.num_classes}, {self.context_dim}")
         if self.head not in ("image", "logits"):
             raise ValueError(f"head must be 'image' or 'logits', got {self.head!r}")
+        if self.dims not in (1, 2):
+            raise ValueError(f"dims must be 1 (signals) or 2 (images), got {self.dims}")
+        if self.head == "logits" and self.dims != 2:
+            raise ValueError(f"a classifier (head = 'logits') reads images only: dims must be 2, got {self.dims}")
         if self.head == "logits" and (self.num_classes or self.context_dim):
             raise ValueError("a classifier (head = 'logits') sees no labels or context: num_classes and "
                              "context_dim must be 0")
 
     @property
     def downsampling(self) -> int:
-        """How much the lowest level is smaller than the input: H and W must be multiples of this."""
+        """How much the lowest level is smaller than the input: H and W (or L) must be multiples of this."""
         return 2 ** (len(self.channel_mult) - 1)
 
     @property
     def interface(self) -> ModelInterface:
-        shape = (self.in_channels, self.image_size, self.image_size)
+        shape = (self.in_channels,) + (self.image_size,) * self.dims  # (C, H, W) or (C, L)
         if self.head == "logits":
             return ModelInterface(shape, output="logits")
         return ModelInterface(shape, self.num_classes, self.context_dim)
@@ -103,35 +112,46 @@ def group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(math.gcd(32, channels // 4), channels)
 
 
-def _upsample(channels: int) -> nn.Module:
-    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(channels, channels, 3, padding=1))
+def conv_nd(dims: int, *args, **kwargs) -> nn.Module:
+    """nn.Conv1d for dims = 1 (signals), nn.Conv2d for dims = 2 (images), with the same arguments."""
+    if dims not in (1, 2):
+        raise ValueError(f"dims must be 1 or 2, got {dims}")
+    return (nn.Conv1d if dims == 1 else nn.Conv2d)(*args, **kwargs)
+
+
+def _upsample(channels: int, dims: int = 2) -> nn.Module:
+    """Nearest-neighbour doubling of every spatial axis (nn.Upsample follows the input's rank), then a conv."""
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv_nd(dims, channels, channels, 3, padding=1))
 
 
 class ResBlock(nn.Module):
     """x + conv(SiLU(AdaGN(conv(SiLU(GN(x))), emb))), with a 1x1 conv on the skip when widths differ.
-    With emb_dim = 0 (the autoencoder) the second norm is a plain group norm."""
+    With emb_dim = 0 (the autoencoder) the second norm is a plain group norm. dims = 1 for signals
+    (B, C, L), 2 for images (B, C, H, W)."""
 
-    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float = 0.0):
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float = 0.0, *, dims: int = 2):
         super().__init__()
+        self.dims = dims
         self.norm1 = group_norm(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.conv1 = conv_nd(dims, in_channels, out_channels, 3, padding=1)
         self.emb = nn.Linear(emb_dim, 2 * out_channels) if emb_dim else None  # -> (scale, shift)
         self.norm2 = group_norm(out_channels)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = zero_(nn.Conv2d(out_channels, out_channels, 3, padding=1))
-        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        self.conv2 = zero_(conv_nd(dims, out_channels, out_channels, 3, padding=1))
+        self.skip = conv_nd(dims, in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
-        h = self.norm2(self.conv1(F.silu(self.norm1(x))))  # (B, C_out, H, W)
+        h = self.norm2(self.conv1(F.silu(self.norm1(x))))  # (B, C_out, H, W) or (B, C_out, L)
         if self.emb is not None:
-            scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)  # (B, C_out, 1, 1) each
+            e = self.emb(F.silu(emb))  # (B, 2 C_out)
+            scale, shift = e.view(e.shape + (1,) * self.dims).chunk(2, dim=1)  # (B, C_out, 1, 1) or (B, C_out, 1)
             h = scale_shift(h, scale, shift)
         h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
 
 class AttentionBlock(nn.Module):
-    """Self-attention over the H*W positions, then (if built with context_dim) cross-attention to the
+    """Self-attention over the H*W (or L) positions, then (if built with context_dim) cross-attention to the
     context; each a pre-norm residual branch with a zero-initialised output projection."""
 
     def __init__(self, channels: int, heads: int, context_dim: int):
@@ -145,11 +165,11 @@ class AttentionBlock(nn.Module):
             zero_(self.cross.out)
 
     def forward(self, x: Tensor, context: Context | None) -> Tensor:
-        h = x.flatten(2)  # (B, C, H*W)
+        h = x.flatten(2)  # (B, C, H*W), or (B, C, L) as it is
         h = h + self.attn(self.norm(h).transpose(1, 2)).transpose(1, 2)
         if self.cross is not None and context is not None:
             h = h + self.cross(self.cross_norm(h).transpose(1, 2), *context).transpose(1, 2)
-        return h.reshape(x.shape)  # (B, C, H, W)
+        return h.reshape(x.shape)  # (B, C, H, W) or (B, C, L)
 
 
 class Step(nn.Module):
@@ -177,7 +197,7 @@ class _DownPath(nn.Module):
         self.config = c = config
         self.emb_dim = 4 * c.base_channels
         self.embed = ConditionEmbedding(self.emb_dim, c.num_classes, c.context_dim, c.time_scale)
-        self.input = nn.Conv2d(c.in_channels, c.base_channels, 3, padding=1)
+        self.input = conv_nd(c.dims, c.in_channels, c.base_channels, 3, padding=1)
         self.widths = [c.base_channels * m for m in c.channel_mult]
         # Down path: record the width of every output, as the up path concatenates each of them.
         self.down, self.skip_widths, ch = nn.ModuleList(), [c.base_channels], c.base_channels
@@ -187,7 +207,7 @@ class _DownPath(nn.Module):
                 ch = width
                 self.skip_widths.append(ch)
             if level < len(self.widths) - 1:
-                self.down.append(Step(None, None, nn.Conv2d(ch, ch, 3, stride=2, padding=1)))
+                self.down.append(Step(None, None, conv_nd(c.dims, ch, ch, 3, stride=2, padding=1)))
                 self.skip_widths.append(ch)
         # Middle: always with attention (ADM).
         self.middle = nn.ModuleList([self.step(ch, ch, True), self.step(ch, ch, False)])
@@ -196,14 +216,15 @@ class _DownPath(nn.Module):
     def step(self, in_ch: int, out_ch: int, attend: bool, resample: nn.Module | None = None) -> Step:
         c = self.config
         attn = AttentionBlock(out_ch, _heads(out_ch, c.head_channels), c.context_dim) if attend else None
-        return Step(ResBlock(in_ch, out_ch, self.emb_dim, c.dropout), attn, resample)
+        return Step(ResBlock(in_ch, out_ch, self.emb_dim, c.dropout, dims=c.dims), attn, resample)
 
     def encode(self, x: Tensor, t: Tensor, cond: Cond) -> tuple[Tensor, list[Tensor], Tensor, Context | None]:
         """-> lowest-resolution features, the skips, the embedding and the context."""
         c = self.config
-        check_images(x, c.in_channels, c.downsampling, f"the U-Net halves them {len(c.channel_mult) - 1} times")
+        check_images(x, c.in_channels, c.downsampling, f"the U-Net halves them {len(c.channel_mult) - 1} times",
+                     dims=c.dims)
         emb, context = self.embed(t, cond, x.shape[0])  # (B, 4 * base), Context or None
-        h = self.input(x)  # (B, base, H, W)
+        h = self.input(x)  # (B, base, H, W) or (B, base, L)
         skips = [h]
         for step in self.down:
             h = step(h, emb, context)  # down to (B, base * mult[-1], H / f, W / f), f = c.downsampling
@@ -214,7 +235,8 @@ class _DownPath(nn.Module):
 
 
 class UNet(_DownPath):
-    """forward(x, t, cond=None) -> (B, out_channels, H, W); see the module docstring for the layout."""
+    """forward(x, t, cond=None) -> (B, out_channels, H, W), or (B, out_channels, L) for dims = 1; see the
+    module docstring for the layout."""
 
     def __init__(self, config: UNetConfig):
         super().__init__(config)
@@ -223,17 +245,18 @@ class UNet(_DownPath):
         self.up = nn.ModuleList()
         for level, width in reversed(list(enumerate(self.widths))):
             for i in range(c.blocks_per_level + 1):
-                upsample = _upsample(width) if level > 0 and i == c.blocks_per_level else None
+                upsample = _upsample(width, c.dims) if level > 0 and i == c.blocks_per_level else None
                 self.up.append(self.step(ch + skips.pop(), width, 2**level in c.attention_factors, upsample))
                 ch = width
-        self.out = nn.Sequential(group_norm(ch), nn.SiLU(), zero_(nn.Conv2d(ch, c.out_channels, 3, padding=1)))
+        self.out = nn.Sequential(group_norm(ch), nn.SiLU(), zero_(conv_nd(c.dims, ch, c.out_channels, 3, padding=1)))
 
     def forward(self, x: Tensor, t: Tensor, cond: Cond = None) -> Tensor:
-        """x (B, in_channels, H, W), t (B,), cond: None, labels (B,) or {"labels", "context", "context_mask"}."""
+        """x (B, in_channels, H, W) or (B, in_channels, L), t (B,),
+        cond: None, labels (B,) or {"labels", "context", "context_mask"}."""
         h, skips, emb, context = self.encode(x, t, cond)
         for step in self.up:
             h = step(torch.cat([h, skips.pop()], dim=1), emb, context)  # up to (B, base * mult[0], H, W)
-        return self.out(h)  # (B, out_channels, H, W)
+        return self.out(h)  # (B, out_channels, H, W) or (B, out_channels, L)
 
 
 class UNetClassifier(_DownPath):
@@ -281,9 +304,17 @@ def classifier_small() -> UNetConfig:
     return replace(unet_small(), out_channels=10, attention_factors=(4,), head="logits")
 
 
+def unet1d_small() -> UNetConfig:
+    """About 0.8M parameters for 1-D signals of length 256: 1-D convolutions at four levels (256 down
+    to 32 samples), self-attention at the lowest level and in the middle."""
+    return UNetConfig(in_channels=1, out_channels=1, image_size=256, base_channels=32, channel_mult=(1, 2, 2, 2),
+                      blocks_per_level=1, attention_factors=(8,), head_channels=32, dims=1)
+
+
 UNET_PRESETS: dict[str, Callable[[], UNetConfig]] = {
     "classifier_small": classifier_small,
     "unet_tiny": unet_tiny,
     "unet_small": unet_small,
     "unet_base": unet_base,
+    "unet1d_small": unet1d_small,
 }
