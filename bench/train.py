@@ -2,7 +2,7 @@
 
 Training, batch 64 of 3x32x32 (MNIST-5k padded to 32x32, grey replicated to RGB), img/s:
 
-    (a) `unnoise.train.train` with the `unet_base` U-Net and the EDM recipe (the defaults); img/s read
+    (a) `unnoise.training.loop.train` with the `unet_base` U-Net and the EDM recipe (the defaults); img/s read
         from the run's log.jsonl, one line a step, the first `--warmup` steps of each run dropped
     (b) the same network and EDM loss written bare: forward, loss, backward, AdamW step - no data
         pipeline, seeding, clipping, EMA, logging or checkpoints; its loss is checked against (a)'s
@@ -66,7 +66,7 @@ from unnoise.objectives import DiffusionObjective, RunContext  # noqa: E402
 from unnoise.parameterization import EpsPrediction, NetworkDenoiser, get_parameterization  # noqa: E402
 from unnoise.samplers import ddim  # noqa: E402
 from unnoise.schedules import from_alphas_cumprod, get_schedule  # noqa: E402
-from unnoise.training.batches import Batches, seeded_generator  # noqa: E402
+from unnoise.training.loop import Batches, seeded_generator  # noqa: E402
 from unnoise.training.ema import EMA  # noqa: E402
 from unnoise.training.loop import train  # noqa: E402
 
@@ -118,7 +118,7 @@ def edm_loss(net: Callable, x0: Tensor, sigma: Tensor, noise: Tensor, sigma_data
 
 
 def bare_edm_step(model: nn.Module, x0: Tensor, bf16: bool, config: RunConfig) -> Callable[[], None]:
-    """(b): lognormal sigma (Karras et al. 2022, §5), the loss, backward, AdamW as `unnoise.train` builds it."""
+    """(b): lognormal sigma (Karras et al. 2022, §5), the loss, backward, AdamW as `unnoise.training.loop` builds it."""
     loss_cfg, schedule = config.loss, get_schedule(config.diffusion.schedule)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay,
                                   fused=True)

@@ -177,9 +177,12 @@ def test_a_trained_1d_model_denoises_near_the_optimum(trained):
     x0, _ = test.batch(torch.arange(500))
     rows = denoising_error(pipe.denoiser, test.gaussian().denoiser(pipe.schedule), x0, pipe.schedule)
     ratios = {r.sigma_tilde: round(r.ratio, 3) for r in rows}
-    # Measured after 600 steps: RATIOS_MEASURED. Bound: within 1.5x of the optimum at every level (a
-    # network that ignored the correlations, denoising each position alone, is 5x or more off at 0.1-1).
-    assert all(1.0 - 0.05 < r < 1.5 for r in ratios.values()), ratios
+    # Measured after these 600 steps (26 s here): 1.028, 1.018, 1.020, 1.008, 1.005 at sigma~ = 0.02 ..
+    # 3. Bound: within 15% of the optimum at every level. The best denoiser that treats each position
+    # alone (ignoring the correlations the network must learn) is 2.5, 3.5, 3.6, 2.0 and 1.15 times
+    # the optimum at these levels (measured on the same signals), so the bound tells the two apart
+    # everywhere but at the largest noise level.
+    assert all(0.95 < r < 1.15 for r in ratios.values()), ratios
 
 
 def test_the_sample_command_writes_signals_and_their_plot(trained, tmp_path, capsys):

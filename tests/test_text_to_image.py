@@ -18,7 +18,7 @@ from unnoise.data import load_dataset
 from unnoise.models import build_model
 from unnoise.objectives import DiffusionObjective, RunContext
 from unnoise.pipeline import Pipeline
-from unnoise.training.batches import Batches
+from unnoise.training.loop import Batches
 from unnoise.training.loop import train
 
 TREE = {

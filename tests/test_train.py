@@ -117,7 +117,7 @@ def _free_port():
 
 
 def _ddp_worker(rank, world, port, tree, entry=train):
-    """One rank of a torchrun-like launch: `entry(config, quiet=True)` (train, or train_autoencoder)."""
+    """One rank of a torchrun-like launch: `entry(config, quiet=True)`."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)

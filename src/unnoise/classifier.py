@@ -28,6 +28,10 @@ from unnoise.schedules import get_schedule
 class NoisyClassifier(NetworkDenoiser):
     """classifier(x_t, t) -> (B, classes) logits of p(y | x_t); differentiable in x_t."""
 
+    @property
+    def classes(self) -> int:
+        return self.net.config.out_channels
+
     def __call__(self, x: Tensor, t: float | Tensor, cond=None) -> Tensor:
         x_in, t_in = self.parameterization.network_inputs(x, self.point(x, t))
         return self.net(x_in, t_in)

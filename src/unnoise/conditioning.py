@@ -29,6 +29,9 @@ class Condition:
     image: Tensor | None = None  # (B, C, *spatial) an image condition: a control hint, a low-resolution input
 
     def __post_init__(self) -> None:
+        for f, v in self._items():
+            if not isinstance(v, Tensor) or v.ndim < 1:
+                raise ValueError(f"Condition.{f.name} must be a tensor batched along dim 0, got {v!r:.60}")
         sizes = {f.name: v.shape[0] for f, v in self._items()}
         if len(set(sizes.values())) > 1:
             raise ValueError(f"a condition's fields must share their batch size, got {sizes}")
@@ -62,7 +65,7 @@ class Condition:
     @staticmethod
     def cat(a: Condition, b: Condition) -> Condition:
         """a's rows, then b's; text contexts padded to the longer one with the padding masked out."""
-        given_a, given_b = {f.name for f, _ in a._items()}, {f.name for f, _ in b._items()}
+        given_a, given_b = ({f.name for f, _ in c._items()} - {"context_mask"} for c in (a, b))  # masks made below
         if given_a != given_b:
             raise ValueError(f"cannot stack a condition with {sorted(given_a)} and one with {sorted(given_b)}")
         out = {f.name: torch.cat([v, getattr(b, f.name)]) for f, v in a._items()

@@ -61,6 +61,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # complete checkpoints kept
     max_nonfinite: int = 10  # stop after this many non-finite losses or gradients in a row
     label_dropout: float = 0.0  # probability of replacing a label by the null label (classifier-free guidance)
+    objective: str = ""  # what the run optimises (unnoise.objectives.OBJECTIVES); "": the one its network asks for
 
     def __post_init__(self):
         _at_least(self, "train", steps=1, batch_size=1, log_every=1, max_nonfinite=1, keep_checkpoints=1,
@@ -199,6 +200,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
 
 def from_dict(cls: type, values: dict, where: str) -> Any:
     """Build dataclass `cls` from a dict, refusing unknown keys with the closest valid one."""
+    if not isinstance(values, dict):
+        raise ValueError(f"[{where}] must be a section of key = value lines, got {values!r:.60}")
     known = {f.name: f for f in fields(cls)}
     kwargs = {}
     for key, value in values.items():
@@ -210,6 +213,8 @@ def from_dict(cls: type, values: dict, where: str) -> Any:
 
 
 def build_model_config(section: dict) -> Any:
+    if not isinstance(section, dict):
+        raise ValueError(f"[model] must be a section of key = value lines, got {section!r:.60}")
     section = dict(section)
     preset = section.pop("preset", None)
     if preset not in MODEL_PRESETS:

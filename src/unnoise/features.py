@@ -144,7 +144,7 @@ def _training_set(config: FeatureConfig, split: str):
     data = DataConfig(config.data, path=config.path, image_size=config.image_size, split=split,
                       labels="folders" if config.data == "folder" else "none")
     dataset = load_dataset(data)
-    if not hasattr(dataset, "images"):
+    if dataset.modality != "image":
         raise ValueError(f"feature networks need an image data set, got {config.data!r}")
     if dataset.num_classes < 2:
         raise ValueError(f"{config.data!r} has {dataset.num_classes} classes; a feature network is trained as a "

@@ -139,7 +139,7 @@ def encode_dataset(space: LatentSpace, dataset, batch_size: int = 500, progress:
     for i in tqdm(range(0, len(dataset), batch_size), desc="encoding", disable=not progress, leave=False):
         x = dataset.batch(torch.arange(i, min(i + batch_size, len(dataset))))[0].to(device)
         parts.append(space.encode(x).cpu())
-    return EncodedSet(torch.cat(parts), dataset.labels, getattr(dataset, "captions", None), f"{dataset.name}-latents")
+    return EncodedSet(torch.cat(parts), dataset.labels, dataset.captions, f"{dataset.name}-latents")
 
 
 @torch.no_grad()

@@ -147,9 +147,11 @@ def hinge_discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor
     return 0.5 * (F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean())
 
 
-def adaptive_weight(rec_loss: Tensor, gan_loss: Tensor, last_layer: Tensor, max_weight: float = 1e4) -> Tensor:
+def adaptive_weight(rec_loss: Tensor, gan_loss: Tensor, last_layer: Tensor, max_weight: float = 1e4,
+                    mean=lambda g: g) -> Tensor:
     """||grad_{G_L} L_rec|| / (||grad_{G_L} L_GAN|| + 1e-4) (Esser et al. 2021, eq. 7), at the decoder's
-    last layer G_L: balances the two terms whatever their scales; detached."""
-    g_rec = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
-    g_gan = torch.autograd.grad(gan_loss, last_layer, retain_graph=True)[0]
+    last layer G_L: balances the two terms whatever their scales; detached. `mean` averages the
+    gradients over processes first, so N processes weigh as one process with their whole batch does."""
+    g_rec = mean(torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0])
+    g_gan = mean(torch.autograd.grad(gan_loss, last_layer, retain_graph=True)[0])
     return (g_rec.norm() / (g_gan.norm() + 1e-4)).clamp(0.0, max_weight).detach()

@@ -1,7 +1,7 @@
 """Sample-quality metrics on features (N, D): Fréchet distance, KID, precision/recall, nearest neighbours.
 
 All take features of real and generated images from the same network (unnoise.features) and
-compute in float64. They are plain functions; `unnoise.evaluate` decides which features go in.
+compute in float64. They are plain functions; `unnoise.eval` decides which features go in.
 """
 
 from __future__ import annotations

@@ -17,18 +17,20 @@ from torch import Tensor
 
 from unnoise.plots import plot_samples, plot_signals, save_image_grid
 
-MODALITIES = ("image", "points", "signal")
-_RANK = {"image": 4, "points": 2, "signal": 3}  # tensor rank of a batch of each kind
+def _points(x: Tensor, path: str | os.PathLike, columns: int | None) -> Path:
+    return plot_samples({f"{len(x)} samples": x}, path, limit=1.6)
+
+
+# kind -> (tensor rank of a batch, the writer of its picture); a new kind of data adds its entry here
+PREVIEWS = {"image": (4, save_image_grid), "points": (2, _points), "signal": (3, plot_signals)}
+MODALITIES = tuple(PREVIEWS)
 
 
 def preview(kind: str, x: Tensor, path: str | os.PathLike, columns: int | None = None) -> Path:
     """Write a batch x (n, *sample_shape) as the picture of its kind: PNG grid, scatter or line plots."""
-    if kind not in MODALITIES:
-        raise ValueError(f"unknown modality {kind!r}; known: {', '.join(MODALITIES)}")
-    if x.ndim != _RANK[kind]:
-        raise ValueError(f"a batch of {kind} samples has rank {_RANK[kind]}, got shape {tuple(x.shape)}")
-    if kind == "image":
-        return save_image_grid(x, path, columns)
-    if kind == "signal":
-        return plot_signals(x, path, columns)
-    return plot_samples({f"{len(x)} samples": x}, path, limit=1.6)
+    if kind not in PREVIEWS:
+        raise ValueError(f"unknown modality {kind!r}; known: {', '.join(PREVIEWS)}")
+    rank, write = PREVIEWS[kind]
+    if x.ndim != rank:
+        raise ValueError(f"a batch of {kind} samples has rank {rank}, got shape {tuple(x.shape)}")
+    return write(x, path, columns)

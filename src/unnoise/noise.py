@@ -16,11 +16,14 @@ from torch import Tensor
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
-def per_sample_generators(seed: int, n: int, start: int = 0) -> list[torch.Generator]:
-    """Generators for samples start .. start + n - 1 of run `seed`, decorrelated by SeedSequence."""
-    if n < 0 or start < 0:
-        raise ValueError(f"n and start must be >= 0, got {n}, {start}")
-    seeds = [np.random.SeedSequence([seed, start + i]).generate_state(1, np.uint64)[0] for i in range(n)]
+def per_sample_generators(seed: int, n: int, start: int = 0, stream: int = 0) -> list[torch.Generator]:
+    """Generators for samples start .. start + n - 1 of run `seed`, decorrelated by SeedSequence;
+    `stream` > 0 gives other, independent generators for the same samples (e.g. the noise that
+    makes a given x_t, apart from the noise a sampler then draws)."""
+    if n < 0 or start < 0 or stream < 0:
+        raise ValueError(f"n, start and stream must be >= 0, got {n}, {start}, {stream}")
+    key = [stream] if stream else []  # stream 0 keeps the original keys (seed, i)
+    seeds = [np.random.SeedSequence([seed, start + i, *key]).generate_state(1, np.uint64)[0] for i in range(n)]
     return [torch.Generator().manual_seed(int(s)) for s in seeds]
 
 

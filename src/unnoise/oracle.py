@@ -262,7 +262,7 @@ class GaussianDenoiser:
 
     def __call__(self, x: Tensor, t: float | Tensor, cond: Tensor | None = None) -> Tensor:
         d = self.data
-        labels = getattr(cond, "labels", cond)  # a Condition's labels, or bare (B,) labels
+        labels = cond.labels if isinstance(cond, Condition) else cond  # a Condition's labels, or bare (B,) labels
         if labels is not None and bool((torch.as_tensor(labels) >= 0).any()):
             raise ValueError("GaussianData has no classes: cond must be None or labels that are all -1 (unconditional)")
         if tuple(x.shape[1:]) != d.shape:

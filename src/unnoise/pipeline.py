@@ -7,8 +7,8 @@
 
 Everything a run needs to sample is resolved once in `load`: the config, the network with its EMA
 weights, schedule and parameterisation (as the denoiser samplers see), the data space (pixels, or
-an autoencoder's latents, decoded on the way out), the text encoder and an optional noise-aware
-classifier. `sample` then composes the guidance wrappers around the denoiser and calls a sampler
+an autoencoder's latents, decoded on the way out) and an optional noise-aware classifier; a text
+model's prompts are encoded on first use and kept. `sample` then composes the guidance wrappers around the denoiser and calls a sampler
 (unnoise.samplers) batch by batch. Sample i draws its noise from its own generator, seeded by
 (seed, i): the same seed gives the same sample i whatever the batch size. Every consumer goes
 through here: `unnoise sample`, `unnoise eval`, the grids written during training, scripts.
@@ -16,6 +16,7 @@ through here: `unnoise sample`, `unnoise eval`, the grids written during trainin
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
@@ -38,11 +39,14 @@ from unnoise.models import build_model
 from unnoise.models.interface import ModelInterface
 from unnoise.noise import per_sample_generators, randn_like
 from unnoise.parameterization import NetworkDenoiser, get_parameterization
-from unnoise.samplers import Callback, StepInfo, get_sampler
+from unnoise.samplers import StepInfo, get_sampler
+from unnoise.samplers.steps import path_grid
 from unnoise.schedules import Schedule, get_schedule
 from unnoise.text import CaptionBank, load_text_encoder, prompt_bank
 
 SAMPLE_VALUES_PER_BATCH = 2**17  # the default batch holds about this many sample values (bounded memory)
+NOISING_STREAM = 1  # add_noise's generators: apart from the samplers' (stream 0) for the same seed
+PROMPT_BANKS = 16  # encoded prompt sets kept per pipeline (a server sees many)
 
 
 @dataclass(frozen=True)
@@ -119,7 +123,7 @@ class Pipeline:
     @property
     def classes(self) -> int:
         """Classes a sample can be asked for: the model's, or the classifier's."""
-        return self.classifier.net.config.out_channels if self.classifier else self.interface.num_classes
+        return self.classifier.classes if self.classifier else self.interface.num_classes
 
     def settings(self, **overrides: Any) -> Settings:
         """The run's [sample] settings with `overrides` (None values keep the run's)."""
@@ -144,68 +148,92 @@ class Pipeline:
         return self.space.decode(z)
 
     def add_noise(self, x0: Tensor, t: float, seed: int = 0, first: int = 0) -> Tensor:
-        """x_t = alpha(t) x0 + sigma(t) eps ~ q(x_t | x0), eps of sample i from the generator of (seed, first + i)."""
-        eps = randn_like(x0, per_sample_generators(seed, len(x0), start=first))
+        """x_t = alpha(t) x0 + sigma(t) eps ~ q(x_t | x0); eps of sample i from its own generator of
+        (seed, first + i), a stream apart from the one `sample` draws from with the same seed."""
+        eps = randn_like(x0, per_sample_generators(seed, len(x0), start=first, stream=NOISING_STREAM))
         return self.schedule.alpha(t).item() * x0 + self.schedule.sigma(t).item() * eps
 
     # ---- sampling -----------------------------------------------------------------------------
 
     @torch.no_grad()
     def sample(self, n: int, *, label: int | None = None, labels: Tensor | None = None,
-               prompts: list[str] | tuple[str, ...] | None = None, sampler: str | None = None,
-               steps: int | None = None, spacing: str | None = None, guidance: float | None = None,
-               guidance_rescale: float | None = None, guidance_interval: tuple[float, float] | None = None,
-               classifier_scale: float | None = None, seed: int | None = None, options: dict | None = None,
-               x: Tensor | None = None, t_start: float | None = None, batch_size: int | None = None,
-               callback: Callback | None = None, progress: bool | None = None, first: int = 0,
-               wrap: Callable | None = None) -> Tensor:
+               prompts: list[str] | tuple[str, ...] | None = None, cond: Condition | None = None,
+               sampler: str | None = None, steps: int | None = None, spacing: str | None = None,
+               guidance: float | None = None, guidance_rescale: float | None = None,
+               guidance_interval: tuple[float, float] | None = None, classifier_scale: float | None = None,
+               seed: int | None = None, options: dict | None = None, x: Tensor | None = None,
+               t_start: float | None = None, times: Tensor | None = None, batch_size: int | None = None,
+               callback: Callable[[BatchStep], Tensor | None] | None = None, progress: bool | None = None,
+               first: int = 0, wrap: Callable | None = None) -> Tensor:
         """n samples (n, *data shape) in data space, on the CPU.
 
         label: one class for every sample; labels: (n,) one per sample; neither on a class-conditional
         model (or with a classifier): sample i shows class (first + i) mod classes. prompts: a text
         model's prompts, sample i uses prompt (first + i) mod len(prompts) ("" is unconditional; None:
-        the run's [sample] prompts). sampler, steps, spacing, guidance (classifier-free scale),
+        the run's [sample] prompts). cond: any further condition of n rows (e.g. an image condition),
+        kept in both branches of guidance. sampler, steps, spacing, guidance (classifier-free scale),
         guidance_rescale, guidance_interval, classifier_scale, seed, options (the sampler's own): None
         keeps the run's [sample] setting. x: a start x_{t_start} (n, *model shape) in the space the
-        network diffuses in (see encode, add_noise); t_start: its time (needs x). batch_size: samples
-        per batch (None: about SAMPLE_VALUES_PER_BATCH values). callback: sees every step of every
-        batch (unnoise.samplers.StepInfo) and may replace x. progress: a bar (None: on a terminal).
-        first: sample indices start here (seeds, classes and prompts follow the index). wrap(denoise):
-        wraps the final denoiser of each batch (e.g. to count calls).
+        network diffuses in (see encode, add_noise); t_start: its time (needs x); times: an explicit
+        decreasing grid ending at 0 instead of steps and spacing (its first time is t_start).
+        batch_size: samples per batch (None: about SAMPLE_VALUES_PER_BATCH values). callback: sees
+        every step of every batch (a BatchStep) and may return a replacement x. progress: a bar (None:
+        on a terminal). first: sample indices start here (seeds, classes and prompts follow the
+        index). wrap(denoise): wraps the final denoiser of each batch (e.g. to count calls).
         """
         s = self.settings(sampler=sampler, steps=steps, spacing=spacing, guidance=guidance,
                           guidance_rescale=guidance_rescale, guidance_interval=guidance_interval,
                           classifier_scale=classifier_scale, seed=seed, options=options)
-        plan = self._plan(n, label, labels, prompts, x, t_start, batch_size, s)
-        times = time_grid(self.schedule, s.steps, s.spacing, t_max=plan.t_start)
+        if times is not None and t_start is None:
+            t_start = float(torch.as_tensor(times).flatten()[0])
+        plan = self._plan(n, label, labels, prompts, cond, x, t_start, batch_size)
+        grid = self._grid(s, t_start, times)
         out = []
-        with tqdm(total=n, desc=f"sampling ({s.sampler}, {s.steps} steps)", unit="sample", leave=False,
+        with tqdm(total=n, desc=f"sampling ({s.sampler}, {len(grid) - 1} steps)", unit="sample", leave=False,
                   disable=(not progress) if progress is not None else None) as bar:
             for lo in range(0, n, plan.batch_size):
                 hi = min(n, lo + plan.batch_size)
-                out.append(self._batch(plan, s, times, lo, hi, first, callback, wrap, bar).cpu())
+                out.append(self._batch(plan, s, grid, range(first + lo, first + hi), lo, callback, wrap, bar).cpu())
                 bar.update(hi - lo)
         return torch.cat(out)
 
-    def _plan(self, n, label, labels, prompts, x, t_start, batch_size, s: Settings) -> _Plan:
+    def _grid(self, s: Settings, t_start: float | None, times: Tensor | None) -> Tensor:
+        """The time grid: the one given, or steps and spacing from t_start (1 by default), checked to
+        start exactly at t_start (index spacings of discrete schedules round it to their grid)."""
+        if times is not None:
+            grid = torch.as_tensor(times, dtype=torch.float64).flatten()
+            path_grid(self.schedule, grid)  # strictly decreasing, in [0, 1], ending at 0
+            if t_start is not None and abs(grid[0].item() - t_start) > 1e-12:
+                raise ValueError(f"times starts at {grid[0].item():g}, t_start is {t_start:g}: give one of them")
+            return grid
+        t_max = 1.0 if t_start is None else float(t_start)
+        if not self.schedule.t_min < t_max <= 1:
+            raise ValueError(f"t_start must lie in ({self.schedule.t_min:g}, 1], got {t_start}")
+        grid = time_grid(self.schedule, s.steps, s.spacing, t_max=t_max)
+        if abs(grid[0].item() - t_max) > 1e-12:
+            raise ValueError(f"the {s.spacing!r} grid of {s.steps} steps on schedule {self.schedule.name!r} starts at "
+                             f"t = {grid[0].item():g}, not at t_start = {t_max:g}: use the karras or logsnr spacing, "
+                             "or pass times")
+        return grid
+
+    def _plan(self, n, label, labels, prompts, cond, x, t_start, batch_size) -> _Plan:
         """Check the request whole, before any sampling work."""
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a whole number >= 1, got {n!r}")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
         shape = self.interface.sample_shape
-        if (x is None) != (t_start is None):
-            raise ValueError("x and t_start go together: x is the state x_t at time t_start")
-        if x is not None:
-            if tuple(x.shape) != (n, *shape):
-                raise ValueError(f"x must have shape {(n, *shape)} (n samples in the network's space), "
-                                 f"got {tuple(x.shape)}")
-            if not 0 < t_start <= 1:
-                raise ValueError(f"t_start must lie in (0, 1], got {t_start}")
-        labels = self._labels(n, label, labels)
-        prompts = self._prompts(prompts)
+        if x is not None and t_start is None:
+            raise ValueError("x needs t_start (or times): x is the state x_t at time t_start")
+        if x is not None and tuple(x.shape) != (n, *shape):
+            raise ValueError(f"x must have shape {(n, *shape)} (n samples in the network's space), got {tuple(x.shape)}")
+        if x is None and t_start is not None and t_start < 1:
+            raise ValueError(f"t_start = {t_start} needs x: below t = 1 the start is not pure noise")
+        if cond is not None and (not isinstance(cond, Condition) or len(cond) != n):
+            raise ValueError(f"cond must be a Condition of n = {n} rows, got {type(cond).__name__} of "
+                             f"{len(cond) if isinstance(cond, Condition) else '?'} rows")
         default = max(1, SAMPLE_VALUES_PER_BATCH // math.prod(shape))
-        return _Plan(batch_size or min(n, default), labels, prompts, x, 1.0 if t_start is None else float(t_start))
+        return _Plan(batch_size or min(n, default), self._labels(n, label, labels), self._prompts(prompts), cond, x)
 
     def _labels(self, n: int, label: int | None, labels: Tensor | None) -> Tensor | None:
         """(n,) class labels asked for, or None (the class grid, or a model without classes)."""
@@ -234,28 +262,41 @@ class Pipeline:
         return prompts
 
     def _bank(self, prompts: tuple[str, ...]) -> CaptionBank:
-        """["", *prompts] encoded once per pipeline (a second sample call pays nothing for it)."""
-        if prompts not in self._banks:
-            encoder = load_text_encoder(self.config.text)
-            self._banks[prompts] = prompt_bank(encoder, list(prompts)).to(self.device)
-        return self._banks[prompts]
+        """["", *prompts] encoded once (a second sample call with the same prompts pays nothing for
+        them); the PROMPT_BANKS most recently used sets are kept."""
+        bank = self._banks.pop(prompts, None)
+        if bank is None:
+            bank = prompt_bank(load_text_encoder(self.config.text), list(prompts)).to(self.device)
+        self._banks[prompts] = bank  # now the most recent
+        while len(self._banks) > PROMPT_BANKS:
+            del self._banks[next(iter(self._banks))]
+        return bank
 
-    def _conditions(self, plan: _Plan, lo: int, hi: int, first: int) -> tuple[Condition | None, Condition | None]:
-        """The condition of samples lo..hi - 1 and the null condition (one row)."""
-        index = torch.arange(first + lo, first + hi)
-        labels = plan.labels[lo:hi] if plan.labels is not None else (index % self.classes if self.classes else None)
+    def _conditions(self, plan: _Plan, lo: int, rows: range) -> tuple[Condition | None, Condition | None]:
+        """The condition of one batch (samples `rows`, from row lo of the request) and the null
+        condition, one row: the null label and the empty prompt where the model takes them; a
+        further condition given by the caller (e.g. an image) is kept in both."""
+        index = torch.arange(rows.start, rows.stop)
+        labels = plan.labels[lo:lo + len(rows)] if plan.labels is not None else None
+        if labels is None and self.classes and plan.prompts is None:  # the class grid
+            labels = index % self.classes
         labels = labels.to(self.device) if labels is not None else None
         classes = self.interface.num_classes
         null_label = null_labels(classes, 1, self.device) if classes else None
         if plan.prompts is not None:
             bank = self._bank(plan.prompts)
-            model_labels = labels if classes else None
-            if classes and model_labels is None:
-                model_labels = null_labels(classes, hi - lo, self.device)
-            cond = bank.cond(1 + index % len(plan.prompts), labels=model_labels)
-            return cond, bank.cond(torch.zeros(1, dtype=torch.long), labels=null_label)
-        cond = Condition(labels=labels) if labels is not None else None
-        return cond, (Condition(labels=null_label) if classes else None)
+            if classes and labels is None:  # a text model that also takes classes: none asked for
+                labels = null_labels(classes, len(rows), self.device)
+            cond = bank.cond(1 + index % len(plan.prompts), labels=labels if classes else None)
+            null = bank.cond(torch.zeros(1, dtype=torch.long), labels=null_label)
+        else:
+            cond = Condition(labels=labels) if labels is not None else None
+            null = Condition(labels=null_label) if classes else None
+        if plan.cond is not None:
+            extra = plan.cond[lo:lo + len(rows)].to(self.device)
+            cond = _merge(cond, extra)
+            null = _merge(null.expand(len(rows)) if null is not None else None, extra)
+        return cond, null
 
     def _denoiser(self, s: Settings, null: Condition | None, wrap: Callable | None):
         """The denoiser with guidance composed around it."""
@@ -268,24 +309,35 @@ class Pipeline:
             denoise = ClassifierGuidance(denoise, self.classifier, self.schedule, s.classifier_scale, model_cond)
         return wrap(denoise) if wrap is not None else denoise
 
-    def _batch(self, plan: _Plan, s: Settings, times: Tensor, lo: int, hi: int, first: int,
-               callback: Callback | None, wrap: Callable | None, bar) -> Tensor:
-        cond, null = self._conditions(plan, lo, hi, first)
-        gens = per_sample_generators(s.seed, hi - lo, start=first + lo)  # sample i: its own generator
+    def _batch(self, plan: _Plan, s: Settings, times: Tensor, rows: range, lo: int,
+               callback: Callable | None, wrap: Callable | None, bar) -> Tensor:
+        """Samples `rows` (from row lo of the request), decoded to data space."""
+        cond, null = self._conditions(plan, lo, rows)
+        gens = per_sample_generators(s.seed, len(rows), start=rows.start)  # sample i: its own generator
+        dtype = next(self.denoiser.net.parameters()).dtype
         if plan.x is None:
-            sigma = self.schedule.sigma(plan.t_start).item()
+            sigma = self.schedule.sigma(times[0].item()).item()
             shape = self.interface.sample_shape
-            x = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.device) * sigma  # x_T ~ N(0, sigma^2 I)
+            x = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.device, dtype) * sigma  # x_T
         else:
-            x = plan.x[lo:hi].to(self.device)
+            x = plan.x[lo:lo + len(rows)].to(self.device, dtype)
 
         def step(info: StepInfo) -> Tensor | None:
             bar.set_postfix_str(f"step {info.i + 1}/{len(times) - 1}", refresh=False)
-            return callback(info) if callback is not None else None
+            return callback(BatchStep(info, rows, gens)) if callback is not None else None
 
         x0 = get_sampler(s.sampler)(self._denoiser(s, null, wrap), self.schedule, x, times, cond=cond,
                                     generator=gens, callback=step, **s.options)
         return self.space.decode(x0)
+
+
+@dataclass(frozen=True)
+class BatchStep:
+    """What a pipeline callback sees after each sampler step of each batch."""
+
+    step: StepInfo  # the sampler's step: i, t, t_next, the state x at t_next, x0_hat at t
+    rows: range  # the sample indices of this batch (first + lo .. first + hi - 1)
+    generators: list[torch.Generator]  # their per-sample generators (the sampler's own stream)
 
 
 @dataclass(frozen=True)
@@ -295,12 +347,26 @@ class _Plan:
     batch_size: int
     labels: Tensor | None  # (n,) or None
     prompts: tuple[str, ...] | None
+    cond: Condition | None  # (n rows) a further condition, or None
     x: Tensor | None  # (n, *model shape) start, or None: x_T drawn from the seeds
-    t_start: float
+
+
+def _merge(a: Condition | None, b: Condition) -> Condition:
+    """The fields of a and b together (a field given by both is refused)."""
+    if a is None:
+        return b
+    both = [f.name for f in fields(Condition) if getattr(a, f.name) is not None and getattr(b, f.name) is not None]
+    if both:
+        raise ValueError(f"cond sets {both}, which label, labels or prompts already set")
+    return replace(a, **{f.name: getattr(b, f.name) for f in fields(Condition) if getattr(b, f.name) is not None})
 
 
 def _validate(s: Settings, interface: ModelInterface, classifier: bool) -> None:
-    get_sampler(s.sampler)  # names the samplers when unknown
+    params = inspect.signature(get_sampler(s.sampler)).parameters  # get_sampler names the samplers when unknown
+    known = sorted(k for k, v in params.items() if v.kind is v.KEYWORD_ONLY and k not in ("cond", "generator", "callback"))
+    unknown = sorted(set(s.options) - set(known))
+    if unknown:
+        raise ValueError(f"{s.sampler} takes no option {', '.join(unknown)}; its options: {', '.join(known) or 'none'}")
     if not isinstance(s.steps, int) or s.steps < 1:
         raise ValueError(f"steps must be a whole number >= 1, got {s.steps!r}")
     for name in ("guidance", "guidance_rescale", "classifier_scale"):
@@ -324,7 +390,7 @@ def _checked_classifier(pipe: Pipeline, classifier: NoisyClassifier) -> NoisyCla
     if classifier.schedule.name != pipe.schedule.name:
         raise ValueError(f"the classifier was trained on schedule {classifier.schedule.name!r}, the model on "
                          f"{pipe.schedule.name!r}: their times mean different noise levels")
-    classes, model_classes = classifier.net.config.out_channels, pipe.interface.num_classes
+    classes, model_classes = classifier.classes, pipe.interface.num_classes
     if model_classes and model_classes != classes:
         raise ValueError(f"the classifier has {classes} classes, the model {model_classes}")
     return classifier

@@ -32,7 +32,7 @@ from unnoise.data.emoji import EmojiSet, emoji_set
 from unnoise.data.fashion import FASHION_CLASSES, FASHION_HELDOUT_PROMPTS, fashion_mnist, read_idx
 from unnoise.data.folder import DEFAULT_MAX_PIXELS, FolderSet, load_folder
 from unnoise.data.image_set import ImageSet
-from unnoise.data.signals import signals
+from unnoise.data.signals import SignalSet, signals
 from unnoise.data.toy import PointSet, gaussians, moons, swiss_roll
 
 DATASET_NAMES = (
@@ -52,6 +52,7 @@ __all__ = [
     "FolderSet",
     "ImageSet",
     "PointSet",
+    "SignalSet",
     "digits_8x8",
     "emoji_set",
     "fashion_mnist",
@@ -105,14 +106,13 @@ class DataConfig:
                 raise ValueError(f"{field} must be > 0, got {getattr(self, field)}")
 
 
-_POINT_SETS = ("moons", "swiss-roll", "gaussians")
+# The class each named set is served as: its `modality` is what a sample is, known without loading it.
+_SET_CLASS = {"moons": PointSet, "swiss-roll": PointSet, "gaussians": PointSet, "signals": SignalSet}
 
 
 def modality_of(config: DataConfig) -> str:
     """What a sample of this data set is (unnoise.modality): "image", "points" or "signal"."""
-    if config.name == "signals":
-        return "signal"
-    return "points" if config.name in _POINT_SETS else "image"
+    return _SET_CLASS.get(config.name, ImageSet).modality
 
 
 _NATIVE_SIZE = {"mnist": 28, "fashion-mnist": 28, "digits8x8": 8}  # the built-in sets that fit = "pad" grows

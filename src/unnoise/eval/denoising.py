@@ -2,7 +2,8 @@
 E[x0 | x_t] is closed form, so a network's denoising error can be put beside the least error any
 denoiser can reach, noise level by noise level.
 
-    rows = denoising_error(pipe.denoiser, data.gaussian().denoiser(schedule), data, schedule)
+    x0, _ = test.batch(torch.arange(500))          # held-out examples of a set with a known law
+    rows = denoising_error(pipe.denoiser, test.gaussian().denoiser(pipe.schedule), x0, pipe.schedule)
     rows[k].ratio     # the network's mean squared error over the optimum's, on the same draws (>= 1 in law)
 
 Both denoisers see the same x0 (held-out data) and the same noise, so most of the sampling noise

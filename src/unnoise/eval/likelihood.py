@@ -26,7 +26,7 @@ def likelihood_metrics(pipe: Pipeline, opts: EvalOptions, progress: bool = True)
         raise ValueError("nll and vlb are bits/dim of pixels; this model diffuses in an autoencoder's latents, "
                          "where they would measure something else")
     test = load_dataset(replace(config.data, split=eval_split(config.data.name)))
-    if not hasattr(test, "images"):
+    if test.modality != "image":
         raise ValueError("nll and vlb are reported in bits/dim of 8-bit images; this run's data are points")
     classes = pipe.interface.num_classes
     out: dict = {}

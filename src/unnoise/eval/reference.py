@@ -45,7 +45,7 @@ def reference(config: RunConfig, feats: LoadedFeatures, cache_dir: Path, split: 
         raise ValueError(f"{config.data.name} has no train/test split; the reference can only be 'all'")
     sets = {s: load_dataset(replace(config.data, split=s)) for s in {split, held_out, "train"}}
     ref_set, test, train = sets[split], sets[held_out], sets["train"]
-    if not hasattr(ref_set, "images"):
+    if ref_set.modality != "image":
         raise ValueError(f"sample-quality metrics need an image data set, got {config.data.name!r}")
     key = hashlib.sha256(feats.sha256.encode() + split.encode() + (f"crop{feats.crop}".encode() if feats.crop else b"")
                          + ref_set.images.numpy().tobytes()).hexdigest()[:16]
@@ -56,7 +56,7 @@ def reference(config: RunConfig, feats: LoadedFeatures, cache_dir: Path, split: 
         features, _ = feats.embed(to_signed_unit(ref_set.images))
         write_atomic(path, lambda tmp: save_file({"features": features.contiguous()}, str(tmp)))
     mu, cov = metrics.gaussian_stats(features)
-    captions = getattr(ref_set, "captions", None)
+    captions = ref_set.captions
     prompts = [captions.texts[i] for i in captions.ids[:, 0].tolist()] if captions is not None else None
     return Reference(features, ref_set.labels, prompts, train.images, train.labels, test.images, test.labels,
                      mu, cov, split)

@@ -48,7 +48,7 @@ def draw(pipe: Pipeline, n: int, *, sampler: str | None, steps: int | None, spac
             b = min(batch_size, n - first)
             x = pipe.sample(b, prompts=prompts, sampler=sampler, steps=steps, spacing=spacing,
                             guidance=cfg_scale(pipe, guidance), classifier_scale=classifier_scale, seed=seed,
-                            options=options, progress=False, first=first, wrap=count)  # sample first + j
+                            options=options, progress=False, first=first, batch_size=b, wrap=count)  # first + j
             out.append(x.float().clamp(-1, 1))
             bar.update(b)
     seconds = (time.perf_counter() - start) / n

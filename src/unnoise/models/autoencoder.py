@@ -8,7 +8,7 @@ Appendix G), and the patch discriminator it may train against (Isola et al. 2017
 With len(channel_mult) = L levels the latent is (latent_channels, H / f, W / f), f = 2^(L - 1). The
 residual and attention blocks are the U-Net's (without a time embedding). q(z | x) is a diagonal
 Gaussian; the KL term against N(0, I) keeps the latent near unit scale, and the scale factor that
-makes it exactly unit variance is measured from data by unnoise.autoencoder, never assumed.
+makes it exactly unit variance is measured from data by unnoise.latent, never assumed.
 """
 
 from __future__ import annotations

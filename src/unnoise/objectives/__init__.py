@@ -2,8 +2,10 @@
 unnoise.training runs any of them; `objective_for` picks the one a config's network asks for.
 
     diffusion     DiffusionObjective    a denoiser (U-Net, DiT, MLP), in pixels or latents
-    logits        ClassifierObjective   a noise-aware classifier for classifier guidance
+    classifier    ClassifierObjective   a noise-aware classifier for classifier guidance
     autoencoder   AutoencoderObjective  latent diffusion's autoencoder, with its discriminator
+
+A new method registers its objective here under a name that [train] objective can select.
 """
 
 from __future__ import annotations
@@ -14,12 +16,17 @@ from unnoise.objectives.base import Batch, LossOutput, Objective, ObjectiveBase,
 from unnoise.objectives.classifier import ClassifierObjective
 from unnoise.objectives.diffusion import DiffusionObjective
 
-OBJECTIVES = {"denoiser": DiffusionObjective, "logits": ClassifierObjective, "autoencoder": AutoencoderObjective}
+OBJECTIVES = {"diffusion": DiffusionObjective, "classifier": ClassifierObjective, "autoencoder": AutoencoderObjective}
+BY_OUTPUT = {"denoiser": "diffusion", "logits": "classifier", "autoencoder": "autoencoder"}  # the default objective
 
 
 def objective_for(config: RunConfig, run: RunContext) -> Objective:
-    """The objective that trains the network a config describes (by what the network outputs)."""
-    return OBJECTIVES[config.model.interface.output](config, run)
+    """The objective [train] objective names, or by default the one the config's network asks for
+    (by what it outputs)."""
+    name = config.train.objective or BY_OUTPUT[config.model.interface.output]
+    if name not in OBJECTIVES:
+        raise ValueError(f"train.objective must be one of {', '.join(OBJECTIVES)}, got {name!r}")
+    return OBJECTIVES[name](config, run)
 
 
 __all__ = ["OBJECTIVES", "AutoencoderObjective", "Batch", "ClassifierObjective", "DiffusionObjective", "LossOutput",

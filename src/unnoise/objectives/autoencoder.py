@@ -6,8 +6,7 @@
 and, after each optimiser step, the patch discriminator's hinge loss on the same batch (its own
 AdamW; its weights and optimiser are part of the resume state). Every checkpoint records the latent
 scale of its EMA weights, measured on `scale_images` training images (unnoise.latent). Under DDP the
-adaptive weight is computed on each rank's own rows, so with a discriminator N ranks are not
-bit-equal to one.
+adaptive weight is computed from gradients averaged over the ranks, as one process would compute it.
 """
 
 from __future__ import annotations
@@ -30,6 +29,9 @@ from unnoise.objectives.base import Batch, LossOutput, ObjectiveBase, RunContext
 class AutoencoderObjective(ObjectiveBase):
     def __init__(self, config: RunConfig, run: RunContext):
         mc, lc = config.model, config.autoencoder
+        if run.dtype != torch.float32:
+            raise ValueError(f"an autoencoder trains in float32 (its perceptual network is float32); "
+                             f"train.dtype must be float32, got {config.train.dtype}")
         dataset = load_dataset(config.data)
         if tuple(dataset.sample_shape) != mc.interface.sample_shape:
             raise ValueError(f"the data are {tuple(dataset.sample_shape)}, the autoencoder expects "
@@ -49,7 +51,7 @@ class AutoencoderObjective(ObjectiveBase):
             self.feature_net = feature_net_for(config.data, None, run.device).net.requires_grad_(False)
         self.pixels = math.prod(dataset.sample_shape)
 
-    def draw(self, index: Tensor, generator: torch.Generator) -> Batch:
+    def draw(self, index: Tensor, generator: torch.Generator, step: int) -> Batch:
         x, _ = self.dataset.batch(index)
         return {"x": x, "noise": torch.randn((len(x), *self.config.model.latent_shape), generator=generator)}
 
@@ -70,7 +72,7 @@ class AutoencoderObjective(ObjectiveBase):
         adversarial = self.disc is not None and step >= lc.disc_start
         if adversarial:
             terms["g"] = -self.disc_net(x_hat).mean()
-            terms["lambda"] = adaptive_weight(nll, terms["g"], self.network.last_layer)
+            terms["lambda"] = adaptive_weight(nll, terms["g"], self.network.last_layer, mean=self.run.mean)
             loss = loss + lc.disc_weight * terms["lambda"] * terms["g"]
         return LossOutput(loss, terms, {"x_hat": x_hat, "adversarial": adversarial})
 

@@ -5,10 +5,10 @@ method is a new objective and the loop never changes.
     objective = make(config, run)        # run: a RunContext (device, processes, precision, output folder)
     objective.network                    # the module the loop optimises, averages (EMA) and checkpoints
     objective.dataset                    # what the loop draws example indices from
-    batch = objective.draw(index, g)     # ALL randomness of a global batch, on the CPU, from g
+    batch = objective.draw(index, g, s)  # ALL randomness of global batch s (0-based), on the CPU, from g
     out = objective.loss(net, batch, s)  # on this rank's rows: LossOutput(loss, logs)
     objective.after_step(batch, out, s)  # after the optimiser step: a discriminator, a target network
-    objective.report(ema, final)         # what a person looks at: sample grids, accuracy, reconstructions
+    objective.report(ema, s, final)      # what a person looks at: sample grids, accuracy, reconstructions
     objective.checkpoint_info(ema)       # extra entries for a checkpoint's config.json
     objective.state_dict()               # extra resume state (a discriminator and its optimiser)
 
@@ -41,7 +41,9 @@ class RunContext:
     main: bool = True  # rank 0: the process that writes files
     world: int = 1  # processes in the run
     wrap: Callable[[nn.Module], nn.Module] = lambda module: module  # DDP for a second trained module
+    mean: Callable[[Tensor], Tensor] = lambda tensor: tensor  # the mean over processes (all-reduce)
     quiet: bool = False  # no progress bars
+    resume: Any = None  # the checkpoint being resumed (unnoise.checkpoint.Checkpoint), for checks before work
 
 
 @dataclass
@@ -56,7 +58,7 @@ class Objective(Protocol):
     network: nn.Module  # what the loop optimises, averages and checkpoints
     dataset: Any  # a data set (unnoise.data): len(), batch(index), sample_shape
 
-    def draw(self, index: Tensor, generator: torch.Generator) -> Batch: ...
+    def draw(self, index: Tensor, generator: torch.Generator, step: int) -> Batch: ...
 
     def loss(self, net: nn.Module, batch: Batch, step: int) -> LossOutput: ...
 

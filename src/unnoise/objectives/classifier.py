@@ -48,7 +48,7 @@ class ClassifierObjective(ObjectiveBase):
         self.loss_fn = ClassifierLoss(get_schedule(d.schedule), get_parameterization(d.parameterization, d.sigma_data),
                                       config.loss)
 
-    def draw(self, index: Tensor, generator: torch.Generator) -> Batch:
+    def draw(self, index: Tensor, generator: torch.Generator, step: int) -> Batch:
         x0, labels = self.dataset.batch(index)
         t = self.loss_fn.sample_times(len(x0), generator)
         return {"x0": x0, "t": t, "noise": torch.randn(x0.shape, generator=generator), "labels": labels}

@@ -39,6 +39,8 @@ class DiffusionObjective(ObjectiveBase):
         space = space_for(config, run.device)
         if isinstance(space, LatentSpace):  # encode once; the hash names the autoencoder in every checkpoint
             config = _record_autoencoder(config, space.sha256)
+            if run.resume is not None:  # checked before the encoding work
+                _check_autoencoder(run.resume, space.sha256)
             dataset = encode_dataset(space, dataset, progress=run.main and not run.quiet)
         _check_shape(config, dataset)
         self.config, self.dataset = config, dataset
@@ -47,7 +49,7 @@ class DiffusionObjective(ObjectiveBase):
         self.bank = _caption_bank(config, dataset, run.device)  # every caption encoded once
         self.prompts = self._grid_prompts()
 
-    def draw(self, index: Tensor, generator: torch.Generator) -> Batch:
+    def draw(self, index: Tensor, generator: torch.Generator, step: int) -> Batch:
         """x0, times, noise and the (dropped) condition of a global batch; caption id 0 is the empty
         prompt and label num_classes the null label: the null condition guidance samples with."""
         x0, labels = self.dataset.batch(index)
@@ -79,21 +81,20 @@ class DiffusionObjective(ObjectiveBase):
         path = self.run.out / ("samples.png" if final else f"samples_{step:08d}.png")
         return {"samples": str(preview(pipe.modality, x, path))}
 
-    def state_dict(self) -> dict:
-        return {"autoencoder_sha256": self.config.latent.sha256}
-
-    def load_state_dict(self, state: dict) -> None:
-        recorded, ours = state.get("autoencoder_sha256", ""), self.config.latent.sha256
-        if recorded != ours:
-            raise ValueError(f"the checkpoint was trained with autoencoder weights {recorded[:12] or '(none)'}, "
-                             f"this run has {ours[:12] or '(none)'}: resume with the same autoencoder")
-
     def _grid_prompts(self) -> tuple[str, ...] | None:
         """A text model's grid prompts: the config's, else the first caption of the first 8 distinct images."""
         if self.bank is None:
             return None
         first = self.dataset.captions.ids[:, 0].unique()[:8].tolist()
         return self.config.sample.prompts or tuple(self.bank.texts[i] for i in first)
+
+
+def _check_autoencoder(ckpt, sha256: str) -> None:
+    """A latent run resumes only with the autoencoder it was trained with (the hash its config recorded)."""
+    recorded = ckpt.config["tree"].get("latent", {}).get("sha256", "")
+    if recorded != sha256:
+        raise ValueError(f"{ckpt.path} was trained with autoencoder weights {recorded[:12] or '(none)'}, this run has "
+                         f"{sha256[:12]}: resume with the same autoencoder")
 
 
 def _check_shape(config: RunConfig, dataset) -> None:

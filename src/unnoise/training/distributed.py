@@ -33,6 +33,23 @@ class Distributed:
         return nn.parallel.DistributedDataParallel(module, device_ids=[self.device] if self.device.type == "cuda" else None)
 
 
+    def agree(self, flag: bool) -> bool:
+        """True on every rank when it is true on any (a decision all ranks must take together)."""
+        if self.world == 1:
+            return bool(flag)
+        value = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The mean of a tensor over ranks (itself on one process)."""
+        if self.world == 1:
+            return tensor
+        total = tensor.detach().clone()
+        dist.all_reduce(total)
+        return total / self.world
+
+
 def setup_distributed(device: str | None = None) -> Distributed:
     """Join the process group when started by torchrun (WORLD_SIZE > 1): gloo on CPU, nccl on CUDA."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
