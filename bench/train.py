@@ -315,7 +315,7 @@ def trainer_pieces(model: nn.Module, batch: int, reps: int) -> list[tuple[str, f
     loss_fn = objective.loss_fn
 
     def draw():
-        return objective.draw(*batches.next())
+        return objective.draw(*batches.next(), 0)
 
     drawn = draw()
     x0, t, noise = drawn["x0"], drawn["t"], drawn["noise"]

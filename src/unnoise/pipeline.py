@@ -135,7 +135,7 @@ class Pipeline:
         if unknown:
             raise ValueError(f"unknown sampling settings {unknown}; known: {', '.join(sorted(known))}")
         settings = replace(base, **{k: v for k, v in overrides.items() if v is not None})
-        _validate(settings, self.interface, self.classifier is not None)
+        _validate(settings, self.interface)
         return settings
 
     # ---- the data space -----------------------------------------------------------------------
@@ -361,7 +361,7 @@ def _merge(a: Condition | None, b: Condition) -> Condition:
     return replace(a, **{f.name: getattr(b, f.name) for f in fields(Condition) if getattr(b, f.name) is not None})
 
 
-def _validate(s: Settings, interface: ModelInterface, classifier: bool) -> None:
+def _validate(s: Settings, interface: ModelInterface) -> None:
     params = inspect.signature(get_sampler(s.sampler)).parameters  # get_sampler names the samplers when unknown
     known = sorted(k for k, v in params.items() if v.kind is v.KEYWORD_ONLY and k not in ("cond", "generator", "callback"))
     unknown = sorted(set(s.options) - set(known))
