@@ -42,7 +42,8 @@ def test_training_draws_captions_and_drops_them_to_the_empty_prompt(tmp_path):
     objective = DiffusionObjective(config, RunContext(torch.device("cpu"), torch.float32, tmp_path))
 
     def caption_ids(position):
-        return objective.draw(*Batches(len(objective.dataset), 8, 0, position=position).next())["caption_ids"]
+        index, generator = Batches(len(objective.dataset), 8, 0, position=position).next()
+        return objective.draw(index, generator, position)["caption_ids"]
 
     ids = torch.cat([caption_ids(k) for k in range(40)])
     dropped = (ids == 0).double().mean().item()
