@@ -16,7 +16,7 @@ TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
 def preload_tcmalloc() -> None:
     """Re-execute this script with tcmalloc preloaded, unless asked not to or already done.
 
-    glibc malloc makes CPU timings 15-25% slower and noisy (DESIGN.md); the library must be loaded
+    glibc malloc makes CPU timings 15-25% slower and noisy (measured here, docs/benchmarks.md); the library must be loaded
     before torch is, hence a restart rather than a late dlopen.
     """
     argv = sys.argv

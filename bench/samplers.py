@@ -11,7 +11,7 @@ Two measurements, printed as markdown tables and written into docs/benchmarks.md
 2. Per-step bookkeeping time: (full sampling loop - bare model calls) / steps, with a zero-cost
    model that returns a preallocated tensor, at two batch sizes, alternating ours and theirs.
 
-Run:  python bench/samplers.py            (re-executes itself with tcmalloc preloaded, see DESIGN.md)
+Run:  python bench/samplers.py            (re-executes itself with tcmalloc preloaded: glibc malloc is slower and noisy)
       python bench/samplers.py --help
 Needs diffusers; k-diffusion is optional (`pip install k-diffusion --no-deps`).
 """

@@ -70,7 +70,7 @@ from unnoise.training.loop import Batches, seeded_generator  # noqa: E402
 from unnoise.training.ema import EMA  # noqa: E402
 from unnoise.training.loop import train  # noqa: E402
 
-CONV_PEAK = {"fp32": 430.0, "bf16": 850.0}  # GFLOP/s of a large convolution on this machine (DESIGN.md)
+CONV_PEAK = {"fp32": 430.0, "bf16": 850.0}  # GFLOP/s of a large convolution on this machine, measured before the project began
 DATA = {"name": "mnist", "image_size": 32, "channels": 3, "fit": "pad"}  # the only built-in 3x32x32 set
 
 
@@ -428,7 +428,7 @@ def training_report(args, contenders, results, info, pieces, adamw) -> list[str]
                                           ("diffusers `UNet2DModel` (issue config)", info["diffusers"])):
         lines.append(f"| {name} | {params / 1e6:.2f}M | {counted:.3f} | {total:.3f} |")
     lines += ["", (f"img/s at batch {args.batch}: median ({args.rounds} rounds of {args.steps} steps) and min–max. "
-                   "Effective GFLOP/s = img/s × 3 × forward GFLOP/img (with attention); peak = DESIGN.md's "
+                   "Effective GFLOP/s = img/s × 3 × forward GFLOP/img (with attention); peak = the measured "
                    f"convolution peak ({CONV_PEAK['fp32']:.0f} fp32, {CONV_PEAK['bf16']:.0f} bf16 GFLOP/s)."), "",
               "| precision | loop | img/s | effective GFLOP/s | of peak |", "|---|---|---|---|---|"]
     for c, r in zip(contenders, results, strict=True):

@@ -260,7 +260,7 @@ def test_toy_sets_are_seeded_2d_vectors_in_the_unit_box(name, classes):
     assert not torch.equal(ds.points, other.points)
     assert ds.points.shape == (2000, 2) and ds.points.dtype == torch.float32 and ds.sample_shape == (2,)
     assert ds.points.abs().max() < 1.25 and ds.points.abs().max(0).values.min() > 0.5  # fills the box, roughly
-    assert ds.num_classes == classes and ds.channels is None and ds.image_size is None
+    assert ds.num_classes == classes and ds.modality == "points" and ds.sample_shape == (2,)
     point, label = ds[5]
     assert point.shape == (2,) and isinstance(label, int)
     if classes:

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from unnoise.checkpoint import load_checkpoint
 from unnoise.config import RunConfig, load_config
+from unnoise.data.tensor_set import TensorSet
 from unnoise.models.autoencoder import Autoencoder, AutoencoderConfig
 
 
@@ -108,25 +109,14 @@ def space_for(config: RunConfig, device: torch.device | str = "cpu") -> LatentSp
     return space
 
 
-@dataclass
-class EncodedSet:
-    """A data set's latents (posterior means, scaled), served like an ImageSet by `batch`."""
+class EncodedSet(TensorSet):
+    """A data set's latents (N, C, h, w) float32 (posterior means, scaled), with its labels and captions."""
 
-    latents: Tensor  # (N, C, h, w) float32
-    labels: Tensor  # (N,)
-    captions: object  # the pixel set's Captions, or None
-    name: str
     modality = "image"  # decoded, latents are images
 
-    def __len__(self) -> int:
-        return len(self.latents)
-
     @property
-    def sample_shape(self) -> tuple[int, ...]:
-        return tuple(self.latents.shape[1:])
-
-    def batch(self, index: Tensor) -> tuple[Tensor, Tensor]:
-        return self.latents[index], self.labels[index]
+    def latents(self) -> Tensor:
+        return self.values
 
 
 @torch.no_grad()
@@ -139,7 +129,8 @@ def encode_dataset(space: LatentSpace, dataset, batch_size: int = 500, progress:
     for i in tqdm(range(0, len(dataset), batch_size), desc="encoding", disable=not progress, leave=False):
         x = dataset.batch(torch.arange(i, min(i + batch_size, len(dataset))))[0].to(device)
         parts.append(space.encode(x).cpu())
-    return EncodedSet(torch.cat(parts), dataset.labels, dataset.captions, f"{dataset.name}-latents")
+    return EncodedSet(torch.cat(parts), dataset.labels, name=f"{dataset.name}-latents",
+                      class_names=dataset.class_names, captions=dataset.captions)
 
 
 @torch.no_grad()

@@ -7,7 +7,7 @@ v_k = alpha^2 s_k^2 + sigma^2. Then (Bishop 2006, eq. 2.116 per component, and B
     r_k(x_t)  = w_k N(x_t; alpha mu_k, v_k I) / sum_j w_j N(x_t; alpha mu_j, v_j I)
     x0_hat    = sum_k r_k [mu_k + alpha s_k^2 / v_k (x_t - alpha mu_k)]
 
-A finite data set {y_i} is the mixture with s_k = 0 and equal weights (DESIGN.md). Component labels
+A finite data set {y_i} is the mixture with s_k = 0 and equal weights. Component labels
 make the denoiser class-conditional: restrict the sum to the components of one class, and give
 the exact noisy-image classifier log p(y | x_t) = log sum_{k in y} r_k(x_t) (for classifier guidance).
 
@@ -110,7 +110,7 @@ class GaussianMixture:
 
 def finite_set(points: Tensor, labels: Tensor | None = None) -> GaussianMixture:
     """The empirical distribution of a data set (N, *shape): its exact denoiser is a softmax over
-    the points (DESIGN.md), and DDIM with it turns noise back into training points."""
+    the points, and DDIM with it turns noise back into training points."""
     points = torch.as_tensor(points, dtype=_F64)
     return GaussianMixture.create(points, torch.zeros(points.shape[0], dtype=_F64), None, labels)
 

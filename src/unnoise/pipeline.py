@@ -244,6 +244,8 @@ class Pipeline:
         if not self.classes:
             text = " (it is text-conditioned: give prompts)" if self.interface.text else ""
             raise ValueError(f"a label was given, but this model takes no class labels{text}")
+        if label is not None and not (isinstance(label, int) and 0 <= label < self.classes):
+            raise ValueError(f"label must be a class in 0..{self.classes - 1} for this model, got {label!r}")
         labels = torch.full((n,), label) if label is not None else torch.as_tensor(labels).long().flatten()
         if labels.shape != (n,) or int(labels.min()) < 0 or int(labels.max()) >= self.classes:
             raise ValueError(f"labels must be {n} classes in 0..{self.classes - 1}, got {labels.tolist()[:8]}")

@@ -96,7 +96,7 @@ def from_alphas_cumprod(alphas_cumprod: Tensor, name: str = "discrete") -> Sched
     """A discrete VP schedule from alpha_bar_1..alpha_bar_T (DDPM's cumulative product).
 
     Time t = i / T carries alpha_bar_i, with alpha_bar_0 = 1 at t = 0; between indices log-SNR is
-    interpolated linearly (DESIGN.md), and times below 1/T are clean. A zero alpha_bar_T (zero
+    interpolated linearly, and times below 1/T are clean. A zero alpha_bar_T (zero
     terminal SNR) gives log_snr = -inf at t = 1.
     """
     ab = torch.as_tensor(alphas_cumprod, dtype=_F64).flatten()

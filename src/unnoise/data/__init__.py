@@ -33,6 +33,7 @@ from unnoise.data.fashion import FASHION_CLASSES, FASHION_HELDOUT_PROMPTS, fashi
 from unnoise.data.folder import DEFAULT_MAX_PIXELS, FolderSet, load_folder
 from unnoise.data.image_set import ImageSet
 from unnoise.data.signals import SignalSet, signals
+from unnoise.data.tensor_set import TensorSet
 from unnoise.data.toy import PointSet, gaussians, moons, swiss_roll
 
 DATASET_NAMES = (
@@ -53,6 +54,7 @@ __all__ = [
     "ImageSet",
     "PointSet",
     "SignalSet",
+    "TensorSet",
     "digits_8x8",
     "emoji_set",
     "fashion_mnist",

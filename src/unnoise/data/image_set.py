@@ -15,9 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import Dataset
 
 from unnoise.data.captions import Captions
+from unnoise.data.tensor_set import TensorSet
 
 FITS = ("pad", "resize")  # how a built-in set reaches another image_size
 
@@ -27,7 +27,7 @@ def to_signed_unit(images: Tensor) -> Tensor:
     return images.to(torch.float32).div_(127.5).sub_(1.0)
 
 
-class ImageSet(Dataset):
+class ImageSet(TensorSet):
     """Images (N, C, H, W) uint8 with labels (N,) int64 (-1 where the set has no labels).
 
     `dataset[i]` is (image, label): image (C, H, W) float32 in [-1, 1], label a Python int.
@@ -37,27 +37,19 @@ class ImageSet(Dataset):
 
     modality = "image"  # how a sample is previewed (unnoise.modality)
 
-    def __init__(
-        self, images: Tensor, labels: Tensor | None, *, name: str, class_names: Sequence[str] = (),
-        captions: Captions | None = None,
-    ):
+    def __init__(self, images: Tensor, labels: Tensor | None, *, name: str, class_names: Sequence[str] = (),
+                 captions: Captions | None = None):
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != images.shape[-2]:
             raise ValueError(f"images must be uint8 (N, C, S, S), got {images.dtype} {tuple(images.shape)}")
-        n = images.shape[0]
-        labels = torch.full((n,), -1, dtype=torch.int64) if labels is None else labels.to(torch.int64)
-        if labels.shape != (n,):
-            raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
-        if captions is not None and len(captions) != n:
-            raise ValueError(f"captions must have one row per image ({n}), got {len(captions)}")
-        self.images = images.contiguous()  # (N, C, H, W) uint8
-        self.labels = labels  # (N,) int64, -1 = no label
-        self.name = name
-        self.class_names = list(class_names)  # index -> name; empty when the set has no labels
-        self.captions = captions  # texts and per-image caption ids, or None
+        super().__init__(images, labels, name=name, class_names=class_names, captions=captions)
 
     @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
+    def images(self) -> Tensor:
+        """(N, C, H, W) uint8, as stored."""
+        return self.values
+
+    def serve(self, values: Tensor) -> Tensor:
+        return to_signed_unit(values)
 
     @property
     def channels(self) -> int:
@@ -66,27 +58,6 @@ class ImageSet(Dataset):
     @property
     def image_size(self) -> int:
         return self.images.shape[-1]
-
-    @property
-    def sample_shape(self) -> tuple[int, ...]:
-        return tuple(self.images.shape[1:])
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        return to_signed_unit(self.images[i]), int(self.labels[i])
-
-    def batch(self, index: Tensor) -> tuple[Tensor, Tensor]:
-        """Images (B, C, H, W) float32 in [-1, 1] and labels (B,) int64 at `index` (B,)."""
-        return to_signed_unit(self.images[index]), self.labels[index]
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(name={self.name!r}, n={len(self)}, shape={self.sample_shape}, "
-            f"classes={self.num_classes}"
-            + ("" if self.captions is None else f", captions={len(self.captions.texts) - 1}") + ")"
-        )
 
 
 def fit_images(images: Tensor, size: int, fit: str = "pad", chunk: int = 4096) -> Tensor:

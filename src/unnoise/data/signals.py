@@ -25,8 +25,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
+from unnoise.data.tensor_set import TensorSet
 from unnoise.oracle import GaussianData
 
 JITTER = 1e-4  # diagonal jitter, relative to the kernel variance s^2
@@ -44,26 +44,22 @@ def se_kernel(length: int, lengthscale: float, amplitude: float, jitter: float =
     return amplitude**2 * (torch.exp(-(d**2) / (2 * lengthscale**2)) + jitter * torch.eye(length, dtype=torch.float64))
 
 
-class SignalSet(Dataset):
+class SignalSet(TensorSet):
     """Signals (N, 1, L) float32 with labels (N,) int64, all -1 (no classes), and their exact law."""
 
     modality = "signal"  # how a sample is previewed (unnoise.modality)
-    image_size = None  # not an image
 
     def __init__(self, signals: Tensor, *, name: str, cov: Tensor):
         if signals.ndim != 3 or signals.shape[1] != 1 or cov.shape != (signals.shape[-1],) * 2:
             raise ValueError(f"signals must be (N, 1, L) with cov (L, L), got {tuple(signals.shape)} and "
                              f"{tuple(cov.shape)}")
-        self.signals = signals.to(torch.float32).contiguous()  # (N, 1, L)
-        self.labels = torch.full((signals.shape[0],), -1, dtype=torch.int64)  # (N,) no labels
-        self.name = name
-        self.class_names: list[str] = []  # no classes
-        self.captions = None  # no captions
+        super().__init__(signals.to(torch.float32), None, name=name)
         self.cov = cov  # (L, L) float64 covariance of the zero-mean law, jitter included
 
     @property
-    def num_classes(self) -> int:
-        return 0
+    def signals(self) -> Tensor:
+        """(N, 1, L) float32."""
+        return self.values
 
     @property
     def channels(self) -> int:
@@ -73,26 +69,9 @@ class SignalSet(Dataset):
     def length(self) -> int:
         return self.signals.shape[-1]
 
-    @property
-    def sample_shape(self) -> tuple[int, ...]:
-        return tuple(self.signals.shape[1:])
-
-    def __len__(self) -> int:
-        return self.signals.shape[0]
-
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        return self.signals[i], int(self.labels[i])
-
-    def batch(self, index: Tensor) -> tuple[Tensor, Tensor]:
-        """Signals (B, 1, L) float32 and labels (B,) int64 at `index` (B,)."""
-        return self.signals[index], self.labels[index]
-
     def gaussian(self) -> GaussianData:
         """The exact law of a signal: N(0, K) over shape (1, L), K the kernel matrix with its jitter."""
         return GaussianData.create(torch.zeros(self.sample_shape, dtype=torch.float64), self.cov)
-
-    def __repr__(self) -> str:
-        return f"SignalSet(name={self.name!r}, n={len(self)}, shape={self.sample_shape})"
 
 
 def signals(n: int = 10_000, length: int = 256, lengthscale: float = 8.0, amplitude: float = 0.5, seed: int = 0,

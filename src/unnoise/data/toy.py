@@ -20,49 +20,27 @@ import math
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
+from unnoise.data.tensor_set import TensorSet
 from unnoise.oracle import GaussianMixture
 
 TOY_NAMES = ("moons", "swiss-roll", "gaussians")
 RING_COMPONENTS, RING_RADIUS = 8, 0.8
 
 
-class PointSet(Dataset):
+class PointSet(TensorSet):
     """Points (N, 2) float32 with labels (N,) int64 (-1 where the set has no labels)."""
 
-    channels = None  # not an image
-    image_size = None
     modality = "points"  # how a sample is previewed (unnoise.modality)
-    captions = None  # no texts
 
     def __init__(self, points: Tensor, labels: Tensor, *, name: str, class_names=(), mixture=None):
-        self.points = points.to(torch.float32).contiguous()  # (N, 2)
-        self.labels = labels.to(torch.int64)  # (N,)
-        self.name = name
-        self.class_names = list(class_names)
+        super().__init__(points.to(torch.float32), labels, name=name, class_names=class_names)
         self.mixture: GaussianMixture | None = mixture  # the exact law of the points, where known
 
     @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def sample_shape(self) -> tuple[int, ...]:
-        return tuple(self.points.shape[1:])
-
-    def __len__(self) -> int:
-        return self.points.shape[0]
-
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        return self.points[i], int(self.labels[i])
-
-    def batch(self, index: Tensor) -> tuple[Tensor, Tensor]:
-        """Points (B, 2) float32 and labels (B,) int64 at `index` (B,)."""
-        return self.points[index], self.labels[index]
-
-    def __repr__(self) -> str:
-        return f"PointSet(name={self.name!r}, n={len(self)}, classes={self.num_classes})"
+    def points(self) -> Tensor:
+        """(N, 2) float32."""
+        return self.values
 
 
 def moons(n: int = 10_000, noise: float = 0.05, seed: int = 0) -> PointSet:

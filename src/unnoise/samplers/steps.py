@@ -1,6 +1,6 @@
 """What every sampler shares: the grid's coefficients as plain floats, and the per-step callback.
 
-Conventions (DESIGN.md): x lives in the schedule's own coordinates, x_t = alpha x0 + sigma eps. The
+Conventions: x lives in the schedule's own coordinates, x_t = alpha x0 + sigma eps. The
 "VE view" x~ = x / alpha, s~ = sigma / alpha turns every path into alpha = 1 (Karras et al. 2022 §4);
 lambda = log(alpha / sigma) = -log s~ is half the log-SNR (Lu et al. 2022's lambda). A step to t = 0
 returns the denoiser's estimate x0_hat: every sampler ends the same way, and a sampler's accuracy is
@@ -94,7 +94,7 @@ def report(callback: Callback | None, grid: Grid, i: int, x: Tensor, x0_hat: Ten
 
 
 def eps_from_x0(x: Tensor, x0_hat: Tensor, alpha: float, sigma: float) -> Tensor:
-    """eps_hat = (x_t - alpha x0_hat) / sigma (DESIGN.md)."""
+    """eps_hat = (x_t - alpha x0_hat) / sigma: the denoiser contract's noise estimate."""
     return torch.add(x, x0_hat, alpha=-alpha).div_(sigma)
 
 
