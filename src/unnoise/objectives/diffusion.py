@@ -3,8 +3,8 @@ with class-label and caption dropout for classifier-free guidance (Ho & Salimans
 network learns the conditional and, on the null condition, the unconditional model).
 
 A latent model ([latent] autoencoder) trains on its autoencoder's latents: every example is encoded
-once (unnoise.latent), and the autoencoder's weight hash is recorded in the run's config and resume
-state, so a latent model never meets another autoencoder.
+once (unnoise.latent), and the autoencoder's weight hash is recorded in the config every checkpoint
+saves, so a latent model never meets another autoencoder (when sampled, or when resumed).
 """
 
 from __future__ import annotations

@@ -118,7 +118,8 @@ def train(config: RunConfig, make_objective: Callable[[RunConfig, RunContext], O
         if ddp.main and tc.sample_every and step % tc.sample_every == 0:
             with torch.random.fork_rng():  # pictures leave the training's random state as it was
                 objective.report(ema.shadow, step, final=False)
-        out_of_time = ddp.agree(tc.max_seconds and time.perf_counter() - started > tc.max_seconds)  # all ranks stop
+        # every rank stops at the same step (a time limit is the same on all ranks: no all-reduce without one)
+        out_of_time = bool(tc.max_seconds) and ddp.agree(time.perf_counter() - started > tc.max_seconds)
         if ddp.main and (tc.checkpoint_every and step % tc.checkpoint_every == 0 or step == tc.steps or out_of_time):
             _save(out, config, step, batches.position, skipped, model, ema, optimizer, objective, ddp.world)
         if out_of_time:
