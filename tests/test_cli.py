@@ -94,3 +94,20 @@ def test_default_samplers_check_passes(tmp_path):
     result = subprocess.run([sys.executable, "-m", "unnoise.cli", "samplers", "--check", "--out", str(tmp_path)],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_version_list_and_package_files(capsys):
+    import unnoise
+    from importlib.metadata import version
+    from importlib.resources import files
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"unnoise {version('unnoise')}"
+    assert unnoise.__version__ == version("unnoise")
+    assert main(["list", "samplers"]) == 0
+    assert capsys.readouterr().out.split() == list(unnoise.samplers.SAMPLERS)
+    assert main(["list", "configs"]) == 0
+    assert {"mnist-demo", "signals-1d", "toy-2d"} <= set(capsys.readouterr().out.split())
+    assert main(["list", "datasets"]) == 0 and "signals" in capsys.readouterr().out.split()
+    assert (files("unnoise") / "py.typed").is_file()  # type information ships with the package

@@ -4,6 +4,9 @@
     x = pipe.sample(8, label=3, sampler="dpmpp_2m")     # sample many
 """
 
+from importlib.metadata import version
+
 from unnoise.pipeline import Pipeline
 
-__all__ = ["Pipeline"]
+__version__ = version("unnoise")
+__all__ = ["Pipeline", "__version__"]

@@ -1,4 +1,4 @@
-"""The `unnoise` command line: `unnoise train | sample | eval | samplers | demo`.
+"""The `unnoise` command line: `unnoise train | sample | eval | samplers | demo | list`.
 
 Every option is listed with its default by `unnoise <command> --help`.
 """
@@ -21,11 +21,13 @@ from importlib.resources import files
 from unnoise.checkpoint import load_checkpoint, resolve_checkpoint
 from unnoise.config import load_config
 from unnoise.convergence import Report, format_report, measure, report_ok
+from unnoise.data import DATASET_NAMES
 from unnoise.eval import (SWEEP_NFE, EvalOptions, evaluate, fashion_prompts, format_guidance, format_prompts,
                           format_sweep, format_table, guidance_curve, prompt_curve, sweep, write_reconstructions)
 from unnoise.files import write_atomic
 from unnoise.grids import SPACINGS, time_grid
 from unnoise.modality import preview
+from unnoise.models import MODEL_PRESETS
 from unnoise.oracle import GaussianMixture
 from unnoise.pipeline import Pipeline
 from unnoise.plots import plot_convergence, plot_samples
@@ -99,9 +101,30 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Diffusion models on one mathematical core.")
     parser.add_argument("--version", action="version", version=f"unnoise {version('unnoise')}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_samplers, _add_train, _add_sample, _add_demo, _add_eval):
+    for add in (_add_samplers, _add_train, _add_sample, _add_demo, _add_eval, _add_list):
         add(sub, fmt)
     return parser
+
+
+LISTS = ("samplers", "configs", "presets", "datasets", "schedules")
+
+
+def _add_list(sub, fmt) -> None:
+    """unnoise list"""
+    p = sub.add_parser("list", formatter_class=fmt, help="what there is to choose from, one name a line",
+                       description="Print the names one can give: samplers (sample.sampler, --sampler), shipped "
+                       "configs (unnoise train NAME), model presets ([model] preset), data sets ([data] name) "
+                       "or schedules ([diffusion] schedule).")
+    p.add_argument("what", choices=LISTS, help="which names")
+
+
+def cmd_list(args) -> int:
+    names = {"samplers": lambda: list(SAMPLERS),
+             "configs": lambda: sorted(p.stem for p in Path(str(files("unnoise") / "configs")).glob("*.toml")),
+             "presets": lambda: sorted(MODEL_PRESETS), "datasets": lambda: list(DATASET_NAMES),
+             "schedules": lambda: list(PRESETS)}[args.what]()
+    print("\n".join(names))
+    return 0
 
 
 def _add_samplers(sub, fmt) -> None:
@@ -426,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         commands = {"samplers": cmd_samplers, "demo": cmd_demo, "train": cmd_train, "sample": cmd_sample,
-                    "eval": cmd_eval, "train-autoencoder": cmd_train}
+                    "eval": cmd_eval, "train-autoencoder": cmd_train, "list": cmd_list}
         return commands[args.command](args)
     except ValueError as err:  # bad values found past argument parsing: one line, no traceback
         print(f"unnoise {args.command}: error: {err}", file=sys.stderr)
