@@ -83,3 +83,14 @@ def test_sigkill_never_leaves_zero_or_broken_checkpoints(tmp_path):
         latest = load_checkpoint(tmp_path)  # the newest complete one loads
         assert latest.state["step"] == latest.step
         step = latest.step
+
+
+def test_checkpoint_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path, 1, {"w": torch.zeros(2)}, {"w": torch.zeros(2)}, {"step": 1}, {"tree": {}})
+    finally:
+        os.umask(old)
+    assert (path.stat().st_mode & 0o777) == 0o755  # a folder others may read, as mkdir makes it
+    for name in ("model.safetensors", "ema.safetensors", "state.pt", "config.json"):
+        assert ((path / name).stat().st_mode & 0o777) == 0o644, name

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from unnoise.files import current_umask
+
 _NAME = re.compile(r"^step_(\d{8})$")
 FILES = ("model.safetensors", "ema.safetensors", "state.pt", "config.json")
 
@@ -59,12 +61,15 @@ def save_checkpoint(folder: str | os.PathLike, step: int, model: dict, ema: dict
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step_{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:08d}.", dir=folder))
+    mask = current_umask()
+    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700: give what mkdir would have
     try:
         save_file(_contiguous(model), tmp / "model.safetensors")
         save_file(_contiguous(ema), tmp / "ema.safetensors")
         torch.save(state, tmp / "state.pt")
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
         for name in FILES:
+            os.chmod(tmp / name, 0o666 & ~mask)  # safetensors writes 0600: give what open() would have
             _fsync(tmp / name)
         _fsync(tmp)
         if final.exists():  # re-saving a step (e.g. after a resume): replace it whole
