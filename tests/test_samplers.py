@@ -128,3 +128,18 @@ def test_stochastic_samplers_reach_the_true_distribution(mixture, ddpm, case):
     report = measure(mixture, ddpm, stochastic_steps=1024, n=2000, cases=[case])
     assert report.rows[0].distance <= report.margin * report.floor, (report.rows[0].distance, report.floor)
     assert math.isfinite(report.floor)
+
+
+@pytest.mark.parametrize("sname", ["ddpm", "edm", "flow"])
+def test_annealed_langevin_default_is_stable_and_an_unstable_step_is_refused(mixture, sname):
+    # The default step is 0.2 s~_L^2 on any grid (Song & Ermon's ratio); the fixed 2e-5 it replaced
+    # made every sample non-finite on flow's trailing grid (step factor 9.98 > 2).
+    schedule = get_schedule(sname)
+    times = time_grid(schedule, 400, "trailing")
+    out = get_sampler("annealed_langevin")(mixture.denoiser(schedule), schedule, start(mixture, schedule, n=256),
+                                           times, generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(out).all()
+    st_last = (schedule.sigma(times[-2]) / schedule.alpha(times[-2])).item()
+    with pytest.raises(ValueError, match=r"step_lr / \(2 s~\^2\) = 2.5 must be < 2"):
+        get_sampler("annealed_langevin")(mixture.denoiser(schedule), schedule, start(mixture, schedule, n=4), times,
+                                         step_lr=5 * st_last**2)

@@ -87,22 +87,33 @@ def pc(denoise: Denoiser, schedule: Schedule, x: Tensor, times, *, snr: float = 
 
 
 def annealed_langevin(denoise: Denoiser, schedule: Schedule, x: Tensor, times, *, steps_per_level: int = 10,
-                      step_lr: float = 2e-5, cond: Any = None, generator: Generators = None,
+                      step_lr: float | None = None, cond: Any = None, generator: Generators = None,
                       callback: Callback | None = None) -> Tensor:
     """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1): for each noise level s~_i of the
     grid, `steps_per_level` steps x~ <- x~ + (a_i / 2) score + sqrt(a_i) z with a_i = step_lr
     s~_i^2 / s~_L^2 (s~_L the smallest level), then the last step to t = 0 returns x0_hat (the
-    denoising step of Jolicoeur-Martineau et al. 2021). Levels at alpha = 0 are passed with DDIM."""
-    if steps_per_level < 1 or step_lr <= 0:
+    denoising step of Jolicoeur-Martineau et al. 2021). Levels at alpha = 0 are passed with DDIM.
+
+    step_lr None: 0.2 s~_L^2, Song & Ermon's ratio (eps = 2e-5 at sigma_L = 0.01) on whatever grid is
+    given. Each step multiplies x by (1 - c), c = step_lr / (2 s~_L^2), before adding the estimate and
+    noise; with c >= 2 that factor is at least 1 in size and the chain diverges, so such a step_lr is
+    refused. Langevin dynamics at a finite step size has its own stationary law, not p_t: its samples
+    carry a bias of the algorithm's own that shrinks with step_lr."""
+    if steps_per_level < 1 or (step_lr is not None and not step_lr > 0):
         raise ValueError(f"need steps_per_level >= 1 and step_lr > 0, got {steps_per_level}, {step_lr}")
     grid = path_grid(schedule, times)
     st_last = grid.sigma_tilde(grid.steps - 1)
+    step_lr = 0.2 * st_last**2 if step_lr is None else step_lr
+    c = step_lr / (2 * st_last**2)
+    if c >= 2:
+        raise ValueError(f"annealed_langevin: step_lr = {step_lr:g} diverges on this grid, whose smallest noise level "
+                         f"is s~ = {st_last:.3g}: step_lr / (2 s~^2) = {c:.3g} must be < 2, so step_lr < "
+                         f"{4 * st_last**2:.3g}; leave step_lr unset for 0.2 s~^2")
     for i in range(grid.steps):
         a, s = grid.alpha[i], grid.sigma[i]
         x0_hat = None
         if a > 0:
             # In x: x <- (1 - c) x + c alpha x0_hat + alpha sqrt(a_i) z with c = step_lr / (2 s~_L^2).
-            c = step_lr / (2 * st_last**2)
             noise_scale = a * math.sqrt(step_lr) * grid.sigma_tilde(i) / st_last
             for _ in range(steps_per_level):
                 x0_hat = denoise(x, grid.t[i], cond)
