@@ -48,14 +48,17 @@ def _per_sample_norm(v: Tensor) -> Tensor:
 
 
 def langevin_correct(denoise: Denoiser, x: Tensor, t: float, alpha: float, sigma: float, snr: float,
-                     cond: Any, generator: Generators, norms: str = "sample") -> Tensor:
+                     cond: Any, generator: Generators, norms: str = "expected") -> Tensor:
     """One Langevin corrector step at time t (Song et al. 2021, Algorithm 4 / 2 lines 5-7):
     x~ <- x~ + e g + sqrt(2 e) z with g the score and e = 2 (snr |z| / |g|)^2. With g = -eps_hat / s~
     this reads, in x, x <- x - 2 snr^2 sigma q^2 eps_hat + 2 snr sigma q z with q = |z| / |eps_hat|.
 
-    norms="sample" takes the norms per sample (so no sample depends on its batch); "expected" puts
-    q = 1, the value of |z| / |eps_hat| when eps_hat ~ N(0, I). In low dimension the per-sample ratio
-    is heavy-tailed (an F(d, d) variable, of infinite mean for d = 2), so use "expected" there."""
+    norms="expected" (the default) puts q = 1, the value of |z| / |eps_hat| when eps_hat ~ N(0, I).
+    norms="sample" takes the norms per sample, as Algorithm 4 reads; that makes the step size depend
+    on the state and skews the stationary law (score_sde's code averages the norms over the batch
+    instead, which would make a sample depend on its batch). With the exact denoiser of a 4-component
+    mixture in 8 dimensions, 4,000 samples, 1,000 trailing steps: per-sample norms inflate the
+    within-component variance by 51-61 % (ddpm) and 58-86 % (flow); expected norms by -1 to +6 %."""
     x0_hat = denoise(x, t, cond)
     eps = (x - alpha * x0_hat) / sigma
     z = randn_like(x, generator)
@@ -66,7 +69,7 @@ def langevin_correct(denoise: Denoiser, x: Tensor, t: float, alpha: float, sigma
 
 
 def pc(denoise: Denoiser, schedule: Schedule, x: Tensor, times, *, snr: float = 0.16,
-       corrector_steps: int = 1, norms: str = "sample", cond: Any = None, generator: Generators = None,
+       corrector_steps: int = 1, norms: str = "expected", cond: Any = None, generator: Generators = None,
        callback: Callback | None = None) -> Tensor:
     """Predictor-corrector sampling (Song et al. 2021, Algorithm 1; Algorithms 2-3 for the step
     sizes): at each noisy time, `corrector_steps` Langevin steps at signal-to-noise ratio `snr`
