@@ -196,3 +196,16 @@ def test_the_sample_command_writes_signals_and_their_plot(trained, tmp_path, cap
     assert main(["sample", str(trained), "--n", "8", "--steps", "4", "--out", str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.png").stat().st_size > 5_000 and "shape (1, 64)" in capsys.readouterr().out
     assert (trained / "samples.png").is_file()  # the grid training wrote, by the same modality
+
+
+def test_the_denoising_script_prints_the_table(trained, capsys):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+    from denoising_error import main as script
+
+    assert script([str(trained), "--n", "50"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "| sigma~ | t | MSE | optimal MSE | ratio |" and len(lines) == 3 + 5  # a row per level
+    with pytest.raises(SystemExit):
+        script([str(trained), "--n", "0"])
