@@ -6,23 +6,24 @@ Configured identically (the schedule is diffusers' own `alphas_cumprod`, the gri
 EulerDiscreteScheduler, HeunDiscreteScheduler, DPMSolverMultistepScheduler (dpmsolver++, order 2)
 and UniPCMultistepScheduler, to 1e-5 in |ours - theirs| / |theirs|.
 
-How the two sides are matched (diffusers 0.42.1 source):
+How the two sides are matched (diffusers 0.42.1 source), through unnoise.diffusers_adapter:
     time           diffusers' timestep k is our t = (k + 1) / T; fractional k (Karras sigmas in
                    Euler/Heun) is the same map, both sides interpolating log sigma between indices
     network input  diffusers hands the model its stored timestep: int64 (DDIM, DPM-Solver, UniPC,
                    which round Karras and Lu timesteps to whole numbers while keeping the exact
-                   sigma) or float32 (Euler, Heun); `_diffusers_timestep` reproduces both
+                   sigma) or float32 (Euler, Heun); the adapter's `timestep_map` reproduces both
     state          Euler and Heun keep x~ = x / alpha = x sqrt(1 + sigma~^2) and feed the model
-                   `scale_model_input(x~) = x`; the others keep x itself
+                   `scale_model_input(x~) = x`; the others keep x itself (`diffusers_start`)
     spacing        our linspace/leading/trailing/karras/logsnr against diffusers' timestep_spacing,
                    use_karras_sigmas and use_lu_lambdas; the cases below are those where both
-                   define the same grid (see `CASES`)
+                   define the same grid (see `CASES`), which `diffusers_times` must then return
 
 Precision: everything runs in float64. diffusers stores sigmas in float32; each test checks that
 they are exactly our float64 sigmas rounded to float32 and then gives the scheduler the float64
-values back. DDIM, Heun and UniPC then compute entirely in float64. Euler and DPM-Solver round
-their state to float32 inside every `step` (`sample.to(torch.float32)`), so they agree only to
-float32 precision; the others are held to `FLOAT64_TOLERANCE` as well.
+values back (`widen_alphas`, `set_float64_timesteps`; test_from_diffusers.py uses them too). DDIM,
+Heun and UniPC then compute entirely in float64. Euler and DPM-Solver round their state to float32
+inside every `step` (`sample.to(torch.float32)`), so they agree only to float32 precision; the
+others are held to `FLOAT64_TOLERANCE` as well.
 
 UniPC of order 3 differs by design in the step before last (see the last test).
 """
@@ -33,6 +34,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import pytest
 import torch
@@ -41,6 +43,7 @@ from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscrete
 from torch import Tensor
 
 from unnoise import schedules
+from unnoise.diffusers_adapter import TimestepMap, diffusers_start, diffusers_times, timestep_map
 from unnoise.grids import time_grid
 from unnoise.parameterization import EpsPrediction, NetworkDenoiser
 from unnoise.samplers import ddim, dpmpp_2m, euler, heun, unipc
@@ -97,12 +100,6 @@ class TinyEpsNet(torch.nn.Module):
         return self.conv_out(h)  # (B, C, H, W)
 
 
-def _diffusers_timestep(t: Tensor, as_float32: bool) -> Tensor:
-    """Our times t (B,) as the timestep diffusers stores: k = t T - 1, whole (rounded) or float32."""
-    k = t.to(F64) * T - 1
-    return k.to(torch.float32) if as_float32 else k.round().long()
-
-
 def _exact_sigmas(stored: Tensor, ours: Tensor) -> Tensor:
     """diffusers' float32 sigmas with each replaced by the float64 sigma of ours it is the rounding
     of; fails unless every stored value is exactly one of ours rounded to float32."""
@@ -112,6 +109,25 @@ def _exact_sigmas(stored: Tensor, ours: Tensor) -> Tensor:
     return torch.tensor([exact[s] for s in stored.tolist()], dtype=F64)
 
 
+def widen_alphas(scheduler: Any, alphas_cumprod: Tensor | None = None) -> Any:
+    """The scheduler with float64 alphas_cumprod (its own widened exactly, or the ones given), which
+    set_timesteps then reads in float64; DDIM's final alpha (set_alpha_to_one) likewise."""
+    scheduler.alphas_cumprod = (scheduler.alphas_cumprod if alphas_cumprod is None else alphas_cumprod).to(F64)
+    if isinstance(scheduler, DDIMScheduler):
+        scheduler.final_alpha_cumprod = torch.tensor(1.0, dtype=F64)
+    return scheduler
+
+
+def set_float64_timesteps(scheduler: Any, steps: int, times: Tensor) -> Any:
+    """set_timesteps(steps), then the stored float32 sigmas (sigma~ at each timestep, then 0) replaced
+    by the float64 sigma~ of `times` they are roundings of."""
+    scheduler.set_timesteps(steps)
+    if hasattr(scheduler, "sigmas"):
+        schedule = schedules.from_alphas_cumprod(scheduler.alphas_cumprod)
+        scheduler.sigmas = _exact_sigmas(scheduler.sigmas, schedule.sigma_tilde(times))
+    return scheduler
+
+
 @dataclass(frozen=True)
 class Peer:
     """One of our samplers and the diffusers scheduler that should match it."""
@@ -119,13 +135,12 @@ class Peer:
     sample: Callable  # our sampler
     scheduler: type  # the diffusers scheduler class
     config: dict = field(default_factory=dict)  # scheduler options beyond the schedule and grid
-    ve_view: bool = False  # diffusers keeps x~ = x / alpha and stores float32 timesteps (Euler, Heun)
 
 
 PEERS = {
     "ddim": Peer(ddim, DDIMScheduler, {"clip_sample": False, "set_alpha_to_one": True}),
-    "euler": Peer(euler, EulerDiscreteScheduler, ve_view=True),
-    "heun": Peer(heun, HeunDiscreteScheduler, ve_view=True),
+    "euler": Peer(euler, EulerDiscreteScheduler),
+    "heun": Peer(heun, HeunDiscreteScheduler),
     "dpmpp_2m": Peer(dpmpp_2m, DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
     "unipc": Peer(partial(unipc, order=2), UniPCMultistepScheduler, {"solver_order": 2, "solver_type": "bh2"}),
 }
@@ -180,34 +195,24 @@ def _diffusers_run(scheduler, noise: Tensor) -> Run:
     return Run(x, states, net.timesteps_seen)
 
 
-def _our_run(sample: Callable, x: Tensor, times: Tensor, float32_timesteps: bool) -> Run:
+def _our_run(sample: Callable, x: Tensor, times: Tensor, timesteps: TimestepMap) -> Run:
     net, states = TinyEpsNet(), []
-    denoise = NetworkDenoiser(lambda x_in, t, cond: net(x_in, _diffusers_timestep(t, float32_timesteps)),
-                              EpsPrediction(), SCHEDULE)
+    denoise = NetworkDenoiser(lambda x_in, t, cond: net(x_in, timesteps.timestep(t)), EpsPrediction(), SCHEDULE)
     x = sample(denoise, SCHEDULE, x, times, callback=lambda info: states.append(info.x.clone()))
     return Run(x, states, net.timesteps_seen)
 
 
-def _float64_scheduler(peer: Peer, spacing: str, steps: int, offset: int, times: Tensor):
-    """A fresh diffusers scheduler on our schedule and grid, its tensors in float64."""
-    scheduler = peer.scheduler(**peer.config, **SPACING_OPTIONS[spacing], steps_offset=offset)
-    scheduler.alphas_cumprod = ALPHAS_CUMPROD.clone()  # the same numbers, read in float64 by set_timesteps
-    if isinstance(scheduler, DDIMScheduler):
-        scheduler.final_alpha_cumprod = torch.tensor(1.0, dtype=F64)
-    scheduler.set_timesteps(steps)
-    if hasattr(scheduler, "sigmas"):  # sigma~ = sigma / alpha at each timestep, then 0
-        scheduler.sigmas = _exact_sigmas(scheduler.sigmas, SCHEDULE.sigma_tilde(times))
-    return scheduler
-
-
 def _both_runs(peer: Peer, spacing: str, steps: int, offset: int = 0) -> tuple[Run, Run]:
-    """(ours, theirs) from the same noise; our x = alpha x~ where diffusers keeps x~."""
+    """(ours, theirs) from the same noise, on our `spacing` grid, which must be the scheduler's."""
     times = time_grid(SCHEDULE, steps, spacing, offset=offset)  # (steps + 1,)
-    scheduler = _float64_scheduler(peer, spacing, steps, offset, times)
+    # The same schedule numbers on both sides, read in float64 by set_timesteps.
+    scheduler = widen_alphas(peer.scheduler(**peer.config, **SPACING_OPTIONS[spacing], steps_offset=offset),
+                             ALPHAS_CUMPROD)
+    set_float64_timesteps(scheduler, steps, times)
+    assert torch.equal(diffusers_times(scheduler), times), "the adapter finds another grid"
     noise = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1), dtype=F64)  # (B, C, H, W)
     theirs = _diffusers_run(scheduler, noise)
-    x = noise * scheduler.init_noise_sigma * (SCHEDULE.alpha(times[0]) if peer.ve_view else 1.0)
-    ours = _our_run(peer.sample, x, times, float32_timesteps=peer.ve_view)
+    ours = _our_run(peer.sample, diffusers_start(scheduler, noise, times), times, timestep_map(scheduler))
     assert ours.timesteps == theirs.timesteps, "the network saw different timesteps"
     return ours, theirs
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from unnoise.checkpoint import load_checkpoint
+from unnoise.checkpoint import export_model, load_checkpoint
 from unnoise.config import load_config
 from unnoise.losses import adaptive_weight, hinge_discriminator_loss, perceptual_loss
 from unnoise.models import MODEL_PRESETS, build_model
@@ -138,6 +138,11 @@ def test_a_latent_model_trains_samples_and_refuses_another_autoencoder(autoencod
     assert config.latent.sha256 == load_latent_space(out).sha256  # the checkpoint names its autoencoder
     images = Pipeline.load(ckpt.path).sample(3, seed=0)
     assert images.shape == (3, 3, 16, 16) and torch.isfinite(images).all()  # decoded to pixels
+    # an exported latent model carries its autoencoder and samples the same wherever it is moved
+    export_model(summary.checkpoints[-1], tmp_path / "exported")
+    (tmp_path / "exported").rename(tmp_path / "moved")
+    assert sorted(p.name for p in (tmp_path / "moved").iterdir()) == ["autoencoder", "config.json", "ema.safetensors"]
+    assert torch.equal(Pipeline.load(tmp_path / "moved").sample(3, seed=0), images)
     # another autoencoder at the same path: refused, with both hashes named
     other = tmp_path / "other"
     train(load_config(None, tree={**AE, "out": str(other), "train": {**AE["train"], "steps": 2,

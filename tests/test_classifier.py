@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from unnoise.checkpoint import load_checkpoint
-from unnoise.classifier import build_classifier, load_classifier
+from unnoise.classifier import build_classifier
 from unnoise.cli import main
 from unnoise.config import load_config
 from unnoise.grids import time_grid

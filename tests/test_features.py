@@ -49,7 +49,7 @@ def test_inputs_of_another_size_or_colour_are_brought_to_the_network():
 
 
 def test_refusals_are_clear(tmp_path):
-    with pytest.raises(ValueError, match="no packaged feature network for 'folder'.*scripts/train_features.py"):
+    with pytest.raises(ValueError, match="no packaged feature network for 'folder'.*unnoise train-features"):
         feature_net_for("folder")
     with pytest.raises(ValueError, match="from .safetensors files only"):
         load_feature_net(tmp_path / "net.pt")

@@ -6,7 +6,8 @@
 
 from importlib.metadata import version
 
+from unnoise.diffusers_adapter import from_diffusers  # never imports diffusers (a test-only dependency)
 from unnoise.pipeline import Pipeline
 
 __version__ = version("unnoise")
-__all__ = ["Pipeline", "__version__"]
+__all__ = ["Pipeline", "from_diffusers", "__version__"]

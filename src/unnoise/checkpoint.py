@@ -6,6 +6,10 @@
         state.pt             optimiser, RNG states, step, data position (torch.load weights_only=True)
         config.json          the resolved configuration
 
+A model folder (`export_model`, `unnoise export`) holds only what sampling needs, ema.safetensors and
+config.json (with the step it came from): a model to share without its optimiser state. Everything
+that samples or evaluates takes one wherever it takes a checkpoint; resuming needs a checkpoint.
+
 A checkpoint is written into a temporary folder (every file fsynced) that is renamed into place,
 and the folder is fsynced too: a crash at any moment leaves either the complete new checkpoint or
 none. Older checkpoints are deleted only after the new one is in place; leftover temporary folders
@@ -30,16 +34,37 @@ from unnoise.files import current_umask
 
 _NAME = re.compile(r"^step_(\d{8})$")
 FILES = ("model.safetensors", "ema.safetensors", "state.pt", "config.json")
+MODEL_FILES = ("ema.safetensors", "config.json")  # what sampling reads: a model folder holds just these
 
 
 @dataclass
 class Checkpoint:
     path: Path
     step: int
-    model: dict[str, torch.Tensor]
+    model: dict[str, torch.Tensor] | None  # None when only the EMA weights were asked for
     ema: dict[str, torch.Tensor]
-    state: dict[str, Any] | None  # None when only weights were asked for
+    state: dict[str, Any] | None  # None when only the EMA weights were asked for
     config: dict[str, Any]
+
+    @property
+    def tree(self) -> dict[str, Any]:
+        """The run's configuration tree (for load_config), paths inside a model folder made whole."""
+        return _tree(self.path, self.config)
+
+
+def checkpoint_tree(path: str | os.PathLike) -> dict[str, Any]:
+    """The configuration tree of a checkpoint or model folder, read from its config.json alone."""
+    path = resolve_checkpoint(path)
+    return _tree(path, json.loads((path / "config.json").read_text()))
+
+
+def _tree(path: Path, config: dict) -> dict:
+    """A model folder names its latent autoencoder relative to itself (export_model puts it there)."""
+    tree = config["tree"]
+    autoencoder = tree.get("latent", {}).get("autoencoder")
+    if "exported_from" in config and autoencoder and not Path(autoencoder).is_absolute():
+        tree = {**tree, "latent": {**tree["latent"], "autoencoder": str(path / autoencoder)}}
+    return tree
 
 
 def _fsync(path: Path) -> None:
@@ -97,9 +122,14 @@ def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
 
 
+def is_model_folder(path: Path) -> bool:
+    """A folder holding what sampling reads (a checkpoint, or an exported model)."""
+    return all((path / f).is_file() for f in MODEL_FILES)
+
+
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint folder from: the folder itself, a run folder, or a run's checkpoints folder (the
-    newest complete one is taken)."""
+    """A checkpoint (or model) folder from: the folder itself, a run folder, or a run's checkpoints
+    folder (the newest complete one is taken)."""
     path = Path(path)
     if path.is_file():
         if path.suffix in (".pt", ".pth", ".ckpt", ".pkl", ".bin"):
@@ -112,12 +142,53 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         found = list_checkpoints(candidate)
         if found:
             return found[-1]
-    raise ValueError(f"no complete checkpoint at {path} (expected a step_XXXXXXXX folder holding {', '.join(FILES)})")
+    if is_model_folder(path):
+        return path
+    raise ValueError(f"no complete checkpoint at {path} (expected a step_XXXXXXXX folder holding {', '.join(FILES)}, "
+                     f"or a model folder holding {' and '.join(MODEL_FILES)})")
 
 
 def load_checkpoint(path: str | os.PathLike, with_state: bool = True) -> Checkpoint:
-    """Load a checkpoint; weights via safetensors, the resume state with torch.load(weights_only=True)."""
+    """Load a checkpoint; weights via safetensors, the resume state with torch.load(weights_only=True).
+    with_state False: only the EMA weights and the config (all a model folder has)."""
     path = resolve_checkpoint(path)
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True) if with_state else None
-    return Checkpoint(path, int(_NAME.match(path.name).group(1)), load_file(path / "model.safetensors"),
-                      load_file(path / "ema.safetensors"), state, json.loads((path / "config.json").read_text()))
+    config = json.loads((path / "config.json").read_text())
+    name = _NAME.match(path.name)
+    step = int(config.get("step", name.group(1) if name else 0))
+    if not with_state:
+        return Checkpoint(path, step, None, load_file(path / "ema.safetensors"), None, config)
+    missing = [f for f in FILES if not (path / f).is_file()]
+    if missing:
+        raise ValueError(f"{path} holds a model for sampling, not a checkpoint to resume from (no {', '.join(missing)})")
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    return Checkpoint(path, step, load_file(path / "model.safetensors"), load_file(path / "ema.safetensors"), state,
+                      config)
+
+
+def export_model(run: str | os.PathLike, folder: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Write the model folder of a run's newest checkpoint (or of a given checkpoint): ema.safetensors
+    and config.json, the step and source recorded in it, plus `extra` entries; the folder appears
+    whole or not at all, and an existing one is never overwritten."""
+    source, folder = resolve_checkpoint(run), Path(folder)
+    if folder.exists():
+        raise ValueError(f"{folder} exists already: export writes a new folder")
+    config = json.loads((source / "config.json").read_text())
+    name = _NAME.match(source.name)
+    config = {**config, "step": int(config.get("step", name.group(1) if name else 0)),
+              "exported_from": str(config.get("exported_from", source.resolve())), **(extra or {})}
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~current_umask())
+        shutil.copyfile(source / "ema.safetensors", tmp / "ema.safetensors")
+        if config["tree"].get("latent", {}).get("autoencoder"):  # a latent model carries its autoencoder
+            export_model(_tree(source, config)["latent"]["autoencoder"], tmp / "autoencoder")
+            config["tree"] = {**config["tree"], "latent": {**config["tree"]["latent"], "autoencoder": "autoencoder"}}
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        for name in MODEL_FILES:
+            _fsync(tmp / name)
+        os.rename(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder

@@ -53,7 +53,7 @@ def build_classifier(config: RunConfig, weights: dict[str, Tensor], device: torc
 def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> NoisyClassifier:
     """A classifier from a run folder or checkpoint folder (EMA weights)."""
     ckpt = load_checkpoint(path, with_state=False)
-    return build_classifier(load_config(None, tree=ckpt.config["tree"]), ckpt.ema, device)
+    return build_classifier(load_config(None, tree=ckpt.tree), ckpt.ema, device)
 
 
 @torch.no_grad()

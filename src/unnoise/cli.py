@@ -6,29 +6,50 @@ Every option is listed with its default by `unnoise <command> --help`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
+import tempfile
+import time
+import tomllib
+from importlib.metadata import version
+from importlib.resources import files
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from importlib.metadata import version
-from importlib.resources import files
-
-from unnoise.checkpoint import load_checkpoint, resolve_checkpoint
+from unnoise.checkpoint import checkpoint_tree, export_model, load_checkpoint
 from unnoise.config import load_config
 from unnoise.convergence import Report, format_report, measure, report_ok
 from unnoise.data import DATASET_NAMES
-from unnoise.eval import (SWEEP_NFE, EvalOptions, evaluate, fashion_prompts, format_guidance, format_prompts,
-                          format_sweep, format_table, guidance_curve, prompt_curve, sweep, write_reconstructions)
-from unnoise.files import write_atomic
+from unnoise.eval import (
+    SWEEP_NFE,
+    EvalOptions,
+    evaluate,
+    fashion_prompts,
+    format_guidance,
+    format_prompts,
+    format_sweep,
+    format_table,
+    guidance_curve,
+    prompt_curve,
+    sweep,
+    write_reconstructions,
+)
+from unnoise.features import (
+    PACKAGED,
+    FeatureConfig,
+    packaged_path,
+    save_feature_net,
+    train_feature_net,
+)
 from unnoise.grids import SPACINGS, time_grid
-from unnoise.modality import preview
+from unnoise.modality import SINGLES
 from unnoise.models import MODEL_PRESETS
 from unnoise.oracle import GaussianMixture
+from unnoise.outputs import sample_record, write_individual, write_samples
 from unnoise.pipeline import Pipeline
 from unnoise.plots import plot_convergence, plot_samples
 from unnoise.samplers import SAMPLERS, get_sampler
@@ -76,6 +97,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _option(text: str) -> tuple[str, object]:
+    """KEY=VALUE with VALUE read as a TOML value (1e-4, 500, true, "x"), else kept as text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip().isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. rtol=1e-4), got {text!r}")
+    try:
+        return key.strip(), tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key.strip(), value
+
+
 def _schedule_name(text: str) -> str:
     try:
         get_schedule(text)
@@ -101,11 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Diffusion models on one mathematical core.")
     parser.add_argument("--version", action="version", version=f"unnoise {version('unnoise')}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_samplers, _add_train, _add_sample, _add_demo, _add_eval, _add_list):
+    for add in (_add_samplers, _add_train, _add_sample, _add_demo, _add_eval, _add_export, _add_train_features,
+                _add_list):
         add(sub, fmt)
     return parser
 
 
+SEED_HELP = ("sample i draws its noise from a generator seeded by (seed, i): the same seed gives the same sample i "
+             "whatever --n and --batch-size")
 LISTS = ("samplers", "configs", "presets", "datasets", "schedules")
 
 
@@ -181,9 +216,11 @@ def _add_sample(sub, fmt) -> None:
     p.add_argument("--steps", type=_positive_int, default=None, help="sampler steps; None: the run's")
     p.add_argument("--spacing", choices=SPACINGS, default=None, help="time-grid spacing; None: the run's")
     p.add_argument("--n", type=_positive_int, default=64, help="number of samples")
-    p.add_argument("--seed", type=int, default=0,
-                   help="sample i draws its noise from a generator seeded by (seed, i): the same seed gives the "
-                   "same sample i whatever --n and --batch-size")
+    p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
+    p.add_argument("--option", dest="options", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the sampler, e.g. --option eta=0.5 (ddim), --option s_churn=10 (heun), "
+                   "--option rtol=1e-4 --option max_nfe=500 (ode_adaptive: its tolerances and cap on network "
+                   "calls); repeatable; `unnoise sample RUN --option x=0` lists the sampler's options")
     p.add_argument("--batch-size", type=_positive_int, default=None,
                    help="samples drawn at once; None: about 131,072 sample values per batch (bounded memory)")
     p.add_argument("--label", type=int, default=None,
@@ -202,8 +239,87 @@ def _add_sample(sub, fmt) -> None:
                    "\"\" is unconditional); None: the run's [sample] prompts")
     p.add_argument("--out", type=Path, default=Path("samples.png"),
                    help="output .png (an image grid, a scatter of points or line plots of signals, by the data's "
-                   "kind) or .npz of the raw samples (key 'samples', shape (n, *sample shape))")
+                   "kind; the settings in its text chunks) or .npz (samples (n, *sample shape), index, seed, "
+                   "labels, prompts, and the settings as JSON)")
+    p.add_argument("--columns", type=_positive_int, default=None,
+                   help="panels per row of the grid; None: one column per class for a class grid (sample i "
+                   "shows class i mod classes), else about square")
+    p.add_argument("--individual", type=Path, default=None, metavar="DIR",
+                   help="also write each sample as DIR/<index>.png (images, or a plot per signal), each with "
+                   "its own settings, label and prompt; DIR must be new or empty")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N; None: cuda when present, else cpu")
+
+
+def _add_export(sub, fmt) -> None:
+    """unnoise export"""
+    p = sub.add_parser("export", formatter_class=fmt, help="write a model folder to share: EMA weights and config",
+                       description="Copy what sampling needs from a checkpoint, its EMA weights (ema.safetensors) and "
+                       "config.json with the step, into a new folder (with a latent model's autoencoder in "
+                       "DIR/autoencoder). unnoise sample, eval and Pipeline.load take the folder as they take a "
+                       "run; resuming training needs the full checkpoint.")
+    p.add_argument("checkpoint", type=Path, help="a checkpoint folder, or a run folder (its newest checkpoint)")
+    p.add_argument("folder", type=Path, help="the model folder to write (must not exist)")
+
+
+def cmd_export(args) -> int:
+    folder = export_model(args.checkpoint, args.folder)
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    print(f"wrote {folder} ({size / 1e6:.1f} MB): unnoise sample {folder} --out samples.png")
+    return 0
+
+
+FEATURE_EPOCHS = {"mnist": 12,  # the small set needs more passes: 4 gave 95.0% test accuracy, 6 gave 97.0%
+                  "emoji": 100}  # 1,225 images in 8 Unicode groups: 40 epochs gave 56.6%, 100 gave 64.0%
+
+
+def _add_train_features(sub, fmt) -> None:
+    """unnoise train-features"""
+    defaults = FeatureConfig()
+    p = sub.add_parser("train-features", formatter_class=fmt,
+                       help="train the feature network unnoise eval's sample metrics use for a data set",
+                       description="Train a small classifier on a data set's training split; its penultimate "
+                       "layer is the feature space of FD, KID, precision/recall and the nearest-neighbour check "
+                       "(unnoise eval --features FILE). Prints the test accuracy. Deterministic: the same seed, "
+                       "torch build and --threads give the same bytes (the packaged files: --threads 2).")
+    p.add_argument("--data", default=defaults.data, help="mnist, fashion-mnist, emoji or folder")
+    p.add_argument("--path", default=None, help="folder: the image folder, one subfolder per class")
+    p.add_argument("--image-size", type=_positive_int, default=None, help="None: the data set's own")
+    p.add_argument("--epochs", type=_positive_int, default=None,
+                   help=f"None: {FEATURE_EPOCHS['mnist']} for mnist's 4,500 images, {FEATURE_EPOCHS['emoji']} for "
+                   f"the 1,225 emoji, {defaults.epochs} otherwise")
+    p.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size, help="images per step")
+    p.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="seed of the initialisation and the batches")
+    p.add_argument("--threads", type=_positive_int, default=2, help="torch threads (part of what makes the bits)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="the .safetensors to write; None: the packaged file of a built-in data set (for re-creating it)")
+    p.add_argument("--check", action="store_true", help="train again and compare with --out bit for bit")
+
+
+def cmd_train_features(args) -> int:
+    if args.out is None and args.data not in PACKAGED:
+        raise ValueError(f"--out is needed for {args.data!r}: only {', '.join(PACKAGED)} have a packaged file")
+    torch.set_num_threads(args.threads)
+    defaults = FeatureConfig()
+    config = dataclasses.replace(defaults, data=args.data, path=args.path, image_size=args.image_size,
+                                 epochs=args.epochs or FEATURE_EPOCHS.get(args.data, defaults.epochs),
+                                 batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    out = args.out or packaged_path(args.data)
+    start = time.perf_counter()
+    net, info = train_feature_net(config, progress=sys.stderr.isatty())
+    seconds = time.perf_counter() - start
+    if args.check:
+        with tempfile.TemporaryDirectory() as tmp:
+            same = save_feature_net(net, info, Path(tmp) / "fresh.safetensors").read_bytes() == out.read_bytes()
+        print(f"re-created in {seconds:.0f} s: {'identical to' if same else 'DIFFERENT from'} {out}")
+        return 0 if same else 1
+    save_feature_net(net, info, out)
+    accuracy = "n/a (no test split)"
+    if "test_accuracy" in info:
+        accuracy = f"{100 * info['test_accuracy']:.2f}% on {info['test_images']} test images"
+    print(f"trained on {info['train_images']} images in {seconds:.0f} s; accuracy {accuracy}; "
+          f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB)")
+    return 0
 
 
 def _add_demo(sub, fmt) -> None:
@@ -238,7 +354,7 @@ def _add_eval(sub, fmt) -> None:
     p.add_argument("--spacing", choices=SPACINGS, default=None, help="time-grid spacing; None: the run's")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale; None: the run's [sample] guidance")
-    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+    p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     p.add_argument("--classifier", type=Path, default=None,
                    help="a noise-aware classifier run (unnoise train fashion-classifier) for classifier guidance "
                    "of the samples (not used by --sweep or on text models)")
@@ -265,7 +381,7 @@ def _add_eval(sub, fmt) -> None:
                    "whole set where there is none. A text model is prompted with these images' captions (in a "
                    "seeded order) and scored against their classes; result files get -<split> in their names")
     p.add_argument("--features", default=None,
-                   help="a feature network .safetensors (scripts/train_features.py); None: the packaged one")
+                   help="a feature network .safetensors (unnoise train-features); None: the packaged one")
     p.add_argument("--sweep", action="store_true",
                    help="every sampler at each NFE budget (FD and KID of --n samples each)")
     p.add_argument("--samplers", default=None, help="--sweep: comma-separated sampler names; None: all")
@@ -363,23 +479,33 @@ def cmd_train(args) -> int:
 def cmd_sample(args) -> int:
     if args.out.suffix not in (".png", ".npz"):
         raise ValueError(f"--out must end in .png or .npz, got {args.out}")
+    if args.individual is not None and args.individual.exists() and any(args.individual.iterdir()):
+        raise ValueError(f"--individual {args.individual} holds files already: give a new or empty folder")
     pipe = Pipeline.load(args.checkpoint, args.device, classifier=args.classifier)
-    x = pipe.sample(args.n, label=args.label, prompts=args.prompt, sampler=args.sampler, steps=args.steps,
-                    spacing=args.spacing, guidance=args.guidance, guidance_rescale=args.guidance_rescale,
-                    guidance_interval=args.guidance_interval, seed=args.seed,
-                    classifier_scale=args.classifier_scale if args.classifier else None,
-                    batch_size=args.batch_size)
-    if args.out.suffix == ".npz":
-        write_atomic(args.out, lambda tmp: np.savez(tmp, samples=x.float().numpy()))
-    else:
-        preview(pipe.modality, x, args.out)
-    print(f"wrote {args.out} ({args.n} samples of shape {tuple(x.shape[1:])} from {pipe.source}, step {pipe.step})")
+    if args.individual is not None and pipe.modality not in SINGLES:
+        raise ValueError(f"--individual writes one PNG per image or signal; these samples are {pipe.modality}")
+    chosen = dict(sampler=args.sampler, steps=args.steps, spacing=args.spacing, guidance=args.guidance,
+                  guidance_rescale=args.guidance_rescale, guidance_interval=args.guidance_interval, seed=args.seed,
+                  classifier_scale=args.classifier_scale if args.classifier else None,
+                  options=dict(args.options) or None)
+    settings = pipe.settings(**chosen)  # checked before any work
+    labels, prompts = pipe.per_sample(args.n, label=args.label, prompts=args.prompt)
+    x = pipe.sample(args.n, label=args.label, prompts=args.prompt, batch_size=args.batch_size, **chosen)
+    record = sample_record(pipe, settings, classifier=str(args.classifier) if args.classifier else None)
+    class_grid = labels is not None and args.label is None and prompts is None
+    write_samples(pipe.modality, x, args.out, record, labels, prompts,
+                  columns=args.columns or (pipe.classes if class_grid else None))
+    if args.individual is not None:
+        write_individual(pipe.modality, x, args.individual, record, labels, prompts)
+    also = f" and {args.n} files in {args.individual}" if args.individual is not None else ""
+    print(f"wrote {args.out}{also} ({args.n} samples of shape {tuple(x.shape[1:])} from {pipe.source}, "
+          f"step {pipe.step})")
     return 0
 
 
 def _checkpoint_config(checkpoint):
     """A checkpoint's RunConfig, read from its config.json alone (not its weights)."""
-    return load_config(None, tree=json.loads((resolve_checkpoint(checkpoint) / "config.json").read_text())["tree"])
+    return load_config(None, tree=checkpoint_tree(checkpoint))
 
 
 def _eval_autoencoder(args, config) -> int:
@@ -449,7 +575,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         commands = {"samplers": cmd_samplers, "demo": cmd_demo, "train": cmd_train, "sample": cmd_sample,
-                    "eval": cmd_eval, "train-autoencoder": cmd_train, "list": cmd_list}
+                    "eval": cmd_eval, "train-autoencoder": cmd_train, "export": cmd_export, "train-features": cmd_train_features,
+                    "list": cmd_list}
         return commands[args.command](args)
     except ValueError as err:  # bad values found past argument parsing: one line, no traceback
         print(f"unnoise {args.command}: error: {err}", file=sys.stderr)

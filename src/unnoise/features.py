@@ -10,9 +10,9 @@ numbers in different feature spaces are not comparable.
     halving H, W -> global mean -> linear -> SiLU = features (B, feature_dim) -> linear = logits
 
 The weights ship in the package (`unnoise/weights/features-<data>.safetensors`, made by
-`scripts/train_features.py`); training is deterministic, so the script re-creates them bit for bit
+`unnoise train-features`); training is deterministic, so the command re-creates them bit for bit
 with the same seed, torch version and thread count (`--check` verifies it). For other data,
-train one with the same script and pass it to `unnoise eval --features PATH`.
+train one with the same command and pass it to `unnoise eval --features PATH`.
 """
 
 from __future__ import annotations
@@ -262,6 +262,6 @@ def feature_net_for(data: str | DataConfig, features: str | Path | None = None, 
         return dataclasses.replace(load_feature_net(features, device), crop=padded)
     if data_name not in PACKAGED:
         raise ValueError(f"no packaged feature network for {data_name!r} (packaged: {', '.join(PACKAGED)}); "
-                         "train one with `python scripts/train_features.py --data folder --path DIR --out "
+                         "train one with `unnoise train-features --data folder --path DIR --out "
                          "feats.safetensors` and pass --features feats.safetensors")
     return dataclasses.replace(load_feature_net(data_name, device), crop=padded)

@@ -73,7 +73,7 @@ def weights_sha256(checkpoint_path: Path) -> str:
 def load_latent_space(path: str | Path, device: torch.device | str = "cpu") -> LatentSpace:
     """An autoencoder run or checkpoint folder as a LatentSpace (EMA weights)."""
     ckpt = load_checkpoint(path, with_state=False)
-    config = load_config(None, tree=ckpt.config["tree"])
+    config = load_config(None, tree=ckpt.tree)
     if not isinstance(config.model, AutoencoderConfig):
         raise ValueError(f"{ckpt.path} is not an autoencoder checkpoint (its [model] is a "
                          f"{type(config.model).__name__})")

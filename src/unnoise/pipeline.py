@@ -30,7 +30,7 @@ from tqdm import tqdm
 from unnoise.checkpoint import load_checkpoint
 from unnoise.classifier import NoisyClassifier, load_classifier
 from unnoise.conditioning import Condition, null_labels
-from unnoise.config import RunConfig, load_config
+from unnoise.config import RunConfig, SampleConfig, load_config
 from unnoise.data import modality_of
 from unnoise.grids import time_grid
 from unnoise.guidance import SAME, ClassifierFreeGuidance, ClassifierGuidance
@@ -38,7 +38,7 @@ from unnoise.latent import LatentSpace, PixelSpace, space_for
 from unnoise.models import build_model
 from unnoise.models.interface import ModelInterface
 from unnoise.noise import per_sample_generators, randn_like
-from unnoise.parameterization import NetworkDenoiser, get_parameterization
+from unnoise.parameterization import NetworkDenoiser, Parameterization, get_parameterization
 from unnoise.samplers import StepInfo, get_sampler
 from unnoise.samplers.steps import path_grid
 from unnoise.schedules import Schedule, get_schedule
@@ -64,12 +64,28 @@ class Settings:
     options: dict = field(default_factory=dict)  # the sampler's own options (eta, churn, rtol, ...)
 
 
+def settings_of(sc: SampleConfig) -> Settings:
+    """The settings of a run's [sample] section."""
+    return Settings(sc.sampler, sc.steps, sc.spacing, sc.guidance, sc.guidance_rescale, tuple(sc.guidance_interval),
+                    sc.seed)
+
+
+DEFAULT_SETTINGS = settings_of(SampleConfig())  # a network from elsewhere, unless told otherwise
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 @dataclass
 class Pipeline:
-    config: RunConfig  # the run's configuration
-    denoiser: NetworkDenoiser  # the network (EMA weights) as samplers see it: denoise(x_t, t, cond) -> x0_hat
-    space: PixelSpace | LatentSpace  # what the network diffuses in; decode() maps it to data space
+    denoiser: NetworkDenoiser  # the network as samplers see it: denoise(x_t, t, cond) -> x0_hat
+    interface: ModelInterface  # what the network takes: sample shape, classes, text, hints
+    defaults: Settings  # how to sample when a call says nothing (a run's [sample] section)
     device: torch.device
+    space: PixelSpace | LatentSpace = field(default_factory=PixelSpace)  # decode() maps it to data space
+    modality: str = "image"  # what a sample is (unnoise.modality): "image", "points" or "signal"
+    config: RunConfig | None = None  # the run it came from (None: a network from elsewhere)
     source: str = ""  # the checkpoint it came from
     step: int = 0  # its training step
     classifier: NoisyClassifier | None = None  # for classifier guidance
@@ -82,7 +98,7 @@ class Pipeline:
              classifier: str | Path | None = None) -> Pipeline:
         """A run folder or checkpoint folder (its EMA weights); `classifier`: a noise-aware classifier run."""
         ckpt = load_checkpoint(run, with_state=False)
-        config = load_config(None, tree=ckpt.config["tree"])
+        config = load_config(None, tree=ckpt.tree)
         return cls.from_weights(config, ckpt.ema, device, source=str(ckpt.path), step=ckpt.step, classifier=classifier)
 
     @classmethod
@@ -93,32 +109,38 @@ class Pipeline:
             raise ValueError(f"{source or config.out} holds a {config.model.interface.output} network, not a "
                              "diffusion model" + (": use it with --classifier" if
                                                   config.model.interface.output == "logits" else ""))
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = _device(device)
         space = space_for(config, device)  # checked before any weights are placed
         net = build_model(config.model)
         net.load_state_dict(weights)
-        net.to(device).eval().requires_grad_(False)
         d = config.diffusion
-        denoiser = NetworkDenoiser(net, get_parameterization(d.parameterization, d.sigma_data), get_schedule(d.schedule))
-        pipe = cls(config, denoiser, space, device, source, step)
+        pipe = cls.from_network(net, get_parameterization(d.parameterization, d.sigma_data), get_schedule(d.schedule),
+                                config.model.interface, device, defaults=settings_of(config.sample), space=space,
+                                modality=modality_of(config.data), config=config, source=source, step=step)
         if classifier is not None:
             pipe.classifier = _checked_classifier(pipe, load_classifier(classifier, device))
         return pipe
 
-    # ---- what it is ---------------------------------------------------------------------------
+    @classmethod
+    def from_network(cls, net: torch.nn.Module, parameterization: Parameterization, schedule: Schedule,
+                     interface: ModelInterface, device: str | torch.device | None = None, *,
+                     defaults: Settings | None = None, **fields_: Any) -> Pipeline:
+        """A pipeline over any network net(x_t, t, cond) that predicts `parameterization`'s target on
+        `schedule` (e.g. a peer's model through unnoise.from_diffusers); it is moved to `device` and
+        frozen. defaults: how to sample (None: DEFAULT_SETTINGS); fields_: the other fields."""
+        if interface.output != "denoiser":
+            raise ValueError(f"a pipeline samples a denoiser network, not one with output {interface.output!r}")
+        device = _device(device)
+        net.to(device).eval().requires_grad_(False)
+        defaults = defaults or DEFAULT_SETTINGS
+        _validate(defaults, interface)
+        return cls(NetworkDenoiser(net, parameterization, schedule), interface, defaults, device, **fields_)
 
-    @property
-    def interface(self) -> ModelInterface:
-        return self.config.model.interface
+    # ---- what it is ---------------------------------------------------------------------------
 
     @property
     def schedule(self) -> Schedule:
         return self.denoiser.schedule
-
-    @property
-    def modality(self) -> str:
-        """What a sample is (unnoise.modality): "image", "points" or "signal"."""
-        return modality_of(self.config.data)
 
     @property
     def classes(self) -> int:
@@ -126,15 +148,12 @@ class Pipeline:
         return self.classifier.classes if self.classifier else self.interface.num_classes
 
     def settings(self, **overrides: Any) -> Settings:
-        """The run's [sample] settings with `overrides` (None values keep the run's)."""
-        sc = self.config.sample
-        base = Settings(sc.sampler, sc.steps, sc.spacing, sc.guidance, sc.guidance_rescale,
-                        tuple(sc.guidance_interval), sc.seed)
+        """The default settings with `overrides` (None values keep the default)."""
         known = {f.name for f in fields(Settings)}
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ValueError(f"unknown sampling settings {unknown}; known: {', '.join(sorted(known))}")
-        settings = replace(base, **{k: v for k, v in overrides.items() if v is not None})
+        settings = replace(self.defaults, **{k: v for k, v in overrides.items() if v is not None})
         _validate(settings, self.interface)
         return settings
 
@@ -186,7 +205,7 @@ class Pipeline:
                           classifier_scale=classifier_scale, seed=seed, options=options)
         if times is not None and t_start is None:
             t_start = float(torch.as_tensor(times).flatten()[0])
-        plan = self._plan(n, label, labels, prompts, cond, x, t_start, batch_size)
+        plan = self._plan(n, label, labels, prompts, cond, x, t_start, batch_size, first)
         grid = self._grid(s, t_start, times)
         out = []
         with tqdm(total=n, desc=f"sampling ({s.sampler}, {len(grid) - 1} steps)", unit="sample", leave=False,
@@ -216,7 +235,7 @@ class Pipeline:
                              "or pass times")
         return grid
 
-    def _plan(self, n, label, labels, prompts, cond, x, t_start, batch_size) -> _Plan:
+    def _plan(self, n, label, labels, prompts, cond, x, t_start, batch_size, first) -> _Plan:
         """Check the request whole, before any sampling work."""
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a whole number >= 1, got {n!r}")
@@ -233,14 +252,24 @@ class Pipeline:
             raise ValueError(f"cond must be a Condition of n = {n} rows, got {type(cond).__name__} of "
                              f"{len(cond) if isinstance(cond, Condition) else '?'} rows")
         default = max(1, SAMPLE_VALUES_PER_BATCH // math.prod(shape))
-        return _Plan(batch_size or min(n, default), self._labels(n, label, labels), self._prompts(prompts), cond, x)
+        return _Plan(batch_size or min(n, default), self._labels(n, label, labels, first), self._prompts(prompts),
+                     cond, x)
 
-    def _labels(self, n: int, label: int | None, labels: Tensor | None) -> Tensor | None:
-        """(n,) class labels asked for, or None (the class grid, or a model without classes)."""
+    def per_sample(self, n: int, *, label: int | None = None, labels: Tensor | None = None,
+                   prompts: list[str] | tuple[str, ...] | None = None,
+                   first: int = 0) -> tuple[Tensor | None, list[str] | None]:
+        """Each sample's class label (n,) and prompt (n) as `sample` with these arguments uses them;
+        None where the model takes no labels (or none were asked of a text model) or no prompts."""
+        chosen, prompts = self._labels(n, label, labels, first), self._prompts(prompts)
+        return chosen, None if prompts is None else [prompts[(first + i) % len(prompts)] for i in range(n)]
+
+    def _labels(self, n: int, label: int | None, labels: Tensor | None, first: int) -> Tensor | None:
+        """(n,) class labels: those asked for; else on a class-conditional model (or with a classifier)
+        the class grid, sample i showing class (first + i) mod classes; else None."""
         if label is not None and labels is not None:
             raise ValueError("give label (one class for all) or labels (one per sample), not both")
         if label is None and labels is None:
-            return None
+            return torch.arange(first, first + n) % self.classes if self.classes and not self.interface.text else None
         if not self.classes:
             text = " (it is text-conditioned: give prompts)" if self.interface.text else ""
             raise ValueError(f"a label was given, but this model takes no class labels{text}")
@@ -256,6 +285,9 @@ class Pipeline:
             if prompts:
                 raise ValueError("prompts given, but this model has no text conditioning")
             return None
+        if self.config is None:
+            raise ValueError("a text-conditioned network samples through its run (Pipeline.load), which names "
+                             "its text encoder")
         prompts = tuple(prompts if prompts is not None else self.config.sample.prompts)
         if not prompts:
             raise ValueError("a text-conditioned model needs prompts: pass prompts (--prompt), or set [sample] prompts")
@@ -279,10 +311,7 @@ class Pipeline:
         condition, one row: the null label and the empty prompt where the model takes them; a
         further condition given by the caller (e.g. an image) is kept in both."""
         index = torch.arange(rows.start, rows.stop)
-        labels = plan.labels[lo:lo + len(rows)] if plan.labels is not None else None
-        if labels is None and self.classes and plan.prompts is None:  # the class grid
-            labels = index % self.classes
-        labels = labels.to(self.device) if labels is not None else None
+        labels = plan.labels[lo:lo + len(rows)].to(self.device) if plan.labels is not None else None
         classes = self.interface.num_classes
         null_label = null_labels(classes, 1, self.device) if classes else None
         if plan.prompts is not None:
@@ -347,7 +376,7 @@ class _Plan:
     """A checked sampling request."""
 
     batch_size: int
-    labels: Tensor | None  # (n,) or None
+    labels: Tensor | None  # (n,) each sample's class, or None
     prompts: tuple[str, ...] | None
     cond: Condition | None  # (n rows) a further condition, or None
     x: Tensor | None  # (n, *model shape) start, or None: x_T drawn from the seeds

@@ -15,15 +15,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+from PIL.PngImagePlugin import PngInfo  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from unnoise.convergence import Report  # noqa: E402
 from unnoise.files import write_atomic  # noqa: E402
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+def _save(fig, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+    """Write a figure as PNG; metadata: text chunks (e.g. the settings the figure was made with)."""
     try:
-        return write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
+        return write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png",
+                                                          metadata=metadata))
     finally:
         plt.close(fig)
 
@@ -45,7 +48,8 @@ def plot_convergence(report: Report, path: str | os.PathLike, title: str = "") -
     return _save(fig, path)
 
 
-def plot_samples(sets: dict[str, Tensor], path: str | os.PathLike, limit: float = 1.6) -> Path:
+def plot_samples(sets: dict[str, Tensor], path: str | os.PathLike, limit: float = 1.6,
+                 metadata: dict[str, str] | None = None) -> Path:
     """Scatter plots of 2-D sample sets side by side (first two coordinates)."""
     fig, axes = plt.subplots(1, len(sets), figsize=(3.2 * len(sets), 3.4), squeeze=False)
     for ax, (label, pts) in zip(axes[0], sets.items()):
@@ -57,10 +61,11 @@ def plot_samples(sets: dict[str, Tensor], path: str | os.PathLike, limit: float 
         ax.set_aspect("equal")
         ax.set_xticks([])
         ax.set_yticks([])
-    return _save(fig, path)
+    return _save(fig, path, metadata)
 
 
-def plot_signals(signals: Tensor, path: str | os.PathLike, columns: int | None = None, limit: float = 3.0) -> Path:
+def plot_signals(signals: Tensor, path: str | os.PathLike, columns: int | None = None, limit: float = 3.0,
+                 metadata: dict[str, str] | None = None) -> Path:
     """1-D signals (N, C, L) as a grid of line plots, one panel per signal (channels overlaid)."""
     if signals.ndim != 3:
         raise ValueError(f"expected signals of shape (N, C, L), got {tuple(signals.shape)}")
@@ -77,23 +82,28 @@ def plot_signals(signals: Tensor, path: str | os.PathLike, columns: int | None =
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, metadata)
 
 
-def save_image_grid(images: Tensor, path: str | os.PathLike, columns: int | None = None) -> Path:
-    """Images (N, C, H, W) in [-1, 1] tiled into one PNG (grey for C = 1, RGB for C = 3), 1-pixel gaps."""
+def save_image_grid(images: Tensor, path: str | os.PathLike, columns: int | None = None,
+                    metadata: dict[str, str] | None = None, gap: int = 1) -> Path:
+    """Images (N, C, H, W) in [-1, 1] tiled into one PNG (grey for C = 1, RGB for C = 3) with `gap`
+    black pixels between and around them; metadata: PNG text chunks (iTXt where not Latin-1)."""
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"expected images of shape (N, 1 or 3, H, W), got {tuple(images.shape)}")
     n, c, h, w = images.shape
     columns = columns or math.ceil(math.sqrt(n))
     rows = math.ceil(n / columns)
     pixels = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
-    grid = np.zeros((rows * (h + 1) + 1, columns * (w + 1) + 1, c), dtype=np.uint8)
+    grid = np.zeros((rows * (h + gap) + gap, columns * (w + gap) + gap, c), dtype=np.uint8)
     for k in range(n):
-        r, q = divmod(k, columns)
-        grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = pixels[k].transpose(1, 2, 0)
+        top, left = (gap + i * (size + gap) for i, size in zip(divmod(k, columns), (h, w)))
+        grid[top:top + h, left:left + w] = pixels[k].transpose(1, 2, 0)
     image = Image.fromarray(grid[..., 0] if c == 1 else grid)
-    return write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
+    info = PngInfo()
+    for key, value in (metadata or {}).items():
+        info.add_text(key, value)  # Pillow writes iTXt for text outside Latin-1
+    return write_atomic(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
 
 
 def plot_loss(log_path: str | os.PathLike, path: str | os.PathLike) -> Path:

@@ -3,7 +3,8 @@
     sample(denoise, schedule, x, times, *, cond=None, generator=None, callback=None, **options) -> x_0
 
 `times` is a grid from `unnoise.grids.time_grid` (or any strictly decreasing times ending at 0);
-`x` is drawn at times[0]. See `steps.py` for the conventions they share.
+`x` is drawn at times[0]. See `steps.py` for the conventions they share. The samplers exported here
+record no autograd graph unless x requires grad (`steps.graph_only_if_asked`).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from unnoise.samplers.dpmsolver import dpmpp_2m, dpmpp_2m_sde, dpmpp_3m_sde
 from unnoise.samplers.euler import euler, euler_ancestral, heun
 from unnoise.samplers.langevin import annealed_langevin, euler_maruyama, langevin_correct, pc
 from unnoise.samplers.plms import plms
-from unnoise.samplers.steps import Callback, Denoiser, StepInfo
+from unnoise.samplers.steps import Callback, Denoiser, StepInfo, graph_only_if_asked
 from unnoise.samplers.unipc import unipc
 
-SAMPLERS: dict[str, Callable] = {
+_SAMPLERS: dict[str, Callable] = {
     "ddpm": ddpm,
     "ddim": ddim,
     "euler": euler,
@@ -35,6 +36,8 @@ SAMPLERS: dict[str, Callable] = {
     "pc": pc,
     "annealed_langevin": annealed_langevin,
 }
+SAMPLERS: dict[str, Callable] = {name: graph_only_if_asked(fn) for name, fn in _SAMPLERS.items()}
+globals().update(SAMPLERS)  # unnoise.samplers.ddim is the registered (graph-free) function
 
 
 def get_sampler(name: str) -> Callable:

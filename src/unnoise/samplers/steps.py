@@ -9,6 +9,7 @@ that of its solve down to the grid's last positive time.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -77,6 +78,22 @@ def path_grid(schedule: Schedule, times: Sequence[float] | Tensor) -> Grid:
         raise ValueError(f"every time but the last must be noisy (sigma > 0); schedule {schedule.name!r} "
                          f"is clean at t = {t[:-1][sigma[:-1] <= 0].tolist()}")
     return Grid(t.tolist(), alpha.tolist(), sigma.tolist())
+
+
+def graph_only_if_asked(sampler: Callable) -> Callable:
+    """A sampler that records no autograd graph unless its x requires grad. Sampling is inference:
+    without this, a network with trainable parameters makes every step keep its activations for a
+    backward pass no one asked for. A caller who wants gradients through the sampler (with respect
+    to the start x, and then also the network's parameters) passes an x that requires grad."""
+
+    @functools.wraps(sampler)
+    def run(denoise: Denoiser, schedule: Schedule, x: Tensor, times, **options) -> Tensor:
+        if isinstance(x, Tensor) and x.requires_grad:
+            return sampler(denoise, schedule, x, times, **options)
+        with torch.no_grad():
+            return sampler(denoise, schedule, x, times, **options)
+
+    return run
 
 
 def owns_state(callback: Callback | None, i: int) -> bool:
