@@ -59,6 +59,8 @@ def test_grid_individual_files_and_npz_carry_their_settings(run, tmp_path, capsy
         pixels = ((np.clip(f["samples"][:, 0], -1, 1) + 1) * 127.5).round().astype(np.uint8)
     assert np.array_equal(pixels, cells)  # the .npz holds the same samples as the picture
     assert "wrote" in capsys.readouterr().out
+    trained = Image.open(run / "samples.png")  # the grid training wrote carries its settings too
+    assert trained.text["step"] == "4" and json.loads(trained.text["labels"]) == [0, 1, 2, 3]
 
 
 def test_columns_and_one_label(run, tmp_path):

@@ -492,9 +492,7 @@ def cmd_sample(args) -> int:
     labels, prompts = pipe.per_sample(args.n, label=args.label, prompts=args.prompt)
     x = pipe.sample(args.n, label=args.label, prompts=args.prompt, batch_size=args.batch_size, **chosen)
     record = sample_record(pipe, settings, classifier=str(args.classifier) if args.classifier else None)
-    class_grid = labels is not None and args.label is None and prompts is None
-    write_samples(pipe.modality, x, args.out, record, labels, prompts,
-                  columns=args.columns or (pipe.classes if class_grid else None))
+    write_samples(pipe.modality, x, args.out, record, labels, prompts, columns=args.columns, classes=pipe.classes)
     if args.individual is not None:
         write_individual(pipe.modality, x, args.individual, record, labels, prompts)
     also = f" and {args.n} files in {args.individual}" if args.individual is not None else ""

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from unnoise.files import write_atomic
@@ -53,9 +54,14 @@ def per_sample_record(record: dict[str, Any], i: int, first: int, labels: Tensor
 
 def write_samples(kind: str, x: Tensor, path: str | os.PathLike, record: dict[str, Any],
                   labels: Tensor | None = None, prompts: list[str] | None = None, first: int = 0,
-                  columns: int | None = None) -> Path:
-    """Samples x (n, *sample shape) as the picture of their kind (.png) or raw (.npz), with their record."""
+                  columns: int | None = None, classes: int = 0) -> Path:
+    """Samples x (n, *sample shape) as the picture of their kind (.png) or raw (.npz), with their
+    record. columns None: one column per class for the class grid (labels (first + i) mod classes,
+    prompts none), else about square."""
     path = Path(path)
+    if columns is None and classes and labels is not None and prompts is None and len(x) > 1:
+        class_grid = torch.equal(labels.cpu(), torch.arange(first, first + len(x)) % classes)
+        columns = classes if class_grid else None
     if path.suffix == ".npz":
         return write_npz(x, path, record, labels, prompts, first)
     whole = {**record, "index": f"{first}..{first + len(x) - 1}"}

@@ -19,9 +19,9 @@ from unnoise.config import RunConfig
 from unnoise.data import load_dataset
 from unnoise.latent import LatentSpace, encode_dataset, space_for
 from unnoise.losses import DiffusionLoss
-from unnoise.modality import preview
 from unnoise.models import build_model
 from unnoise.objectives.base import Batch, LossOutput, ObjectiveBase, RunContext
+from unnoise.outputs import sample_record, write_samples
 from unnoise.parameterization import get_parameterization
 from unnoise.pipeline import Pipeline
 from unnoise.schedules import get_schedule
@@ -76,10 +76,14 @@ class DiffusionObjective(ObjectiveBase):
 
     def report(self, weights: dict[str, Tensor], step: int, final: bool) -> dict:
         """A grid of [sample] n samples from the EMA weights (fixed seeds)."""
-        pipe = Pipeline.from_weights(self.config, weights, self.run.device, step=step)
-        x = pipe.sample(self.config.sample.n, prompts=self.prompts, progress=False)
+        pipe = Pipeline.from_weights(self.config, weights, self.run.device, source=str(self.run.out), step=step)
+        n = self.config.sample.n
+        x = pipe.sample(n, prompts=self.prompts, progress=False)
         path = self.run.out / ("samples.png" if final else f"samples_{step:08d}.png")
-        return {"samples": str(preview(pipe.modality, x, path))}
+        labels, prompts = pipe.per_sample(n, prompts=self.prompts)
+        written = write_samples(pipe.modality, x, path, sample_record(pipe, pipe.settings()), labels, prompts,
+                                classes=pipe.classes)
+        return {"samples": str(written)}
 
     def _grid_prompts(self) -> tuple[str, ...] | None:
         """A text model's grid prompts: the config's, else the first caption of the first 8 distinct images."""
