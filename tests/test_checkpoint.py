@@ -20,11 +20,17 @@ def _weights(seed):
 
 def test_round_trip_and_keep(tmp_path):
     for step in (10, 20, 30):
-        state = {"step": step, "rng": torch.get_rng_state(), "opt": {"state": {0: {"m": torch.ones(3)}}}}
+        state = {"step": step, "rng": torch.get_rng_state(), "betas": (0.9, 0.999), "none": None,
+                 "opt": {"state": {0: {"m": torch.ones(3)}}, "groups": [{"params": [0], "lr": 1e-3}]}}
         save_checkpoint(tmp_path, step, _weights(step), _weights(step + 1), state, {"tree": {"x": step}}, keep=2)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000020", "step_00000030"]
     ckpt = load_checkpoint(tmp_path)
-    assert ckpt.step == 30 and ckpt.state["step"] == 30 and ckpt.config == {"tree": {"x": 30}}
+    assert ckpt.step == 30 and ckpt.config["tree"] == {"x": 30}
+    assert sorted(ckpt.config["sha256"]) == ["ema.safetensors", "model.safetensors", "state.json", "state.safetensors"]
+    # the state comes back as it went in, without pickle: int keys, tuples, None, tensors
+    assert ckpt.state["betas"] == (0.9, 0.999) and ckpt.state["none"] is None and ckpt.state["step"] == 30
+    assert torch.equal(ckpt.state["rng"], state["rng"]) and torch.equal(ckpt.state["opt"]["state"][0]["m"], torch.ones(3))
+    assert ckpt.state["opt"]["groups"] == [{"params": [0], "lr": 1e-3}]
     assert all(torch.equal(ckpt.model[k], _weights(30)[k]) for k in ckpt.model)
     assert all(torch.equal(ckpt.ema[k], _weights(31)[k]) for k in ckpt.ema)
     assert resolve_checkpoint(tmp_path / "step_00000020").name == "step_00000020"
@@ -41,10 +47,12 @@ def test_pickle_weights_are_refused_and_never_run(tmp_path):
     evil.write_bytes(pickle.dumps(Evil()))
     with pytest.raises(ValueError, match="refusing to load .*pickle"):
         load_checkpoint(evil)
-    # A checkpoint folder whose state.pt carries code: torch.load(weights_only=True) refuses it.
-    save_checkpoint(tmp_path / "run", 1, _weights(0), _weights(0), {"step": 1}, {})
-    (tmp_path / "run" / "step_00000001" / "state.pt").write_bytes(pickle.dumps(Evil()))
-    with pytest.raises(pickle.UnpicklingError):
+    # A checkpoint of the older layout whose state.pt carries code: torch.load(weights_only=True) refuses it.
+    folder = save_checkpoint(tmp_path / "run", 1, _weights(0), _weights(0), {"step": 1}, {"tree": {}})
+    for name in ("state.safetensors", "state.json"):
+        (folder / name).unlink()
+    (folder / "state.pt").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(ValueError, match=r"state.pt is not a readable resume state \(UnpicklingError\)"):
         load_checkpoint(tmp_path / "run")
     assert not marker.exists()
 
@@ -62,7 +70,7 @@ WRITER = textwrap.dedent("""
     step = start
     while True:
         step += 1
-        save_checkpoint(folder, step, big, big, {"step": step, "rng": torch.get_rng_state()}, {"step": step}, keep=2)
+        save_checkpoint(folder, step, big, big, {"step": step, "rng": torch.get_rng_state()}, {"tree": {}}, keep=2)
         print(step, flush=True)
 """)
 
@@ -92,5 +100,5 @@ def test_checkpoint_files_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (path.stat().st_mode & 0o777) == 0o755  # a folder others may read, as mkdir makes it
-    for name in ("model.safetensors", "ema.safetensors", "state.pt", "config.json"):
+    for name in ("model.safetensors", "ema.safetensors", "state.safetensors", "state.json", "config.json"):
         assert ((path / name).stat().st_mode & 0o777) == 0o644, name

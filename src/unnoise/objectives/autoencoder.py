@@ -21,9 +21,15 @@ from unnoise.data import load_dataset
 from unnoise.eval.reconstruction import write_reconstructions
 from unnoise.features import PACKAGED, feature_net_for
 from unnoise.latent import measure_scale
-from unnoise.losses import adaptive_weight, hinge_discriminator_loss, perceptual_loss, reconstruction_loss
+from unnoise.losses import (
+    adaptive_weight,
+    hinge_discriminator_loss,
+    perceptual_loss,
+    reconstruction_loss,
+)
 from unnoise.models.autoencoder import Autoencoder, PatchDiscriminator
 from unnoise.objectives.base import Batch, LossOutput, ObjectiveBase, RunContext
+from unnoise.resume_state import check_optimizer, check_weights
 
 
 class AutoencoderObjective(ObjectiveBase):
@@ -102,7 +108,15 @@ class AutoencoderObjective(ObjectiveBase):
         return {"discriminator": self.disc.state_dict(), "disc_optimizer": self.disc_opt.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        if self.disc is not None:
-            self.disc.load_state_dict(state["discriminator"])
-            self.disc_opt.load_state_dict(state["disc_optimizer"])
+        """The discriminator and its optimiser, each checked against the live ones before use."""
+        if self.disc is None:
+            return
+        source = f"{self.run.resume.path}/state.json" if self.run.resume is not None else "the resume state"
+        if not isinstance(state, dict) or not {"discriminator", "disc_optimizer"} <= set(state):
+            raise ValueError(f"{source} holds no discriminator state (saved with autoencoder.disc_weight = 0?); "
+                             "resume with the same disc_weight")
+        check_weights(state["discriminator"], self.disc, f"{source} (discriminator)")
+        check_optimizer(state["disc_optimizer"], self.disc_opt, f"{source} (discriminator's optimiser)")
+        self.disc.load_state_dict(state["discriminator"])
+        self.disc_opt.load_state_dict(state["disc_optimizer"])
 

@@ -11,6 +11,7 @@ method is a new objective and the loop never changes.
     objective.report(ema, s, final)      # what a person looks at: sample grids, accuracy, reconstructions
     objective.checkpoint_info(ema)       # extra entries for a checkpoint's config.json
     objective.state_dict()               # extra resume state (a discriminator and its optimiser)
+    objective.load_state_dict(state)     # ... restored: it comes from a file, so check it first (resume_state)
 
 Drawing the global batch's randomness in `draw` and computing on a slice in `loss` is what makes
 N processes compute what one computes, and a resumed run what an uninterrupted one computes.

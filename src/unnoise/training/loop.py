@@ -32,6 +32,7 @@ from unnoise.checkpoint import list_checkpoints, load_checkpoint, save_checkpoin
 from unnoise.config import RunConfig, check_paths, to_dict
 from unnoise.objectives import Batch, Objective, RunContext, objective_for
 from unnoise.plots import plot_loss
+from unnoise.resume_state import check_count, check_optimizer, check_rng, check_weights
 from unnoise.training.distributed import setup_distributed, unwrap
 from unnoise.training.ema import EMA, ema_decay
 
@@ -148,18 +149,26 @@ def _write(log, record: dict) -> None:
 
 def _restore(ckpt, model, ema: EMA, optimizer, objective: Objective, world: int, talk: bool) -> dict:
     """Weights, EMA, optimiser, the objective's own state and the RNG from a checkpoint (None: a fresh
-    run); the step, data position and skipped count to continue from."""
+    run), each checked against the live objects before any is used (unnoise.resume_state); the step,
+    data position and skipped count to continue from."""
     if ckpt is None:
         return {"step": 0, "position": 0, "skipped": 0}
-    objective.load_state_dict(ckpt.state.get("objective", {}))
+    where, state = ckpt.path, ckpt.state
+    check_weights(ckpt.model, model, f"{where}/model.safetensors")
+    check_weights(ckpt.ema, model, f"{where}/ema.safetensors")
+    check_optimizer(state.get("optimizer"), optimizer, f"{where}/state.json")
+    rng = check_rng(state.get("torch_rng"), f"{where}/state.json")
+    counts = {key: check_count(state, key, f"{where}/state.json", least) for key, least in
+              (("step", 0), ("position", 0), ("skipped", 0), ("world", 1))}
+    objective.load_state_dict(state.get("objective", {}))  # checks its own (unnoise.objectives.base)
     model.load_state_dict(ckpt.model)
     ema.shadow = {k: v.to(next(model.parameters()).device) for k, v in ckpt.ema.items()}
-    optimizer.load_state_dict(ckpt.state["optimizer"])
-    torch.set_rng_state(ckpt.state["torch_rng"])
-    if ckpt.state["world"] != world and talk:
-        print(f"resuming a {ckpt.state['world']}-process run on {world}: data, noise and times follow the same "
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(rng)
+    if counts["world"] != world and talk:
+        print(f"resuming a {counts['world']}-process run on {world}: data, noise and times follow the same "
               "global batches; dropout noise differs")
-    return {"step": ckpt.state["step"], "position": ckpt.state["position"], "skipped": ckpt.state.get("skipped", 0)}
+    return counts
 
 
 def _save(out: Path, config: RunConfig, step: int, position: int, skipped: int, model, ema: EMA, optimizer,
