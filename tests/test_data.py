@@ -1,6 +1,12 @@
 import dataclasses
+import errno
 import gzip
 import importlib.util
+import os
+import re
+import socket
+import stat
+import threading
 import warnings
 
 import numpy as np
@@ -17,6 +23,7 @@ from unnoise.data import (
     read_idx,
 )
 from unnoise.data.fashion import FASHION_DIR
+from unnoise.data.folder import _decode, _Skip
 from unnoise.data.image_set import to_signed_unit
 
 
@@ -246,6 +253,186 @@ def test_folder_errors_speak_to_the_user(tmp_path):
         load_folder(tmp_path)
     with pytest.raises(ValueError, match="channels must be 1"):
         load_folder(tmp_path, channels=4)
+
+
+# ---- links, loops, special files and float images in a folder -----------------------------------
+
+POSIX_LINKS = pytest.mark.skipif(not hasattr(os, "mkfifo") or os.name != "posix",
+                                 reason="FIFOs, sockets and symlinks as POSIX makes them")  # fmt: skip
+WITHIN = 30  # seconds: the loads below take milliseconds; a hang on a FIFO or a loop fails instead
+
+
+def _within(seconds, fn, *args, **kwargs):
+    """fn(*args, **kwargs) in a daemon thread: a test failure, not a hung run, if it does not return in time."""
+    result = {}
+
+    def run():
+        try:
+            result["value"] = fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - raised again in the test below
+            result["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        pytest.fail(f"{fn.__name__} still running after {seconds} s: blocked on a FIFO or walking a loop?")
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+def _float_tiff(path, values):
+    Image.fromarray(np.asarray(values, np.float32)).save(path)
+    with Image.open(path) as im:
+        assert im.mode == "F"  # Pillow writes 32-bit float TIFFs
+
+
+@pytest.fixture
+def special(tmp_path):
+    """make(root, kind) puts one entry of that kind under root and returns (its relative path, the reason the
+    loader gives); FIFOs are opened for writing on the way out, so a reader stuck on one is let go."""
+    fifos, sockets = [], []
+
+    def make(root, kind):
+        root.mkdir(parents=True, exist_ok=True)
+        if kind == "dangling":
+            (root / "c_dangling.png").symlink_to("missing.png")
+            return "c_dangling.png", "a dangling link"
+        if kind == "fifo":
+            os.mkfifo(root / "d_pipe.png")
+            fifos.append(root / "d_pipe.png")
+            return "d_pipe.png", "not a regular file (FIFO)"
+        if kind == "socket":
+            path = root / "e_sock.png"
+            server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sockets.append(server)
+            try:
+                server.bind(str(path))
+            except OSError as e:  # e.g. a tmp path longer than a socket address holds
+                pytest.skip(f"cannot make a socket file here ({e})")
+            return "e_sock.png", "not a regular file (socket)"
+        if kind == "file loop":
+            (root / "g_loop.png").symlink_to("g_loop.png")
+            return "g_loop.png", "a symlink loop"
+        if kind == "folder loop":
+            (root / "sub").mkdir()
+            (root / "sub" / "up").symlink_to("..", target_is_directory=True)
+            return "sub/up", "a symlink loop"
+        if kind == "device":
+            if not os.path.exists(os.devnull) or not stat.S_ISCHR(os.stat(os.devnull).st_mode):
+                pytest.skip(f"{os.devnull} is not a character device here")
+            (root / "f_null.png").symlink_to(os.devnull)
+            return "f_null.png", "not a regular file (character device)"
+        if kind == "nan":
+            _float_tiff(root / "h_nan.tif", [[0.5, np.nan], [np.nan, 0.5]])
+            return "h_nan.tif", "non-finite pixel values (2 NaN, 0 Inf)"
+        if kind == "inf":
+            _float_tiff(root / "i_inf.tif", [[0.5, np.inf], [-np.inf, np.nan]])
+            return "i_inf.tif", "non-finite pixel values (1 NaN, 2 Inf)"
+        raise AssertionError(kind)
+
+    yield make
+    for server in sockets:
+        server.close()
+    for fifo in fifos:
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # EOF for a reader blocked on it
+        except OSError:
+            pass  # no reader: nothing to let go
+
+
+@POSIX_LINKS
+def test_folder_lists_links_loops_and_special_files_in_one_line(tmp_path, special):
+    root = tmp_path / "odd"
+    expected = dict(special(root, kind) for kind in ["dangling", "fifo", "socket", "file loop", "folder loop"])
+    Image.new("L", (6, 6), 200).save(root / "a_real.png")
+    (root / "b_link.png").symlink_to("a_real.png")  # a valid file link: loaded under its own name
+    Image.new("L", (6, 6), 50).save(root / "sub" / "s.png")
+    (tmp_path / "outside").mkdir()
+    Image.new("L", (6, 6), 90).save(tmp_path / "outside" / "o.png")
+    (root / "linked").symlink_to(tmp_path / "outside", target_is_directory=True)  # a valid folder link
+    ds, messages = _within(WITHIN, _load_quietly, root, image_size=4, channels=1)
+    assert ds.files == ["a_real.png", "b_link.png", "linked/o.png", "sub/s.png"]  # sub/up/... walked never
+    assert [int(image.unique()) for image in ds.images] == [200, 200, 90, 50]
+    assert dict(ds.skipped) == expected and [p for p, _ in ds.skipped] == sorted(expected)
+    assert len(messages) == 1 and "\n" not in messages[0]
+    assert f"skipped {len(expected)} of {len(expected) + 4} image files" in messages[0]
+    assert all(f"{path} ({reason})" in messages[0] for path, reason in expected.items())
+    with pytest.raises(ValueError, match=r"c_dangling\.png: a dangling link"):  # the first, in sorted order
+        _within(WITHIN, load_folder, root, image_size=4, strict=True)
+
+
+@POSIX_LINKS
+@pytest.mark.parametrize("kind", ["dangling", "fifo", "socket", "file loop", "folder loop", "device", "nan", "inf"])
+def test_folder_strict_names_each_kind_of_unusable_entry(tmp_path, special, kind):
+    name, reason = special(tmp_path, kind)
+    Image.new("RGB", (5, 5), (1, 2, 3)).save(tmp_path / "a.png")
+    ds, messages = _within(WITHIN, _load_quietly, tmp_path, image_size=4)
+    assert ds.files == ["a.png"] and ds.skipped == [(name, reason)]
+    assert len(messages) == 1 and f"skipped 1 of 2 image files under {tmp_path}: {name} ({reason})" in messages[0]
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / name}: {reason}")):
+        _within(WITHIN, load_folder, tmp_path, image_size=4, strict=True)
+
+
+@POSIX_LINKS
+def test_folder_unreadable_class_folder_keeps_its_label(tmp_path, special, monkeypatch):
+    for folder in ["cat", "dog"]:
+        (tmp_path / folder).mkdir()
+    Image.new("L", (4, 4), 10).save(tmp_path / "cat" / "ok.png")
+    locked = {os.fspath(tmp_path / "dog")}
+    Image.new("L", (4, 4), 20).save(tmp_path / "dog" / "kept_out_by_permissions.png")
+    eel = tmp_path / "eel"
+    null, device = special(eel, "device")
+    Image.new("L", (4, 4), 30).save(eel / "ok.png")
+    listing = os.scandir
+
+    def scandir(path="."):  # as a chmod 000 folder does for anyone but root
+        if os.fspath(path) in locked:
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    ds, messages = _within(WITHIN, _load_quietly, tmp_path, image_size=4, channels=1, labels="folders")
+    assert ds.class_names == ["cat", "dog", "eel"] and ds.labels.tolist() == [0, 2]
+    assert ds.files == ["cat/ok.png", "eel/ok.png"]
+    assert ds.skipped == [("dog", "unreadable folder (Permission denied)"), (f"eel/{null}", device)]
+    assert len(messages) == 1 and "dog (unreadable folder (Permission denied))" in messages[0]
+    with pytest.raises(ValueError, match=r"dog: unreadable folder \(Permission denied\)"):
+        _within(WITHIN, load_folder, tmp_path, image_size=4, strict=True)
+    locked.add(os.fspath(tmp_path))
+    with pytest.raises(PermissionError, match="cannot be listed"):  # the root itself: an error, not a warning
+        load_folder(tmp_path)
+
+
+def test_folder_float_tiffs_scale_zero_one_to_bytes_and_refuse_nan_and_inf(tmp_path):
+    ramp = np.linspace(-0.25, 1.25, 64).reshape(8, 8)  # runs past both ends of [0, 1]
+    _float_tiff(tmp_path / "a_ramp.tif", ramp)
+    _float_tiff(tmp_path / "b_quarter.tif", np.full((8, 8), 0.25))  # 63.75 -> 64 (Pillow alone: 0)
+    _float_tiff(tmp_path / "c_huge.tif", np.full((8, 8), 3e38))  # finite, far over 1: clipped to 255
+    _float_tiff(tmp_path / "d_nan.tif", np.where(np.eye(8) > 0, np.nan, 0.5))
+    _float_tiff(tmp_path / "e_inf.tif", np.where(np.eye(8) > 0, -np.inf, 0.5))
+    ds, messages = _within(WITHIN, _load_quietly, tmp_path, image_size=8, channels=1)
+    assert ds.files == ["a_ramp.tif", "b_quarter.tif", "c_huge.tif"]
+    expected = np.clip(np.rint(ramp.astype(np.float32).astype(np.float64) * 255), 0, 255)
+    assert ds.images[0, 0].tolist() == expected.astype(np.uint8).tolist()  # same size: no resampling
+    assert ds.images[0, 0, 0, :3].tolist() == [0, 0, 0] and ds.images[0, 0, -1, -3:].tolist() == [255] * 3
+    assert ds.images[1].unique().tolist() == [64] and ds.images[2].unique().tolist() == [255]
+    assert ds.skipped == [("d_nan.tif", "non-finite pixel values (8 NaN, 0 Inf)"),
+                          ("e_inf.tif", "non-finite pixel values (0 NaN, 8 Inf)")]  # fmt: skip
+    assert len(messages) == 1 and "d_nan.tif (non-finite pixel values" in messages[0]
+    ds3, _ = _load_quietly(tmp_path, image_size=4, channels=3)
+    assert ds3.images[1].unique().tolist() == [64]  # grey to RGB: the same level in each channel
+    with pytest.raises(ValueError, match=r"d_nan\.tif: non-finite pixel values \(8 NaN, 0 Inf\)"):
+        load_folder(tmp_path, image_size=8, strict=True)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_folder_decode_refuses_a_fifo_met_after_the_walk(tmp_path, special):
+    """A file swapped for a FIFO between the walk and the decode: opened non-blocking, refused, no hang."""
+    name, reason = special(tmp_path, "fifo")
+    with pytest.raises(_Skip, match=re.escape(reason)):
+        _within(WITHIN, _decode, tmp_path / name, 4, "RGB")
 
 
 # ---- 2-D toy sets --------------------------------------------------------------------------------

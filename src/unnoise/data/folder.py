@@ -1,7 +1,23 @@
 """A folder of image files, searched recursively, as one square uint8 ImageSet.
 
-Every file whose extension Pillow can open (PNG, JPEG, WebP, GIF, BMP, TIFF, ...) is decoded in the
-order of its sorted relative path:
+The folder is walked at any depth; names starting with "." (hidden files and folders) are left out, and
+so is every file whose extension Pillow cannot open (notes.txt, ...). Links are followed: a symlinked
+image is loaded under the link's own path (so its class is the folder holding the link), and a
+symlinked folder is walked as if it were there, however often it is linked, except when it leads back
+to a folder it sits in (a loop, as `find -L` reports it). Every entry is looked at with os.stat before
+anything opens it, so nothing hangs or recurses for ever; these are skipped and listed:
+
+    a link whose target does not exist                  -> "a dangling link"
+    a link cycle, or a folder link back to an ancestor  -> "a symlink loop" ("a folder loop" if no
+                                                           link does it, e.g. a bind mount)
+    a FIFO, socket or device file with an image name    -> "not a regular file (FIFO)", ...
+    a folder that cannot be listed                      -> "unreadable folder (Permission denied)"
+
+(a broken link is listed when its name could be an image or a folder: an image extension, or none; a
+FIFO or device file that does not have an image name is left out like notes.txt). Files are opened
+non-blocking and checked again to be regular files, so one swapped for a FIFO meanwhile cannot hang.
+
+Every image file is decoded in the order of its sorted relative path:
 
 1. Open the header under the pixel limit: an image of more than `max_pixels` pixels is refused
    before it is decoded (Pillow's decompression-bomb check, with our limit and its warning as error).
@@ -9,24 +25,34 @@ order of its sorted relative path:
 3. Turn by the EXIF orientation, so photos stand as their camera meant.
 4. Flatten to 8-bit grey ('L') or 'RGB':
        16-bit grey ('I;16', 'I')       -> 'L', value / 257 (65535 -> 255)
+       32-bit float ('F')              -> 'L', value * 255 (0.0 -> 0, 1.0 -> 255; the usual [0, 1]
+                                          range of float images), rounded, outside [0, 1] clipped;
+                                          any NaN or Inf pixel: skipped, "non-finite pixel values"
        palette ('P', 'PA')             -> 'RGBA', then as below
        alpha ('LA', 'RGBA', 'La', ...) -> composited on a white or black `background`
        'CMYK', 'YCbCr', '1', 'L', ...  -> Pillow's conversion to the target mode
 5. Scale the shorter side to `image_size` and centre-crop the longer one (Lanczos).
 
-A file that cannot become an image (unreadable, not an image, truncated or corrupt, over the pixel
-limit, a mode Pillow cannot convert, or outside a class folder when labels come from folders) is
-skipped, and all skipped files are reported in ONE warning line: the count, the first few names
-and why. With `strict=True` the first such file raises a ValueError naming it and the reason.
+A file that cannot become an image (one of the entries in the first table, unreadable, not an image,
+truncated or corrupt, over the pixel limit, non-finite float pixels, a mode Pillow cannot convert, or
+outside a class folder when labels come from folders) is skipped, and all skipped files are reported
+in ONE warning line: the count, the first few names and why. With `strict=True` the first such file, in
+the sorted order, raises a ValueError naming it and the reason. An unreadable class folder still counts
+as a class when labels come from folders, so the other classes keep their numbers. A root folder that
+cannot be listed raises PermissionError.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 import struct
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -41,6 +67,9 @@ DEFAULT_MAX_PIXELS = 1 << 26  # 8192 x 8192
 PROGRESS_MIN_FILES = 1000  # show a progress bar (on a terminal) from this many files on
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)  # what Pillow raises on bad data
+_KINDS = {stat.S_IFIFO: "FIFO", stat.S_IFSOCK: "socket", stat.S_IFCHR: "character device",
+          stat.S_IFBLK: "block device", stat.S_IFDIR: "folder", stat.S_IFLNK: "symlink"}  # fmt: skip
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
 
 
 class _Skip(Exception):
@@ -72,11 +101,13 @@ def load_folder(
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist or is not a folder")
-    paths = image_files(root)
-    if not paths:
+    entries = _walk(root)
+    if not entries:
         raise ValueError(f"no image files under {root} (looked at any depth for .png, .jpg, .webp, ... files)")
+    paths = [e.path for e in entries]
     relative = [p.relative_to(root) for p in paths]
-    class_names = sorted({r.parts[0] for r in relative if len(r.parts) > 1}) if labels == "folders" else []
+    classes = {r.parts[0] for e, r in zip(entries, relative) if len(r.parts) > 1 or e.folder}  # an unreadable
+    class_names = sorted(classes) if labels == "folders" else []  # class folder keeps its place in the labels
     class_index = {c: k for k, c in enumerate(class_names)}
     mode = "L" if channels == 1 else "RGB"
     out = np.empty((len(paths), image_size, image_size, channels), np.uint8)  # (N, H, W, C), trimmed below
@@ -84,8 +115,10 @@ def load_folder(
     quiet = True if len(paths) < PROGRESS_MIN_FILES else None  # None: tqdm shows itself only on a terminal
     progress = tqdm(paths, desc=f"decoding {root.name}", unit="img", disable=quiet)
     with _pixel_limit(max_pixels):
-        for path, rel in zip(progress, relative):
+        for path, rel, entry in zip(progress, relative, entries):
             try:
+                if entry.problem:
+                    raise _Skip(entry.problem)
                 if labels == "folders" and len(rel.parts) < 2:
                     raise _Skip("not inside a class folder")
                 out[len(files)] = _decode(path, image_size, mode, background).reshape(out.shape[1:])
@@ -108,19 +141,92 @@ def load_folder(
 
 
 def image_files(root: Path) -> list[Path]:
-    """Files under root, at any depth, with an extension Pillow opens; hidden files and folders left out."""
+    """Regular files under root, at any depth, with an extension Pillow opens, by the walk in the module
+    docstring (links followed, loops not); hidden files and folders left out."""
+    return [e.path for e in _walk(Path(root)) if not e.problem]
+
+
+class _Entry(NamedTuple):
+    path: Path
+    problem: str | None  # None: a regular file to decode; else why it is skipped
+    folder: bool = False  # a folder that could not be listed
+
+
+def _walk(root: Path) -> list[_Entry]:
+    """Image files and unusable entries under root, sorted by relative path (see the module docstring).
+    Only os.scandir and os.stat touch the entries: no file is opened here."""
     extensions = set(_extensions())
-    return sorted(
-        p for p in root.rglob("*")
-        if p.suffix.lower() in extensions and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
+    found: list[_Entry] = []
+    stack = [(root, (_identity(root, os.stat(root)),))]  # (folder, the folders it sits in and itself)
+    while stack:
+        folder, ancestors = stack.pop()
+        try:
+            with os.scandir(folder) as listing:
+                names = [entry.name for entry in listing]
+        except OSError as e:
+            if folder == root:
+                raise PermissionError(e.errno, f"image folder {root} cannot be listed ({e.strerror})") from e
+            found.append(_Entry(folder, f"unreadable folder ({e.strerror})", folder=True))
+            continue
+        for name in names:
+            if name.startswith("."):
+                continue
+            path = folder / name
+            suffix = path.suffix.lower()
+            try:
+                info = os.stat(path)  # follows links; never opens
+            except OSError as e:
+                if suffix in extensions or not suffix:  # could have been an image or a folder
+                    found.append(_Entry(path, _broken(path, e)))
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                identity = _identity(path, info)
+                if identity in ancestors:
+                    found.append(_Entry(path, "a symlink loop" if path.is_symlink() else "a folder loop"))
+                else:
+                    stack.append((path, (*ancestors, identity)))
+            elif suffix in extensions:
+                found.append(_Entry(path, None if stat.S_ISREG(info.st_mode) else _not_regular(info.st_mode)))
+    return sorted(found, key=lambda e: e.path.relative_to(root).parts)
+
+
+def _identity(path: Path, info: os.stat_result) -> tuple:
+    """What tells two folders apart, links resolved: device and inode (the real path where no inode)."""
+    return (info.st_dev, info.st_ino) if info.st_ino else (os.path.realpath(path),)
+
+
+def _broken(path: Path, error: OSError) -> str:
+    """Why os.stat failed on an entry the folder listing holds."""
+    if error.errno == errno.ELOOP:
+        return "a symlink loop"
+    if error.errno in (errno.ENOENT, errno.ENOTDIR) and path.is_symlink():
+        return "a dangling link"
+    return f"unreadable ({error.strerror})"
+
+
+def _not_regular(mode: int) -> str:
+    return f"not a regular file ({_KINDS.get(stat.S_IFMT(mode), 'special file')})"
+
+
+def _open_regular(path: Path):
+    """path opened for binary reading, if it is a regular file; non-blocking, so a FIFO cannot hang."""
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _Skip(_not_regular(mode))
+        if _OPEN_FLAGS & getattr(os, "O_NONBLOCK", 0):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _decode(path: Path, size: int, mode: str, background: str = "white") -> np.ndarray:
     """One file as (size, size) or (size, size, 3) uint8 (steps 2-5 above); raises _Skip with the reason."""
     try:
-        with open(path, "rb") as file, Image.open(file) as source:
+        with _open_regular(path) as file, Image.open(file) as source:
             source.draft(None, (size, size))  # JPEG only: smallest scale with both sides still >= size
             source.load()
             ImageOps.exif_transpose(source, in_place=True)
@@ -133,6 +239,8 @@ def _decode(path: Path, size: int, mode: str, background: str = "white") -> np.n
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise _Skip(f"over the pixel limit of {Image.MAX_IMAGE_PIXELS}") from e
     except _DECODE_ERRORS as e:
+        if isinstance(e, OSError) and e.errno == errno.ELOOP:  # became a link loop after the walk
+            raise _Skip("a symlink loop") from e
         raise _Skip(f"truncated or corrupt ({_short(e)})") from e
 
 
@@ -141,6 +249,13 @@ def _flatten(im: Image.Image, mode: str, background: str = "white") -> Image.Ima
     if im.mode in _SIXTEEN_BIT:
         level = np.asarray(im).astype(np.float64) / 257  # 0..65535 -> 0..255
         im = Image.fromarray(np.clip(np.rint(level), 0, 255).astype(np.uint8))  # 'L'
+    if im.mode == "F":
+        values = np.asarray(im).astype(np.float64)
+        finite = np.isfinite(values)
+        if not finite.all():
+            nan = int(np.isnan(values).sum())
+            raise _Skip(f"non-finite pixel values ({nan} NaN, {values.size - int(finite.sum()) - nan} Inf)")
+        im = Image.fromarray(np.clip(np.rint(values * 255), 0, 255).astype(np.uint8))  # [0, 1] -> 'L'
     if im.mode in ("P", "PA"):
         im = im.convert("RGBA")  # a palette may carry transparency
     if im.mode in ("La", "RGBa"):
