@@ -39,6 +39,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
+from unnoise.config import RunConfig, load_config
 from unnoise.files import current_umask
 from unnoise.resume_state import check_finite, decode_state, encode_state
 
@@ -69,6 +70,20 @@ def checkpoint_tree(path: str | os.PathLike) -> dict[str, Any]:
     """The configuration tree of a checkpoint or model folder, read from its config.json alone."""
     path = resolve_checkpoint(path)
     return _tree(path, read_config(path))
+
+
+def run_config(checkpoint: Checkpoint | str | os.PathLike) -> RunConfig:
+    """The run configuration a checkpoint (or model folder) holds, checked as a config file is; a
+    config that does not load is named with its file."""
+    if isinstance(checkpoint, Checkpoint):
+        path, tree = checkpoint.path, checkpoint.tree
+    else:
+        path = resolve_checkpoint(checkpoint)
+        tree = _tree(path, read_config(path))
+    try:
+        return load_config(None, tree=tree)
+    except ValueError as err:
+        raise ValueError(f"{path / 'config.json'}: {err}") from None
 
 
 def read_config(path: Path) -> dict[str, Any]:

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from unnoise.checkpoint import load_checkpoint
-from unnoise.config import RunConfig, load_config
+from unnoise.checkpoint import load_checkpoint, run_config
+from unnoise.config import RunConfig
 from unnoise.models import build_model
 from unnoise.parameterization import NetworkDenoiser, get_parameterization
 from unnoise.schedules import get_schedule
@@ -53,7 +53,7 @@ def build_classifier(config: RunConfig, weights: dict[str, Tensor], device: torc
 def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> NoisyClassifier:
     """A classifier from a run folder or checkpoint folder (EMA weights)."""
     ckpt = load_checkpoint(path, with_state=False)
-    return build_classifier(load_config(None, tree=ckpt.tree), ckpt.ema, device)
+    return build_classifier(run_config(ckpt), ckpt.ema, device)
 
 
 @torch.no_grad()

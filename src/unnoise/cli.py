@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import tempfile
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from unnoise.checkpoint import checkpoint_tree, export_model, load_checkpoint
+from unnoise.checkpoint import export_model, load_checkpoint, run_config
 from unnoise.config import load_config
 from unnoise.convergence import Report, format_report, measure, report_ok
 from unnoise.data import DATASET_NAMES
@@ -45,6 +46,7 @@ from unnoise.features import (
     save_feature_net,
     train_feature_net,
 )
+from unnoise.files import check_writable
 from unnoise.grids import SPACINGS, time_grid
 from unnoise.modality import SINGLES
 from unnoise.models import MODEL_PRESETS
@@ -54,7 +56,7 @@ from unnoise.pipeline import Pipeline
 from unnoise.plots import plot_convergence, plot_samples
 from unnoise.samplers import SAMPLERS, get_sampler
 from unnoise.schedules import PRESETS, get_schedule
-from unnoise.training.loop import train
+from unnoise.training.loop import TrainingStopped, train
 
 
 def _int_list(text: str) -> list[int]:
@@ -85,6 +87,16 @@ def _interval(text: str) -> tuple[float, float]:
     if not 0 <= lo < hi <= 1:
         raise argparse.ArgumentTypeError(f"expected 0 <= lo < hi <= 1, got {text!r}")
     return lo, hi
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -175,7 +187,7 @@ def _add_samplers(sub, fmt) -> None:
                    help="comma-separated step counts for the deterministic samplers")
     p.add_argument("--stochastic-steps", type=_positive_int, default=1024,
                    help="step count at which stochastic samplers are compared with true samples")
-    p.add_argument("--margin", type=float, default=1.5,
+    p.add_argument("--margin", type=_finite, default=1.5,
                    help="a stochastic sampler passes if its distance <= margin x the noise floor")
     p.add_argument("--check", action="store_true",
                    help="exit with status 1 if any sampler misses its theoretical order by more than 0.2 "
@@ -225,15 +237,15 @@ def _add_sample(sub, fmt) -> None:
                    help="samples drawn at once; None: about 131,072 sample values per batch (bounded memory)")
     p.add_argument("--label", type=int, default=None,
                    help="class label to sample; None on a class-conditional model: sample i shows class i mod classes")
-    p.add_argument("--guidance", type=float, default=None,
+    p.add_argument("--guidance", type=_finite, default=None,
                    help="classifier-free guidance scale (1 = plain conditional); None: the run's [sample] guidance")
-    p.add_argument("--guidance-rescale", type=float, default=None,
+    p.add_argument("--guidance-rescale", type=_finite, default=None,
                    help="classifier-free guidance rescale phi in [0, 1] (Lin et al. 2024); None: the run's")
     p.add_argument("--guidance-interval", type=_interval, default=None,
                    help="lo,hi: guide only for times t in (lo, hi] (Kynkaanniemi et al. 2024); None: the run's")
     p.add_argument("--classifier", type=Path, default=None,
                    help="a noise-aware classifier run for classifier guidance (unnoise train fashion-classifier)")
-    p.add_argument("--classifier-scale", type=float, default=1.0, help="classifier guidance scale")
+    p.add_argument("--classifier-scale", type=_finite, default=1.0, help="classifier guidance scale")
     p.add_argument("--prompt", action="append", default=None,
                    help="text models: a prompt (repeat the option for several: sample i uses prompt i mod count; "
                    "\"\" is unconditional); None: the run's [sample] prompts")
@@ -288,7 +300,7 @@ def _add_train_features(sub, fmt) -> None:
                    help=f"None: {FEATURE_EPOCHS['mnist']} for mnist's 4,500 images, {FEATURE_EPOCHS['emoji']} for "
                    f"the 1,225 emoji, {defaults.epochs} otherwise")
     p.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size, help="images per step")
-    p.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate")
+    p.add_argument("--lr", type=_finite, default=defaults.lr, help="Adam learning rate")
     p.add_argument("--seed", type=int, default=defaults.seed, help="seed of the initialisation and the batches")
     p.add_argument("--threads", type=_positive_int, default=2, help="torch threads (part of what makes the bits)")
     p.add_argument("--out", type=Path, default=None,
@@ -330,7 +342,7 @@ def _add_demo(sub, fmt) -> None:
                        "EDM recipe) on the 4,500 training digits of MNIST-5k, which installs with unnoise, then "
                        "sample a grid with Heun's method and print where the files are.")
     p.add_argument("--out", default="runs/demo", help="run folder")
-    p.add_argument("--minutes", type=float, default=None, help="training time; None: the config's (about 4)")
+    p.add_argument("--minutes", type=_finite, default=None, help="training time; None: the config's (about 4)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N; None: cuda when present, else cpu")
 
 
@@ -352,13 +364,13 @@ def _add_eval(sub, fmt) -> None:
     p.add_argument("--sampler", default=None, help="sampler name; None: the run's [sample] sampler")
     p.add_argument("--steps", type=_positive_int, default=None, help="sampler steps; None: the run's")
     p.add_argument("--spacing", choices=SPACINGS, default=None, help="time-grid spacing; None: the run's")
-    p.add_argument("--guidance", type=float, default=None,
+    p.add_argument("--guidance", type=_finite, default=None,
                    help="classifier-free guidance scale; None: the run's [sample] guidance")
     p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     p.add_argument("--classifier", type=Path, default=None,
                    help="a noise-aware classifier run (unnoise train fashion-classifier) for classifier guidance "
                    "of the samples (not used by --sweep or on text models)")
-    p.add_argument("--classifier-scale", type=float, default=1.0,
+    p.add_argument("--classifier-scale", type=_finite, default=1.0,
                    help="classifier guidance scale (with --classifier; --guidance-scales sets it per point)")
     p.add_argument("--guidance-scales", type=_floats, default=None,
                    help="comma-separated scales: FD, precision/recall and class accuracy at each, for "
@@ -372,8 +384,8 @@ def _add_eval(sub, fmt) -> None:
     p.add_argument("--nll-n", type=_positive_int, default=256, help="test images for nll and vlb")
     p.add_argument("--trace", choices=["exact", "rademacher", "gaussian"], default="rademacher",
                    help="nll: the divergence exactly (D backward passes) or by Hutchinson's estimator")
-    p.add_argument("--rtol", type=float, default=1e-5, help="nll: relative tolerance of the dopri5 solve")
-    p.add_argument("--atol", type=float, default=1e-5, help="nll: absolute tolerance of the dopri5 solve")
+    p.add_argument("--rtol", type=_finite, default=1e-5, help="nll: relative tolerance of the dopri5 solve")
+    p.add_argument("--atol", type=_finite, default=1e-5, help="nll: absolute tolerance of the dopri5 solve")
     p.add_argument("--vlb-steps", type=_positive_int, default=None,
                    help="vlb: T; None: the schedule's own (1000 for DDPM), else 1000")
     p.add_argument("--reference", choices=["test", "train", "all"], default=None,
@@ -433,8 +445,8 @@ def cmd_samplers(args) -> int:
 def cmd_demo(args) -> int:
     overrides = [f"out={json.dumps(args.out)}"]
     if args.minutes is not None:
-        if not args.minutes > 0:
-            raise ValueError(f"--minutes must be > 0, got {args.minutes}")
+        if not (math.isfinite(args.minutes) and args.minutes > 0):
+            raise ValueError(f"--minutes must be a finite number > 0, got {args.minutes}")
         overrides.append(f"train.max_seconds={60 * args.minutes}")
     config = load_config(packaged_config("mnist-demo"), overrides)
     print(f"training a U-Net on 4,500 MNIST digits for {config.train.max_seconds / 60:.1f} minutes "
@@ -476,11 +488,20 @@ def cmd_train(args) -> int:
     return 0
 
 
+MAX_SAMPLES = 1_000_000  # per command: the samples are held in memory until written
+
+
 def cmd_sample(args) -> int:
-    if args.out.suffix not in (".png", ".npz"):
-        raise ValueError(f"--out must end in .png or .npz, got {args.out}")
+    if args.out.suffix not in (".png", ".npz") or args.out.is_dir():
+        raise ValueError(f"--out must be a file name ending in .png or .npz, got {args.out}")
+    if args.n > MAX_SAMPLES:
+        raise ValueError(f"--n {args.n} is more than the {MAX_SAMPLES:,} samples one command holds in memory: "
+                         "sample in parts (sample i depends only on --seed and i)")
     if args.individual is not None and args.individual.exists() and any(args.individual.iterdir()):
         raise ValueError(f"--individual {args.individual} holds files already: give a new or empty folder")
+    check_writable(args.out)  # before the work, not after it
+    if args.individual is not None:
+        check_writable(args.individual / "000000.png")
     pipe = Pipeline.load(args.checkpoint, args.device, classifier=args.classifier)
     if args.individual is not None and pipe.modality not in SINGLES:
         raise ValueError(f"--individual writes one PNG per image or signal; these samples are {pipe.modality}")
@@ -491,6 +512,9 @@ def cmd_sample(args) -> int:
     settings = pipe.settings(**chosen)  # checked before any work
     labels, prompts = pipe.per_sample(args.n, label=args.label, prompts=args.prompt)
     x = pipe.sample(args.n, label=args.label, prompts=args.prompt, batch_size=args.batch_size, **chosen)
+    bad = int((~torch.isfinite(x.flatten(1))).any(1).sum())
+    if bad:
+        raise ValueError(f"{bad} of {args.n} samples from {pipe.source} are not finite (NaN or Inf); nothing written")
     record = sample_record(pipe, settings, classifier=str(args.classifier) if args.classifier else None)
     write_samples(pipe.modality, x, args.out, record, labels, prompts, columns=args.columns, classes=pipe.classes)
     if args.individual is not None:
@@ -503,7 +527,7 @@ def cmd_sample(args) -> int:
 
 def _checkpoint_config(checkpoint):
     """A checkpoint's RunConfig, read from its config.json alone (not its weights)."""
-    return load_config(None, tree=checkpoint_tree(checkpoint))
+    return run_config(checkpoint)
 
 
 def _eval_autoencoder(args, config) -> int:
@@ -571,14 +595,30 @@ def cmd_eval(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    commands = {"samplers": cmd_samplers, "demo": cmd_demo, "train": cmd_train, "sample": cmd_sample,
+                "eval": cmd_eval, "train-autoencoder": cmd_train, "export": cmd_export,
+                "train-features": cmd_train_features, "list": cmd_list}
     try:
-        commands = {"samplers": cmd_samplers, "demo": cmd_demo, "train": cmd_train, "sample": cmd_sample,
-                    "eval": cmd_eval, "train-autoencoder": cmd_train, "export": cmd_export, "train-features": cmd_train_features,
-                    "list": cmd_list}
         return commands[args.command](args)
     except ValueError as err:  # bad values found past argument parsing: one line, no traceback
-        print(f"unnoise {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return _fail(args, str(err), 2)
+    except OSError as err:  # the disk is full, a folder read-only, a file missing: say which and why
+        where = f": {err.filename}" if err.filename else ""
+        return _fail(args, f"{err.strerror or err}{where}", 1)
+    except TrainingStopped as err:
+        return _fail(args, str(err), 1)
+    except KeyboardInterrupt:
+        return _fail(args, "interrupted", 130)
+    except Exception as err:  # noqa: BLE001 - a defect of ours: still one line, the traceback on request
+        if os.environ.get("UNNOISE_TRACEBACK"):
+            raise
+        return _fail(args, f"internal error {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} "
+                     "(set UNNOISE_TRACEBACK=1 for the traceback, and please report it)", 1)
+
+
+def _fail(args, message: str, code: int) -> int:
+    print(f"unnoise {args.command}: error: {' '.join(message.split())}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

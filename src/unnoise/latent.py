@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from unnoise.checkpoint import load_checkpoint
-from unnoise.config import RunConfig, load_config
+from unnoise.checkpoint import load_checkpoint, run_config
+from unnoise.config import RunConfig
 from unnoise.data.tensor_set import TensorSet
 from unnoise.models.autoencoder import Autoencoder, AutoencoderConfig
 
@@ -73,7 +73,7 @@ def weights_sha256(checkpoint_path: Path) -> str:
 def load_latent_space(path: str | Path, device: torch.device | str = "cpu") -> LatentSpace:
     """An autoencoder run or checkpoint folder as a LatentSpace (EMA weights)."""
     ckpt = load_checkpoint(path, with_state=False)
-    config = load_config(None, tree=ckpt.tree)
+    config = run_config(ckpt)
     if not isinstance(config.model, AutoencoderConfig):
         raise ValueError(f"{ckpt.path} is not an autoencoder checkpoint (its [model] is a "
                          f"{type(config.model).__name__})")

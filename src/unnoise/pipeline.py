@@ -27,11 +27,12 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from unnoise.checkpoint import load_checkpoint
+from unnoise.checkpoint import load_checkpoint, run_config
 from unnoise.classifier import NoisyClassifier, load_classifier
 from unnoise.conditioning import Condition, null_labels
-from unnoise.config import RunConfig, SampleConfig, load_config
+from unnoise.config import RunConfig, SampleConfig
 from unnoise.data import modality_of
+from unnoise.device import resolve_device
 from unnoise.grids import time_grid
 from unnoise.guidance import SAME, ClassifierFreeGuidance, ClassifierGuidance
 from unnoise.latent import LatentSpace, PixelSpace, space_for
@@ -73,8 +74,6 @@ def settings_of(sc: SampleConfig) -> Settings:
 DEFAULT_SETTINGS = settings_of(SampleConfig())  # a network from elsewhere, unless told otherwise
 
 
-def _device(device: str | torch.device | None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 @dataclass
@@ -98,7 +97,7 @@ class Pipeline:
              classifier: str | Path | None = None) -> Pipeline:
         """A run folder or checkpoint folder (its EMA weights); `classifier`: a noise-aware classifier run."""
         ckpt = load_checkpoint(run, with_state=False)
-        config = load_config(None, tree=ckpt.tree)
+        config = run_config(ckpt)
         return cls.from_weights(config, ckpt.ema, device, source=str(ckpt.path), step=ckpt.step, classifier=classifier)
 
     @classmethod
@@ -109,7 +108,7 @@ class Pipeline:
             raise ValueError(f"{source or config.out} holds a {config.model.interface.output} network, not a "
                              "diffusion model" + (": use it with --classifier" if
                                                   config.model.interface.output == "logits" else ""))
-        device = _device(device)
+        device = resolve_device(device)
         space = space_for(config, device)  # checked before any weights are placed
         net = build_model(config.model)
         net.load_state_dict(weights)
@@ -130,7 +129,7 @@ class Pipeline:
         frozen. defaults: how to sample (None: DEFAULT_SETTINGS); fields_: the other fields."""
         if interface.output != "denoiser":
             raise ValueError(f"a pipeline samples a denoiser network, not one with output {interface.output!r}")
-        device = _device(device)
+        device = resolve_device(device)
         net.to(device).eval().requires_grad_(False)
         defaults = defaults or DEFAULT_SETTINGS
         _validate(defaults, interface)

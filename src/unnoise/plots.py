@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -106,10 +107,28 @@ def save_image_grid(images: Tensor, path: str | os.PathLike, columns: int | None
     return write_atomic(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
 
 
+def read_losses(log_path: str | os.PathLike) -> list[tuple[int, float]]:
+    """(step, loss) of every loss record of a JSON-lines log. Lines that are not such records (a
+    line torn by a full disk or a crash) are skipped, with one warning naming the file and the count."""
+    points, torn = [], 0
+    for line in Path(log_path).read_bytes().decode("utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line) if line.strip() else {}
+        except json.JSONDecodeError:
+            torn += 1
+            continue
+        if isinstance(record, dict) and isinstance(record.get("loss"), (int, float)) and \
+                isinstance(record.get("step"), int):
+            points.append((record["step"], float(record["loss"])))
+    if torn:
+        warnings.warn(f"{log_path}: skipped {torn} unreadable line(s) (cut short by a crash or a full disk?)",
+                      stacklevel=2)
+    return points
+
+
 def plot_loss(log_path: str | os.PathLike, path: str | os.PathLike) -> Path:
     """The loss curve of a JSON-lines training log (raw and smoothed), as PNG."""
-    records = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
-    points = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    points = read_losses(log_path)
     fig, ax = plt.subplots(figsize=(7, 4))
     if points:
         steps, losses = zip(*points)

@@ -33,7 +33,7 @@ class TextConfig:
     def __post_init__(self):
         if self.encoder not in ENCODERS:
             raise ValueError(f"text.encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}")
-        if not 3 <= self.max_tokens <= 512:
+        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or not 3 <= self.max_tokens <= 512:
             raise ValueError(f"text.max_tokens must lie in 3..512 ([CLS], a word, [SEP] at least; BERT's "
                              f"positions at most), got {self.max_tokens}")
 

@@ -24,14 +24,15 @@ them (its Unicode names), fashion-mnist with captions=True (class names in templ
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from unnoise.data.captions import Captions
 from unnoise.data.digits import digits_8x8, mnist_5k
 from unnoise.data.emoji import EmojiSet, emoji_set
 from unnoise.data.fashion import FASHION_CLASSES, FASHION_HELDOUT_PROMPTS, fashion_mnist, read_idx
-from unnoise.data.folder import DEFAULT_MAX_PIXELS, FolderSet, load_folder
-from unnoise.data.image_set import ImageSet
+from unnoise.data.folder import BACKGROUNDS, DEFAULT_MAX_PIXELS, LABEL_MODES, FolderSet, load_folder
+from unnoise.data.image_set import FITS, ImageSet
 from unnoise.data.signals import SignalSet, signals
 from unnoise.data.tensor_set import TensorSet
 from unnoise.data.toy import PointSet, gaussians, moons, swiss_roll
@@ -91,21 +92,47 @@ class DataConfig:
     amplitude: float = 0.5  # signals: the kernel's standard deviation s (k(0) = s^2)
 
     def __post_init__(self):
+        # Messages name the [data] keys of a config; unnoise.config bounds each number from above too.
         if self.name not in DATASET_NAMES:
-            raise ValueError(f"unknown data set {self.name!r}; valid names: {', '.join(DATASET_NAMES)}")
+            raise ValueError(f"unknown data set {self.name!r} (data.name); valid names: {', '.join(DATASET_NAMES)}")
         if self.split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+            raise ValueError(f"data.split must be one of {SPLITS}, got {self.split!r}")
         if self.split == "test" and self.name not in _WITH_TEST_SPLIT:
-            raise ValueError(f"{self.name} has no test split; use split='train' or 'all' (both give the whole set)")
+            raise ValueError(f"{self.name} has no test split; use data.split = 'train' or 'all' (both give the "
+                             "whole set)")
         if self.name == "folder" and not self.path:
-            raise ValueError("the folder data set needs path= the folder of images")
+            raise ValueError("the folder data set needs path= the folder of images (data.path)")
+        if self.path is not None and "\0" in self.path:
+            raise ValueError(f"data.path must be a path, got {self.path!r} (a NUL character)")
         if self.captions and self.name not in _WITH_CAPTIONS:
-            raise ValueError(f"captions=True needs a set with captions ({', '.join(_WITH_CAPTIONS)}), not {self.name}")
+            raise ValueError(f"captions=True needs a set with captions ({', '.join(_WITH_CAPTIONS)}), not {self.name}: "
+                             "leave data.captions out")
         if self.name == "emoji" and self.channels not in (None, 3):
-            raise ValueError(f"emoji images are RGB: channels must be 3 (or unset), got {self.channels}")
+            raise ValueError(f"emoji images are RGB: data.channels must be 3 (or unset), got {self.channels}")
+        if self.channels not in (None, 1, 3):
+            raise ValueError(f"data.channels must be 1 (grey) or 3 (RGB), got {self.channels}")
+        if self.image_size is not None and self.image_size < 1:  # 0 is not "the set's own size": leave it out
+            raise ValueError(f"data.image_size must be >= 1 (or left out for the set's own), got {self.image_size}")
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise ValueError(f"data.max_pixels must be >= 1 (or left out for no limit), got {self.max_pixels}")
+        for key, names in (("fit", FITS), ("labels", LABEL_MODES), ("background", BACKGROUNDS)):
+            if getattr(self, key) not in names:
+                raise ValueError(f"data.{key} must be one of {', '.join(names)}, got {getattr(self, key)!r}")
+        if self.num_points < 1 or self.seed < 0:
+            raise ValueError(f"data.num_points must be >= 1 and data.seed >= 0, got {self.num_points}, {self.seed}")
+        if not (math.isfinite(self.noise) and self.noise >= 0):
+            raise ValueError(f"data.noise must be a finite number >= 0, got {self.noise}")
+        if self.name == "gaussians" and self.noise == 0:
+            raise ValueError("data.noise must be > 0 for gaussians (it is the components' std), got 0")
         for field in ("length", "lengthscale", "amplitude"):
-            if not getattr(self, field) > 0:
-                raise ValueError(f"{field} must be > 0, got {getattr(self, field)}")
+            if not (getattr(self, field) > 0 and math.isfinite(getattr(self, field))):
+                raise ValueError(f"data.{field} must be > 0, got {getattr(self, field)}")
+        if self.name == "signals" and self.num_points * self.length > SIGNAL_VALUES_MAX:
+            raise ValueError(f"data.num_points x data.length = {self.num_points * self.length} must be <= "
+                             f"{SIGNAL_VALUES_MAX} (signals are drawn in float64: about 0.5 GiB a copy)")
+
+
+SIGNAL_VALUES_MAX = 2**26  # num_points x length of the signals set, drawn in float64: 0.5 GiB a copy
 
 
 # The class each named set is served as: its `modality` is what a sample is, known without loading it.

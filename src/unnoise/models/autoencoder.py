@@ -36,15 +36,19 @@ class AutoencoderConfig:
     disc_channels: int = 32  # width of the patch discriminator's first layer
 
     def __post_init__(self) -> None:
+        # Messages name the [model] keys of a config. unnoise.config bounds each number from above too.
         for name in ("in_channels", "image_size", "latent_channels", "base_channels", "blocks_per_level",
                      "disc_channels"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ValueError(f"model.{name} must be at least 1, got {getattr(self, name)}")
         if self.base_channels % 4 or not self.channel_mult or min(self.channel_mult) < 1:
-            raise ValueError(f"base_channels must be a multiple of 4 and channel_mult positive integers, got "
-                             f"{self.base_channels}, {self.channel_mult}")
+            raise ValueError(f"model.base_channels must be a multiple of 4 and model.channel_mult positive integers, "
+                             f"got {self.base_channels}, {list(self.channel_mult)}")
+        if self.disc_channels % 2:
+            raise ValueError(f"model.disc_channels must be even (its doubled layers take group norm in groups of 4), "
+                             f"got {self.disc_channels}")
         if self.image_size % self.downsampling:
-            raise ValueError(f"image_size must be a multiple of the downsampling factor {self.downsampling}, "
+            raise ValueError(f"model.image_size must be a multiple of the downsampling factor {self.downsampling}, "
                              f"got {self.image_size}")
 
     @property

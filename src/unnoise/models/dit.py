@@ -12,6 +12,7 @@ Optional cross-attention to a context sequence sits between attention and MLP, a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,17 +39,23 @@ class DiTConfig:
     time_scale: float = 1000.0  # the network embeds sinusoid(time_scale * t)
 
     def __post_init__(self) -> None:
+        # Messages name the [model] keys of a config. unnoise.config bounds each number from above too.
         for name in ("image_size", "patch_size", "in_channels", "out_channels", "hidden_size", "depth", "heads"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ValueError(f"model.{name} must be at least 1, got {getattr(self, name)}")
         if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+            raise ValueError(f"model.image_size {self.image_size} is not a multiple of model.patch_size "
+                             f"{self.patch_size}")
         if self.hidden_size % 4 or self.hidden_size % self.heads:
-            raise ValueError(f"hidden_size must be a multiple of 4 and of heads={self.heads}, got {self.hidden_size}")
-        if self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be positive, got {self.mlp_ratio}")
+            raise ValueError(f"model.hidden_size must be a multiple of 4 and of heads={self.heads}, "
+                             f"got {self.hidden_size}")
+        if not (math.isfinite(self.mlp_ratio) and self.mlp_ratio > 0):
+            raise ValueError(f"model.mlp_ratio must be a finite number > 0, got {self.mlp_ratio}")
         if self.num_classes < 0 or self.context_dim < 0:
-            raise ValueError(f"num_classes and context_dim must be >= 0, got {self.num_classes}, {self.context_dim}")
+            raise ValueError(f"model.num_classes and model.context_dim must be >= 0, got {self.num_classes}, "
+                             f"{self.context_dim}")
+        if not (math.isfinite(self.time_scale) and self.time_scale > 0):
+            raise ValueError(f"model.time_scale must be a finite number > 0, got {self.time_scale}")
 
     @property
     def interface(self) -> ModelInterface:

@@ -3,6 +3,7 @@ forward(x, t, cond) with x of shape (B, dim)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -18,6 +19,16 @@ class MLPConfig:
     depth: int = 4  # residual blocks
     num_classes: int = 0  # class labels (0 = unconditional); label num_classes is the null label
     time_scale: float = 1000.0  # the time input is embedded as sin/cos of time_scale * t
+
+    def __post_init__(self) -> None:
+        # Messages name the [model] keys of a config. unnoise.config bounds each number from above too.
+        for name in ("dim", "hidden", "depth"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be at least 1, got {getattr(self, name)}")
+        if self.num_classes < 0:
+            raise ValueError(f"model.num_classes must be >= 0, got {self.num_classes}")
+        if not (math.isfinite(self.time_scale) and self.time_scale > 0):
+            raise ValueError(f"model.time_scale must be a finite number > 0, got {self.time_scale}")
 
     @property
     def interface(self) -> ModelInterface:

@@ -31,8 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from unnoise.models.embeddings import (Attention, Cond, ConditionEmbedding, Context, check_images, scale_shift,
-                                      zero_)
+from unnoise.models.embeddings import Attention, Cond, ConditionEmbedding, Context, check_images, scale_shift, zero_
 from unnoise.models.interface import ModelInterface
 
 
@@ -54,37 +53,42 @@ class UNetConfig:
     dims: int = 2  # 1: signals (B, C, L); 2: images (B, C, H, W)
 
     def __post_init__(self) -> None:
+        # Messages name the [model] keys of a config. unnoise.config bounds each number from above too.
         levels = len(self.channel_mult)
         factors = [2**i for i in range(levels)]
         for name in ("in_channels", "out_channels", "image_size", "base_channels", "blocks_per_level",
                      "head_channels"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ValueError(f"model.{name} must be at least 1, got {getattr(self, name)}")
         if self.base_channels % 4:
-            raise ValueError(f"base_channels must be a multiple of 4 (group norm), got {self.base_channels}")
+            raise ValueError(f"model.base_channels must be a multiple of 4 (group norm), got {self.base_channels}")
         if levels == 0 or min(self.channel_mult) < 1:
-            raise ValueError(f"channel_mult must be a non-empty tuple of positive integers, got {self.channel_mult}")
+            raise ValueError(f"model.channel_mult must be a non-empty list of positive integers, got "
+                             f"{list(self.channel_mult)}")
         if self.image_size % self.downsampling:
-            raise ValueError(f"image_size must be a multiple of {self.downsampling} for {levels} levels, "
+            raise ValueError(f"model.image_size must be a multiple of {self.downsampling} for {levels} levels, "
                              f"got {self.image_size}")
         if not set(self.attention_factors) <= set(factors):
-            raise ValueError(f"attention_factors must be among the levels' downsampling factors {factors}, "
-                             f"got {self.attention_factors}")
+            raise ValueError(f"model.attention_factors must be among the levels' downsampling factors {factors}, "
+                             f"got {list(self.attention_factors)}")
         for mult in self.channel_mult:
             _heads(mult * self.base_channels, self.head_channels)  # raises if the width does not split
         if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+            raise ValueError(f"model.dropout must lie in [0, 1), got {self.dropout}")
         if self.num_classes < 0 or self.context_dim < 0:
-            raise ValueError(f"num_classes and context_dim must be >= 0, got {self.num_classes}, {self.context_dim}")
+            raise ValueError(f"model.num_classes and model.context_dim must be >= 0, got {self.num_classes}, "
+                             f"{self.context_dim}")
+        if not (math.isfinite(self.time_scale) and self.time_scale > 0):
+            raise ValueError(f"model.time_scale must be a finite number > 0, got {self.time_scale}")
         if self.head not in ("image", "logits"):
-            raise ValueError(f"head must be 'image' or 'logits', got {self.head!r}")
+            raise ValueError(f"model.head must be 'image' or 'logits', got {self.head!r}")
         if self.dims not in (1, 2):
-            raise ValueError(f"dims must be 1 (signals) or 2 (images), got {self.dims}")
+            raise ValueError(f"model.dims must be 1 (signals) or 2 (images), got {self.dims}")
         if self.head == "logits" and self.dims != 2:
-            raise ValueError(f"a classifier (head = 'logits') reads images only: dims must be 2, got {self.dims}")
+            raise ValueError(f"a classifier (head = 'logits') reads images only: model.dims must be 2, got {self.dims}")
         if self.head == "logits" and (self.num_classes or self.context_dim):
-            raise ValueError("a classifier (head = 'logits') sees no labels or context: num_classes and "
-                             "context_dim must be 0")
+            raise ValueError("a classifier (head = 'logits') sees no labels or context: model.num_classes and "
+                             "model.context_dim must be 0")
 
     @property
     def downsampling(self) -> int:
@@ -103,7 +107,8 @@ def _heads(channels: int, head_channels: int) -> int:
     if channels <= head_channels:
         return 1
     if channels % head_channels:
-        raise ValueError(f"a level of {channels} channels does not split into heads of head_channels={head_channels}")
+        raise ValueError(f"a level of {channels} channels does not split into heads of "
+                         f"model.head_channels={head_channels}")
     return channels // head_channels
 
 

@@ -19,9 +19,9 @@ N processes compute what one computes, and a resumed run what an uninterrupted o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch

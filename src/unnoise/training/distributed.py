@@ -9,6 +9,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from unnoise.device import resolve_device
+
 
 @dataclass(frozen=True)
 class Distributed:
@@ -53,7 +55,7 @@ class Distributed:
 def setup_distributed(device: str | None = None) -> Distributed:
     """Join the process group when started by torchrun (WORLD_SIZE > 1): gloo on CPU, nccl on CUDA."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    use_cuda = resolve_device(device).type == "cuda"  # an unknown or absent device: one line, before any work
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     rank = dist.get_rank() if world > 1 else 0

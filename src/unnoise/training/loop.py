@@ -61,7 +61,7 @@ def train(config: RunConfig, make_objective: Callable[[RunConfig, RunContext], O
     out = Path(config.out)
     if ddp.main:
         out.mkdir(parents=True, exist_ok=True)
-    ckpt = load_checkpoint(out / "checkpoints" if resume == "latest" else resume) if resume else None
+    ckpt = _starting_checkpoint(out / "checkpoints", resume, ddp.main, quiet)
     run = RunContext(ddp.device, getattr(torch, tc.dtype), out, ddp.main, ddp.world, ddp.wrap, ddp.mean, quiet, ckpt)
     torch.manual_seed(tc.seed)
     objective = make_objective(config, run)
@@ -77,7 +77,7 @@ def train(config: RunConfig, make_objective: Callable[[RunConfig, RunContext], O
 
     # 2. The loop.
     step, first_step, skipped, in_a_row, stopped = state["step"], state["step"], state["skipped"], 0, "steps"
-    log = (out / "log.jsonl").open("a") if ddp.main else None
+    log = _open_log(out / "log.jsonl") if ddp.main else None
     bar = tqdm(total=tc.steps, initial=step, disable=None if ddp.main and not quiet else True, desc="train")
     started = last_log = time.perf_counter()
     while step < tc.steps:
@@ -135,10 +135,53 @@ def train(config: RunConfig, make_objective: Callable[[RunConfig, RunContext], O
         log.close()
         plot_loss(out / "log.jsonl", out / "loss.png")
         summary.report = objective.report(ema.shadow, step, final=True)
-    if in_a_row >= tc.max_nonfinite:
-        raise RuntimeError(f"training stopped at step {step}: {stopped} (learning rate {tc.lr:g}; try a lower "
-                           "one, gradient clipping, or bf16 off)")
+    if in_a_row >= tc.max_nonfinite:  # the last good state is kept: resume it with other settings
+        if ddp.main:
+            _save(out, config, step, batches.position, skipped, model, ema, optimizer, objective, ddp.world)
+        raise TrainingStopped(f"training stopped at step {step}: {stopped} (learning rate {tc.lr:g}; try a lower "
+                              f"one, gradient clipping or bf16 off); step {step} is saved in {out}/checkpoints")
     return summary
+
+
+class TrainingStopped(RuntimeError):
+    """Training could not go on (e.g. non-finite losses in a row); the last good state is saved."""
+
+
+def _starting_checkpoint(folder: Path, resume: str | None, main: bool, quiet: bool):
+    """The checkpoint to resume (None: a fresh run), with the run's checkpoint history made one line:
+    a fresh run refuses a folder that holds checkpoints already (--resume latest continues them);
+    resuming an older checkpoint starts a branch, and the newer checkpoints of the abandoned one are
+    moved to <run>/abandoned/ (kept, never read by --resume latest, never pruned)."""
+    existing = list_checkpoints(folder)
+    if resume is None:
+        if existing:
+            raise ValueError(f"{folder.parent} holds checkpoints already (newest {existing[-1].name}): continue it "
+                             "with --resume latest, or train into another folder (--out)")
+        return None
+    ckpt = load_checkpoint(folder if resume == "latest" else resume)
+    newer = [p for p in existing if int(p.name.removeprefix("step_")) > ckpt.step] if main else []
+    for path in newer:
+        target = folder.parent / "abandoned" / path.name
+        while target.exists():
+            target = target.with_name(target.name + "+")
+        target.parent.mkdir(exist_ok=True)
+        path.rename(target)
+    if newer and not quiet:
+        print(f"resuming step {ckpt.step} starts a branch: moved the newer {', '.join(p.name for p in newer)} "
+              f"to {folder.parent / 'abandoned'}")
+    return ckpt
+
+
+def _open_log(path: Path):
+    """The run's log for appending; a last line cut short (e.g. by a full disk) is ended first, so
+    the records written now stay whole (the torn one is skipped where the log is read)."""
+    log = path.open("a+b")
+    if log.tell() > 0:
+        log.seek(-1, 2)
+        if log.read(1) != b"\n":
+            log.write(b"\n")
+    log.close()
+    return path.open("a")
 
 
 def _write(log, record: dict) -> None:
