@@ -1,5 +1,3 @@
-import math
-
 import pytest
 import torch
 
@@ -122,14 +120,6 @@ def test_bad_arguments(mixture, ddpm):
         get_sampler("ddpm")(den, ddpm, x, [1.0, 0.5, 0.0], generator=per_sample_generators(0, 2))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("case", [c for c in CASES if c.order is None and not c.tolerances], ids=lambda c: c.label)
-def test_stochastic_samplers_reach_the_true_distribution(mixture, ddpm, case):
-    report = measure(mixture, ddpm, stochastic_steps=1024, n=2000, cases=[case])
-    assert report.rows[0].distance <= report.margin * report.floor, (report.rows[0].distance, report.floor)
-    assert math.isfinite(report.floor)
-
-
 @pytest.mark.parametrize("sname", ["ddpm", "edm", "flow"])
 def test_annealed_langevin_default_is_stable_and_an_unstable_step_is_refused(mixture, sname):
     # The default step is 0.2 s~_L^2 on any grid (Song & Ermon's ratio); the fixed 2e-5 it replaced
@@ -143,27 +133,3 @@ def test_annealed_langevin_default_is_stable_and_an_unstable_step_is_refused(mix
     with pytest.raises(ValueError, match=r"step_lr / \(2 s~\^2\) = 2.5 must be < 2"):
         get_sampler("annealed_langevin")(mixture.denoiser(schedule), schedule, start(mixture, schedule, n=4), times,
                                          step_lr=5 * st_last**2)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("sname", ["ddpm", "flow"])
-def test_pc_defaults_keep_component_masses_and_variances(sname):
-    # 4,000 samples of a 4-component mixture in 8-D: a within-component variance ratio has a standard
-    # error of about 1.6 % (1,000 samples x 8 coordinates), the masses a chi-square with 3 degrees of
-    # freedom. Per-sample corrector norms inflated the variance by 51-86 % here (measured); the
-    # default (expected norms) measured -1 to +6 %. Bounds: +-10 % and p > 0.001.
-    from scipy import stats
-
-    from unnoise.oracle import GaussianMixture
-
-    m, n, schedule = GaussianMixture.random(dim=8, components=4, seed=0), 4000, get_schedule(sname)
-    x, _ = m.marginal(schedule, 1.0).sample(n, torch.Generator().manual_seed(0))
-    out = get_sampler("pc")(m.denoiser(schedule), schedule, x, time_grid(schedule, 1000, "trailing"),
-                            generator=torch.Generator().manual_seed(1)).double()
-    comp = torch.cdist(out, m.means.flatten(1)).argmin(1)  # the components are far apart
-    counts = torch.bincount(comp, minlength=4).double()
-    chi2 = (((counts - n * m.weights) ** 2) / (n * m.weights)).sum().item()
-    assert 1 - stats.chi2.cdf(chi2, 3) > 1e-3, counts
-    for k in range(4):
-        ratio = ((out[comp == k] - m.means[k].flatten()) ** 2).mean() / m.stds[k] ** 2
-        assert abs(ratio.item() - 1) < 0.10, (k, ratio.item())
