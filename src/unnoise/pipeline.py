@@ -74,8 +74,6 @@ def settings_of(sc: SampleConfig) -> Settings:
 DEFAULT_SETTINGS = settings_of(SampleConfig())  # a network from elsewhere, unless told otherwise
 
 
-
-
 @dataclass
 class Pipeline:
     denoiser: NetworkDenoiser  # the network as samplers see it: denoise(x_t, t, cond) -> x0_hat
