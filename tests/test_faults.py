@@ -243,7 +243,7 @@ def test_bad_command_lines(run, tmp_path, capsys):
         (["sample", tmp_path / "nothing-here"], "no complete checkpoint"),
         (["export", run, run], "exists already"),
         (["train", tmp_path / "missing.toml"], "missing.toml"),
-        (["demo", "--out", run], "holds checkpoints already"),
+        (["demo", "--out", run], "holds a demo run already"),
     ]
     for argv, names in cases:
         code, err = _cli(capsys, *argv)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from unnoise.checkpoint import export_model, load_checkpoint, run_config
+from unnoise.checkpoint import export_model, list_checkpoints, load_checkpoint, run_config
 from unnoise.config import load_config
 from unnoise.convergence import Report, format_report, measure, report_ok
 from unnoise.data import DATASET_NAMES
@@ -449,6 +449,9 @@ def cmd_demo(args) -> int:
             raise ValueError(f"--minutes must be a finite number > 0, got {args.minutes}")
         overrides.append(f"train.max_seconds={60 * args.minutes}")
     config = load_config(packaged_config("mnist-demo"), overrides)
+    if list_checkpoints(Path(config.out) / "checkpoints"):
+        raise ValueError(f"{config.out} holds a demo run already: sample it (unnoise sample {config.out} --out more.png), "
+                         "or give --out for a new one")
     print(f"training a U-Net on 4,500 MNIST digits for {config.train.max_seconds / 60:.1f} minutes "
           f"({'CUDA' if torch.cuda.is_available() else 'CPU'}); progress below, log in {config.out}/log.jsonl")
     summary = train(config, device=args.device)
