@@ -34,6 +34,10 @@ class Distributed:
             return module
         return nn.parallel.DistributedDataParallel(module, device_ids=[self.device] if self.device.type == "cuda" else None)
 
+    def barrier(self) -> None:
+        """Wait until every rank is here (nothing on one process)."""
+        if self.world > 1:
+            dist.barrier()
 
     def agree(self, flag: bool) -> bool:
         """True on every rank when it is true on any (a decision all ranks must take together)."""

@@ -135,9 +135,10 @@ def train(config: RunConfig, make_objective: Callable[[RunConfig, RunContext], O
         log.close()
         plot_loss(out / "log.jsonl", out / "loss.png")
         summary.report = objective.report(ema.shadow, step, final=True)
-    if in_a_row >= tc.max_nonfinite:  # the last good state is kept: resume it with other settings
-        if ddp.main:
-            _save(out, config, step, batches.position, skipped, model, ema, optimizer, objective, ddp.world)
+    if in_a_row >= tc.max_nonfinite and ddp.main:  # the last good state is kept: resume it with other settings
+        _save(out, config, step, batches.position, skipped, model, ema, optimizer, objective, ddp.world)
+    ddp.barrier()  # the run is over for every rank once rank 0 has written it: no rank tears down early
+    if in_a_row >= tc.max_nonfinite:
         raise TrainingStopped(f"training stopped at step {step}: {stopped} (learning rate {tc.lr:g}; try a lower "
                               f"one, gradient clipping or bf16 off); step {step} is saved in {out}/checkpoints")
     return summary
