@@ -10,7 +10,7 @@ def oracle_network(mixture, schedule, parameterization):
     denoise = mixture.denoiser(schedule)
 
     def net(x_in, t_in, cond=None):
-        if parameterization.__class__.__name__ == "EDMPreconditioning":
+        if parameterization.__class__.__name__ in ("EDMPreconditioning", "ConsistencyParameterization"):
             t = schedule.t_from_sigma_tilde(torch.exp(4 * t_in.double())).to(x_in.dtype)
             a, s = schedule.alpha(t).view(-1, 1).to(x_in.dtype), schedule.sigma(t).view(-1, 1).to(x_in.dtype)
             x = x_in * (s**2 + a**2 * parameterization.sigma_data**2).sqrt()

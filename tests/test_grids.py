@@ -11,12 +11,12 @@ from unnoise.schedules import PRESETS, get_schedule
 @pytest.mark.parametrize("steps", [1, 2, 7, 50])
 def test_grids_decrease_and_end_at_zero_once(name, spacing, steps):
     s = get_schedule(name)
-    t_max = 1.0 if spacing not in ("karras", "logsnr") or name in ("ddpm", "vp", "ve", "edm") else 0.99
+    t_max = 1.0 if spacing not in ("karras", "logsnr", "karras-trailing") or name in ("ddpm", "vp", "ve", "edm") else 0.99
     grid = time_grid(s, steps, spacing, t_max=t_max)
     assert grid.shape == (steps + 1,)
     assert bool((grid[1:] < grid[:-1]).all())
     assert grid[-1].item() == 0.0 and bool((grid[:-1] > 0).all())
-    if spacing in ("trailing", "linspace", "karras", "logsnr"):
+    if spacing in ("trailing", "linspace", "karras", "logsnr", "karras-trailing"):
         assert grid[0].item() == pytest.approx(t_max)
 
 
@@ -39,6 +39,12 @@ def test_karras_and_logsnr_spacing():
     frac = torch.linspace(0, 1, 10, dtype=torch.float64)
     expected = (80 ** (1 / rho) + frac * (0.002 ** (1 / rho) - 80 ** (1 / rho))) ** rho
     assert torch.allclose(sig, expected, rtol=1e-10)
+    # karras-trailing: the 10 noisiest of karras's 11 levels, so its 2n-step grid holds the n-step one
+    open_grid = s.sigma_tilde(time_grid(s, 10, "karras-trailing")[:-1])
+    frac = torch.arange(10, dtype=torch.float64) / 10
+    assert torch.allclose(open_grid, (80 ** (1 / rho) + frac * (0.002 ** (1 / rho) - 80 ** (1 / rho))) ** rho,
+                          rtol=1e-10)
+    assert torch.allclose(time_grid(s, 20, "karras-trailing")[::2], time_grid(s, 10, "karras-trailing"), rtol=1e-12)
     lam = get_schedule("ddpm").log_snr(time_grid(get_schedule("ddpm"), 9, "logsnr")[:-1])
     assert torch.allclose(lam.diff(), lam.diff()[0].expand(8), rtol=1e-8)
 

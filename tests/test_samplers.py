@@ -28,7 +28,7 @@ def test_every_sampler_every_schedule_every_parameterization(mixture, sname, pna
     x_T, times = start(mixture, schedule), time_grid(schedule, 6, "trailing")
     for name, sampler in SAMPLERS.items():
         opts = {"rtol": 1e-7, "atol": 1e-7} if name == "ode_adaptive" else {}
-        if pname in ("eps", "edm") and schedule.alpha(1.0).item() == 0:
+        if pname in ("eps", "edm", "consistency") and schedule.alpha(1.0).item() == 0:
             with pytest.raises(ValueError, match="alpha = 0"):
                 sampler(net_denoise, schedule, x_T, times, generator=torch.Generator().manual_seed(1), **opts)
             continue

@@ -25,6 +25,7 @@ from unnoise.checkpoint import export_model, list_checkpoints, load_checkpoint, 
 from unnoise.config import load_config
 from unnoise.convergence import Report, format_report, measure, report_ok
 from unnoise.data import DATASET_NAMES
+from unnoise.distill import distill
 from unnoise.eval import (
     SWEEP_NFE,
     EvalOptions,
@@ -145,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Diffusion models on one mathematical core.")
     parser.add_argument("--version", action="version", version=f"unnoise {version('unnoise')}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_samplers, _add_train, _add_sample, _add_demo, _add_eval, _add_export, _add_train_features,
-                _add_list):
+    for add in (_add_samplers, _add_train, _add_distill, _add_sample, _add_demo, _add_eval, _add_export,
+                _add_train_features, _add_list):
         add(sub, fmt)
     return parser
 
@@ -217,6 +218,43 @@ def _add_train(sub, fmt) -> None:
                        help="'latest' (newest complete checkpoint of the run) or a checkpoint path")
         p.add_argument("--out", default=None, help="run folder (overrides the config's out)")
         p.add_argument("--device", default=None, help="cpu, cuda or cuda:N; None: cuda when present, else cpu")
+
+
+def _add_distill(sub, fmt) -> None:
+    """unnoise distill"""
+    p = sub.add_parser("distill", formatter_class=fmt, help="a few-step student of a trained run",
+                       description="Distil a trained run into a model that samples in a few network calls. "
+                       "cd: a consistency model (Song et al. 2023, Alg. 2), one step of the teacher's ODE per "
+                       "target, sampled in 1 call by the consistency sampler. progressive: progressive "
+                       "distillation (Salimans & Ho 2022), each round halving the teacher's DDIM steps, one run per "
+                       "round in OUT/steps_<N>. reflow: a 2-rectified flow (Liu et al. 2022) trained on (noise, "
+                       "sample) pairs drawn by the teacher's ODE (a flow run, e.g. unnoise train fashion-flow). "
+                       "Every student is a normal run: unnoise sample and unnoise eval read it with no extra "
+                       "flags. Consistency training and 1-rectified flows need no teacher: unnoise train "
+                       "fashion-ct, fashion-flow. Runs unchanged under torchrun.")
+    p.add_argument("teacher", type=Path, help="the teacher: a run, checkpoint or model folder")
+    p.add_argument("--method", required=True, choices=["cd", "progressive", "reflow"], help="the method")
+    p.add_argument("--out", default=None, help="the student's run folder; None: TEACHER-METHOD")
+    p.add_argument("--rounds", type=_positive_int, default=1,
+                   help="progressive: rounds, each halving the steps (the first teacher takes distill.teacher_steps, "
+                   "64 unless set)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value of the student's config, e.g. --set train.steps=2000, --set "
+                   "distill.solver=dpmpp_2s, --set distill.pairs=20000, --set distill.one_step=true (repeatable; "
+                   "the [distill] keys are listed in the README)")
+    p.add_argument("--resume", action="store_true", help="continue the student run(s) from their newest checkpoints")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N; None: cuda when present, else cpu")
+
+
+def cmd_distill(args) -> int:
+    result = distill(args.teacher, args.method, args.overrides, out=args.out, rounds=args.rounds,
+                     resume=args.resume, device=args.device)
+    if int(os.environ.get("RANK", "0")) == 0:
+        for run, summary in zip(result.runs, result.summaries, strict=True):
+            print(f"{run}: trained {summary.trained} steps ({summary.step} in all) in {summary.seconds:.0f} s "
+                  f"({summary.stopped}); samples: {summary.report.get('samples', '-')}")
+        print(f"sample it: unnoise sample {result.runs[-1]} --out samples.png")
+    return 0
 
 
 def _add_sample(sub, fmt) -> None:
@@ -359,7 +397,8 @@ def _add_eval(sub, fmt) -> None:
     p.add_argument("checkpoint", type=Path, help="a checkpoint folder, or a run folder (its newest checkpoint)")
     p.add_argument("--metrics", default="fd,kid,pr,acc,nn",
                    help="comma-separated: fd, kid, pr (precision/recall, k = 3), acc (class accuracy of "
-                   "conditional samples), nn (nearest training image), nll (ODE), vlb (variational bound)")
+                   "conditional samples), nn (nearest training image), nll (ODE), vlb (variational bound), "
+                   "straightness (S of the probability-flow paths, Liu et al. 2022: 0 for straight lines)")
     p.add_argument("--n", type=_positive_int, default=10000, help="generated samples for the sample metrics")
     p.add_argument("--sampler", default=None, help="sampler name; None: the run's [sample] sampler")
     p.add_argument("--steps", type=_positive_int, default=None, help="sampler steps; None: the run's")
@@ -382,6 +421,9 @@ def _add_eval(sub, fmt) -> None:
                    help="--guidance-scales on a text model: samples per prompt (50 prompts)")
     p.add_argument("--batch-size", type=_positive_int, default=500, help="samples (or test images) per batch")
     p.add_argument("--nll-n", type=_positive_int, default=256, help="test images for nll and vlb")
+    p.add_argument("--path-n", type=_positive_int, default=256, help="straightness: trajectories from noise")
+    p.add_argument("--path-steps", type=_positive_int, default=100,
+                   help="straightness: DDIM steps of each trajectory, uniform in t (>= 2)")
     p.add_argument("--trace", choices=["exact", "rademacher", "gaussian"], default="rademacher",
                    help="nll: the divergence exactly (D backward passes) or by Hutchinson's estimator")
     p.add_argument("--rtol", type=_finite, default=1e-5, help="nll: relative tolerance of the dopri5 solve")
@@ -562,7 +604,8 @@ def cmd_eval(args) -> int:
             raise ValueError(f"--{name} must be > 0, got {getattr(args, name)}")
     opts = EvalOptions(metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()), n=args.n,
                        sampler=args.sampler, steps=args.steps, spacing=args.spacing, guidance=args.guidance,
-                       seed=args.seed, batch_size=args.batch_size, nll_n=args.nll_n, trace=args.trace,
+                       seed=args.seed, batch_size=args.batch_size, nll_n=args.nll_n, path_n=args.path_n,
+                       path_steps=args.path_steps, trace=args.trace,
                        rtol=args.rtol, atol=args.atol, vlb_steps=args.vlb_steps, features=args.features,
                        classifier=str(args.classifier) if args.classifier else None,
                        classifier_scale=args.classifier_scale, reference=args.reference)
@@ -598,7 +641,8 @@ def cmd_eval(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"samplers": cmd_samplers, "demo": cmd_demo, "train": cmd_train, "sample": cmd_sample,
+    commands = {"samplers": cmd_samplers, "demo": cmd_demo, "train": cmd_train, "distill": cmd_distill,
+                "sample": cmd_sample,
                 "eval": cmd_eval, "train-autoencoder": cmd_train, "export": cmd_export,
                 "train-features": cmd_train_features, "list": cmd_list}
     try:

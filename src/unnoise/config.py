@@ -9,6 +9,7 @@
     [text]      TextConfig (unnoise.text), for text-conditioned models
     [latent]    LatentConfig below: the autoencoder of a latent diffusion model
     [autoencoder] AutoencoderLossConfig (unnoise.losses), for unnoise train-autoencoder
+    [distill]   DistillConfig below: consistency models, progressive distillation, reflow
 Unknown keys are refused with the closest valid key. Every number has a kind (a whole number, or a
 finite number) and a range (RANGES, MODEL_RANGES below), checked when the config is loaded, `--set`
 overrides included; every mistake is one ValueError of one line naming the key, the value and what
@@ -44,7 +45,8 @@ from unnoise.text import TextConfig
 class DiffusionConfig:
     schedule: str = "edm"  # a preset of unnoise.schedules (e.g. ddpm, cosine, edm, flow, ddpm-ztsnr)
     parameterization: str = "edm"  # eps | x0 | v | velocity | edm
-    sigma_data: float = 0.5  # data std for EDM preconditioning
+    sigma_data: float = 0.5  # data std for EDM preconditioning and consistency models
+    sigma_min: float = 0.0  # consistency models: the boundary noise level s~ where f(x, s~) = x; 0 = the schedule's t_min
 
     def __post_init__(self):
         base = self.schedule.removesuffix("-ztsnr")
@@ -111,6 +113,42 @@ class SampleConfig:
                              f"got {_show(list(lo_hi))}")
 
 
+SOLVERS = ("heun", "dpmpp_2s", "ddim")  # the teacher's one-step ODE solvers (unnoise.objectives.teacher)
+DISTANCES = ("pseudo-huber", "l2")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Few-step methods: consistency distillation and training, progressive distillation, reflow
+    (unnoise.objectives.consistency, .progressive, .reflow; `unnoise distill` writes this section)."""
+
+    teacher: str = ""  # the teacher run folder (cd, progressive, reflow)
+    guidance: float = 1.0  # the teacher's classifier-free guidance scale (a conditional teacher)
+    solver: str = "heun"  # cd: the teacher's one-step ODE solver: heun | dpmpp_2s | ddim
+    levels: int = 18  # cd: N noise levels (Karras spacing, Song et al. 2023); ct: N at the start
+    levels_max: int = 1280  # ct: N doubles on a schedule up to this (Song & Dhariwal 2023, s1)
+    target_ema: float = 0.95  # mu of the target network theta- (Song et al. 2023, eq. 8); ct uses 0
+    distance: str = "pseudo-huber"  # l2 | pseudo-huber: sqrt(|a - b|^2 + c^2) - c
+    huber_c: float = 0.0  # the pseudo-Huber c; 0 = 0.00054 sqrt(d) (Song & Dhariwal 2023, §3.3)
+    rho: float = 7.0  # the levels' Karras exponent
+    teacher_steps: int = 0  # progressive: the teacher's steps (the student takes half); reflow: the steps of the
+    #                         sampler that draws the pairs; 0 = the teacher's [sample] steps
+    sampler: str = ""  # reflow: the sampler that draws the pairs; "" = the teacher's
+    pairs: int = 10_000  # reflow: (noise, sample) pairs drawn from the teacher
+    one_step: bool = False  # reflow: train at t = 1 only: distil the flow into one Euler step (Liu et al. 2022, §2.3)
+
+    def __post_init__(self):
+        if self.solver not in SOLVERS:
+            raise ValueError(f"distill.solver must be one of {', '.join(SOLVERS)}, got {_show(self.solver)}")
+        if self.distance not in DISTANCES:
+            raise ValueError(f"distill.distance must be one of {', '.join(DISTANCES)}, got {_show(self.distance)}")
+        if self.sampler and self.sampler not in SAMPLERS:
+            raise ValueError(f"distill.sampler must be \"\" or one of {', '.join(SAMPLERS)}, got {_show(self.sampler)}")
+        if "\0" in self.teacher:
+            raise ValueError(f"distill.teacher must be a path, got {_show(self.teacher)} (a NUL character)")
+        check_numbers(self, "distill")
+
+
 @dataclass(frozen=True)
 class LatentConfig:
     autoencoder: str = ""  # an autoencoder run or checkpoint folder: diffuse in its latent space; "" = pixels
@@ -135,6 +173,7 @@ class RunConfig:
     text: TextConfig = field(default_factory=TextConfig)  # read when [model] context_dim > 0
     latent: LatentConfig = field(default_factory=LatentConfig)  # latent diffusion
     autoencoder: AutoencoderLossConfig = field(default_factory=AutoencoderLossConfig)  # train-autoencoder runs
+    distill: DistillConfig = field(default_factory=DistillConfig)  # distillation, consistency training, reflow
     out: str = "runs/default"  # run folder: log, pictures, checkpoints
     tree: dict = field(default_factory=dict, compare=False, repr=False)  # the TOML it came from, overrides applied
 
@@ -278,10 +317,14 @@ RANGES: dict[str, dict[str, Range | Each | OneOf]] = {
         "lengthscale": real(0, open_lo=True),
         "amplitude": real(0, open_lo=True),
     },
-    "diffusion": {"sigma_data": real(0, SIGMA_DATA_MAX, open_lo=True, why=_SIGMA_DATA_WHY)},
+    "diffusion": {"sigma_data": real(0, SIGMA_DATA_MAX, open_lo=True, why=_SIGMA_DATA_WHY),
+                  "sigma_min": real(0, 10, why="the consistency boundary is a small noise level; EDM's is 0.002")},
     "loss": {  # LossConfig (unnoise.losses), checked here in config terms
-        "weighting": OneOf(("simple", "min-snr", "edm")),
-        "time_sampling": OneOf(("uniform", "lognormal")),
+        "weighting": OneOf(("simple", "min-snr", "edm", "truncated-snr")),
+        "time_sampling": OneOf(("uniform", "lognormal", "logit-normal")),
+        "coupling": OneOf(("independent", "ot")),
+        "logit_mean": real(-20, 20, why="the mean of logit t: sigmoid(20) is 1 - 2e-9, the path's noisy end"),
+        "logit_std": real(0, 10, open_lo=True, why="the spread of logit t"),
         "p_mean": real(-20, 20, why="the mean of ln sigma: e^20 is 5e8, past any schedule's largest noise"),
         "p_std": real(0, 10, open_lo=True, why="the spread of ln sigma: e^(3 x 10) is past any schedule's noise"),
         "min_snr_gamma": real(0, open_lo=True),
@@ -312,6 +355,16 @@ RANGES: dict[str, dict[str, Range | Each | OneOf]] = {
         "guidance_rescale": real(0, 1),
     },
     "text": {"max_tokens": whole(3, 512)},
+    "distill": {
+        "guidance": real(-1000, 1000, why="scales in use are 1 to 20; larger ones overflow the guided prediction"),
+        "levels": whole(2, 100_000, "Song et al. use 18 to 1281 levels; each is a point of the discretised ODE"),
+        "levels_max": whole(2, 100_000, "Song & Dhariwal end at 1281 levels"),
+        "target_ema": real(0, 1, open_hi=True),
+        "huber_c": real(0),
+        "rho": real(0, 100, open_lo=True),
+        "teacher_steps": whole(0, 10_000, "the teacher's sampler steps; no sampler here needs more"),
+        "pairs": whole(1, 10**7, "the pairs are held in memory"),
+    },
     "autoencoder": {  # AutoencoderLossConfig (unnoise.losses)
         "kl_weight": real(0),
         "perceptual_weight": real(0),
@@ -534,7 +587,8 @@ def _set(tree: dict, dotted: str, raw: str) -> None:
     node[path[-1]] = value
 
 
-SECTIONS = ("data", "model", "diffusion", "loss", "train", "sample", "text", "latent", "autoencoder", "out")
+SECTIONS = ("data", "model", "diffusion", "loss", "train", "sample", "text", "latent", "autoencoder", "distill",
+            "out")
 
 
 def _check_depth(tree: dict) -> None:
@@ -604,6 +658,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), tree: dict |
         text=from_dict(TextConfig, tree.get("text", {}), "text"),
         latent=from_dict(LatentConfig, tree.get("latent", {}), "latent"),
         autoencoder=from_dict(AutoencoderLossConfig, tree.get("autoencoder", {}), "autoencoder"),
+        distill=from_dict(DistillConfig, tree.get("distill", {}), "distill"),
         out=_coerce(tree.get("out", "runs/default"), str, "out"),
         tree=tree,
     )

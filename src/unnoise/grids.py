@@ -6,6 +6,9 @@ A grid t_N > ... > t_1 > t_0 = 0 gives N sampler steps. The spacings users know 
     leading   N times k * floor(T / N) + offset from the clean end up (diffusers "leading", DDIM paper)
     trailing  N times t_max * (1 - i / N): starts exactly at t_max (Lin et al. 2024, Table 2)
     karras    sigma_tilde^(1/rho) evenly spaced between its ends (Karras et al. 2022, eq. 5)
+    karras-trailing  the N noisiest of karras's N + 1 levels: starts at t_max and leaves out the
+              cleanest level t_min, so each of N denoiser calls lands at a useful noise level (one- and
+              few-step samplers: consistency models, progressive distillation's students)
     logsnr    log-SNR evenly spaced between its ends (Lu et al. 2022, DPM-Solver §3.3)
 
 On discrete schedules the index spacings (linspace, leading, trailing) land on multiples of 1/T, as
@@ -21,7 +24,7 @@ from torch import Tensor
 
 from unnoise.schedules import Schedule
 
-SPACINGS = ("trailing", "linspace", "leading", "karras", "logsnr")
+SPACINGS = ("trailing", "linspace", "leading", "karras", "logsnr", "karras-trailing")
 
 
 def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", *, rho: float = 7.0,
@@ -70,7 +73,10 @@ def _noise_level_spacing(schedule: Schedule, steps: int, spacing: str, rho: floa
         raise ValueError(f"the {spacing!r} spacing needs a finite noise level at t_max = {t_max}; "
                          f"schedule {schedule.name!r} has log-SNR {lam_lo} there: "
                          "pass t_max < 1 or use 'trailing'")
-    frac = torch.linspace(0, 1, steps, dtype=torch.float64)  # 0 = noisiest
+    if spacing == "karras-trailing":  # levels i / steps of the way, i < steps: the last (t_min) left out
+        frac = torch.arange(steps, dtype=torch.float64) / steps
+    else:
+        frac = torch.linspace(0, 1, steps, dtype=torch.float64)  # 0 = noisiest
     if spacing == "logsnr":
         lam = lam_lo + frac * (lam_hi - lam_lo)
     else:
@@ -80,7 +86,7 @@ def _noise_level_spacing(schedule: Schedule, steps: int, spacing: str, rho: floa
         sig = (s_max ** (1 / rho) + frac * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
         lam = -2 * torch.log(sig)
     t = schedule.t_from_log_snr(lam)
-    if steps > 1:
+    if steps > 1 and spacing != "karras-trailing":
         t[-1] = schedule.t_min  # exact ends, free of round-off in the inverse
     t[0] = t_max
     return t

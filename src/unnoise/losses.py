@@ -11,9 +11,17 @@ parameterisation's own slope: every adapter is affine, x0_hat = a x_t + b F, so
     min-snr   w = min(SNR, gamma) on the x0 error (Hang et al. 2023, eq. 7)
     edm       w = lambda(sigma) = (s~^2 + s_d^2) / (s~ s_d)^2 on the x0 error (Karras et al. 2022, eq. 8;
               with EDM preconditioning this is weight 1 on F)
+    truncated-snr  w = max(SNR, 1) on the x0 error (Salimans & Ho 2022, §4 "truncated SNR weighting")
 
-Time distributions: "uniform" in t (on the indices 1..T for discrete schedules), or "lognormal"
-ln s~ ~ N(p_mean, p_std^2) (Karras et al. 2022, §5 "Training"), mapped to t through the schedule.
+Time distributions: "uniform" in t (on the indices 1..T for discrete schedules), "lognormal"
+ln s~ ~ N(p_mean, p_std^2) (Karras et al. 2022, §5 "Training"), mapped to t through the schedule, or
+"logit-normal" t = sigmoid(u), u ~ N(logit_mean, logit_std^2) (Esser et al. 2024, eq. 19: more
+weight on the middle of a flow's path).
+
+Coupling of data and noise in a batch: "independent" (each x0 with its own eps), or "ot", minibatch
+optimal transport (Tong et al. 2023, §3.2; Pooladian et al. 2023): the batch's noise reordered by the
+exact assignment that minimises sum_i |x0_i - eps_pi(i)|^2 (scipy's linear_sum_assignment), which
+straightens the paths a flow learns.
 """
 
 from __future__ import annotations
@@ -28,16 +36,20 @@ from torch import Tensor
 from unnoise.parameterization import EDMPreconditioning, Parameterization, path_point
 from unnoise.schedules import Schedule
 
-WEIGHTINGS = ("simple", "min-snr", "edm")
-TIME_SAMPLING = ("uniform", "lognormal")
+WEIGHTINGS = ("simple", "min-snr", "edm", "truncated-snr")
+TIME_SAMPLING = ("uniform", "lognormal", "logit-normal")
+COUPLINGS = ("independent", "ot")
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    weighting: str = "edm"  # simple | min-snr | edm (see module docstring)
-    time_sampling: str = "lognormal"  # uniform | lognormal
+    weighting: str = "edm"  # simple | min-snr | edm | truncated-snr (see module docstring)
+    time_sampling: str = "lognormal"  # uniform | lognormal | logit-normal
     p_mean: float = -1.2  # lognormal: mean of ln(sigma~) (Karras et al. use -1.2)
     p_std: float = 1.2  # lognormal: std of ln(sigma~)
+    logit_mean: float = 0.0  # logit-normal: mean of logit(t) (Esser et al. use 0)
+    logit_std: float = 1.0  # logit-normal: std of logit(t) (Esser et al. use 1)
+    coupling: str = "independent"  # independent | ot (minibatch optimal transport of data to noise)
     min_snr_gamma: float = 5.0  # gamma of min-SNR weighting (Hang et al. use 5)
     sigma_data: float = 0.5  # data std in the edm weighting
 
@@ -46,8 +58,10 @@ class LossConfig:
             raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
         if self.time_sampling not in TIME_SAMPLING:
             raise ValueError(f"time_sampling must be one of {', '.join(TIME_SAMPLING)}, got {self.time_sampling!r}")
-        if self.p_std <= 0 or self.min_snr_gamma <= 0 or self.sigma_data <= 0:
-            raise ValueError("p_std, min_snr_gamma and sigma_data must be > 0")
+        if self.coupling not in COUPLINGS:
+            raise ValueError(f"coupling must be one of {', '.join(COUPLINGS)}, got {self.coupling!r}")
+        if self.p_std <= 0 or self.logit_std <= 0 or self.min_snr_gamma <= 0 or self.sigma_data <= 0:
+            raise ValueError("p_std, logit_std, min_snr_gamma and sigma_data must be > 0")
 
 
 class DiffusionLoss:
@@ -63,6 +77,8 @@ class DiffusionLoss:
         if c.time_sampling == "lognormal":
             log_sigma = c.p_mean + c.p_std * torch.randn(n, generator=generator, dtype=torch.float64)
             t = s.t_from_sigma_tilde(log_sigma.exp())
+        elif c.time_sampling == "logit-normal":
+            t = torch.sigmoid(c.logit_mean + c.logit_std * torch.randn(n, generator=generator, dtype=torch.float64))
         elif s.num_timesteps:
             t = torch.randint(1, s.num_timesteps + 1, (n,), generator=generator).double() / s.num_timesteps
         else:
@@ -70,10 +86,12 @@ class DiffusionLoss:
         return t.clamp(s.t_min, 1.0)
 
     def x0_weight(self, t: Tensor) -> Tensor:
-        """The weight on the x0 error at times t (float64), for min-snr and edm."""
+        """The weight on the x0 error at times t (float64), for min-snr, edm and truncated-snr."""
         st = self.schedule.sigma_tilde(t)
         if self.config.weighting == "min-snr":
             return torch.clamp(st**-2, max=self.config.min_snr_gamma)
+        if self.config.weighting == "truncated-snr":
+            return torch.clamp(st**-2, min=1.0)
         sd = self.config.sigma_data
         return (st**2 + sd**2) / (st * sd) ** 2
 

@@ -9,6 +9,8 @@ is fed, and gives the training target. With x_t = alpha x0 + sigma eps:
     velocity  u = d x_t / dt = alpha' x0 + sigma' eps Lipman et al. 2022, eq. 21; Liu et al. 2022
     edm       x0_hat = c_skip x~ + c_out F(c_in x~)  Karras et al. 2022, Table 1 and eq. 7,
               in the VE view x~ = x / alpha, s~ = sigma / alpha (§4)
+    consistency  f = c_skip x~ + c_out F(c_in x~)    Song et al. 2023, eq. 5 and Appendix C: c_skip,
+              c_out shifted so that f(x~, sigma_min) = x~ exactly (the boundary condition)
 
 `NetworkDenoiser` glues a network, a parameterisation and a schedule into the one contract that
 samplers see: denoise(x_t, t, cond) -> x0_hat.
@@ -138,6 +140,46 @@ class EDMPreconditioning:
         return 1 / self._coefficients(p)[1] ** 2
 
 
+@dataclass(frozen=True)
+class ConsistencyParameterization:
+    """A consistency function f(x_t, t) (Song et al. 2023, eq. 5 and Appendix C) in the VE view:
+
+        f = c_skip(s~) x~ + c_out(s~) F(c_in x~, ln(s~) / 4)
+        c_skip = sigma_data^2 / ((s~ - sigma_min)^2 + sigma_data^2),  c_out = sigma_data (s~ - sigma_min) /
+        sqrt(sigma_data^2 + s~^2),  c_in = 1 / sqrt(s~^2 + sigma_data^2) (as EDM's)
+
+    At s~ = sigma_min, c_skip = 1 and c_out = 0 exactly: f(x~, sigma_min) = x~ whatever F is. f is an
+    estimate of x0 (strictly, of x~ at sigma_min), so a consistency model is a denoiser like any other:
+    every sampler runs it, and the consistency sampler (unnoise.samplers.consistency) is Alg. 1."""
+
+    sigma_data: float = 0.5
+    sigma_min: float = 0.002  # the boundary noise level s~ (the schedule's t_min as a rule)
+
+    def _coefficients(self, p: PathPoint) -> tuple[Any, Any, Any]:
+        sd, s = self.sigma_data, p.sigma / p.alpha
+        c_skip = sd**2 / ((s - self.sigma_min) ** 2 + sd**2)
+        c_out = sd * (s - self.sigma_min) / _sqrt(sd**2 + s**2)
+        return c_skip, c_out, 1 / _sqrt(s**2 + sd**2)
+
+    def network_inputs(self, x, p):
+        if not isinstance(p.alpha, Tensor) and p.alpha == 0:
+            raise ValueError(f"a consistency model cannot be evaluated where alpha = 0 (t = {p.t[0].item():g}): "
+                             "use a schedule whose alpha(1) > 0 or a grid with t_max < 1")
+        _, _, c_in = self._coefficients(p)
+        sigma_tilde = torch.as_tensor(p.sigma / p.alpha, dtype=p.t.dtype, device=p.t.device)
+        return x / p.alpha * c_in, 0.25 * torch.log(sigma_tilde).reshape(-1).expand(p.t.shape[0])
+
+    def x0(self, output, x, p):
+        c_skip, c_out, _ = self._coefficients(p)
+        return c_skip * (x / p.alpha) + c_out * output
+
+    def target(self, x0, eps, p):
+        """F's denoising target (x0 - c_skip x~) / c_out, defined above sigma_min (consistency
+        models train with the cd and ct objectives, not on this target)."""
+        c_skip, c_out, _ = self._coefficients(p)
+        return (x0 - c_skip * (x0 + p.sigma / p.alpha * eps)) / c_out
+
+
 def _sqrt(v):
     return torch.sqrt(v) if isinstance(v, Tensor) else math.sqrt(v)
 
@@ -148,14 +190,25 @@ PARAMETERIZATIONS: dict[str, Callable[[], Parameterization]] = {
     "v": VPrediction,
     "velocity": VelocityPrediction,
     "edm": EDMPreconditioning,
+    "consistency": ConsistencyParameterization,
 }
 
 
-def get_parameterization(name: str, sigma_data: float = 0.5) -> Parameterization:
-    """The parameterisation called `name`; sigma_data is EDM preconditioning's data std."""
+def get_parameterization(name: str, sigma_data: float = 0.5, sigma_min: float = 0.002) -> Parameterization:
+    """The parameterisation called `name`; sigma_data: the data std of edm and consistency;
+    sigma_min: the consistency boundary s~ (see `parameterization_of` for a run's)."""
     if name not in PARAMETERIZATIONS:
         raise ValueError(f"unknown parameterization {name!r}; choose from {', '.join(PARAMETERIZATIONS)}")
+    if name == "consistency":
+        return ConsistencyParameterization(sigma_data, sigma_min)
     return EDMPreconditioning(sigma_data) if name == "edm" else PARAMETERIZATIONS[name]()
+
+
+def parameterization_of(diffusion: Any, schedule: Schedule) -> Parameterization:
+    """A run's parameterisation from its [diffusion] section; the consistency boundary sigma_min = 0
+    means the schedule's own t_min (EDM's 0.002)."""
+    sigma_min = diffusion.sigma_min or schedule.sigma_tilde(schedule.t_min).item()
+    return get_parameterization(diffusion.parameterization, diffusion.sigma_data, sigma_min)
 
 
 def path_point(schedule: Schedule, t: Tensor, ndim: int, derivatives: bool = True) -> PathPoint:

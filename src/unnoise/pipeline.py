@@ -39,7 +39,7 @@ from unnoise.latent import LatentSpace, PixelSpace, space_for
 from unnoise.models import build_model
 from unnoise.models.interface import ModelInterface
 from unnoise.noise import per_sample_generators, randn_like
-from unnoise.parameterization import NetworkDenoiser, Parameterization, get_parameterization
+from unnoise.parameterization import NetworkDenoiser, Parameterization, parameterization_of
 from unnoise.samplers import StepInfo, get_sampler
 from unnoise.samplers.steps import path_grid
 from unnoise.schedules import Schedule, get_schedule
@@ -111,7 +111,8 @@ class Pipeline:
         net = build_model(config.model)
         net.load_state_dict(weights)
         d = config.diffusion
-        pipe = cls.from_network(net, get_parameterization(d.parameterization, d.sigma_data), get_schedule(d.schedule),
+        schedule = get_schedule(d.schedule)
+        pipe = cls.from_network(net, parameterization_of(d, schedule), schedule,
                                 config.model.interface, device, defaults=settings_of(config.sample), space=space,
                                 modality=modality_of(config.data), config=config, source=source, step=step)
         if classifier is not None:
@@ -180,7 +181,7 @@ class Pipeline:
                seed: int | None = None, options: dict | None = None, x: Tensor | None = None,
                t_start: float | None = None, times: Tensor | None = None, batch_size: int | None = None,
                callback: Callable[[BatchStep], Tensor | None] | None = None, progress: bool | None = None,
-               first: int = 0, wrap: Callable | None = None) -> Tensor:
+               first: int = 0, wrap: Callable | None = None, decode: bool = True) -> Tensor:
         """n samples (n, *data shape) in data space, on the CPU.
 
         label: one class for every sample; labels: (n,) one per sample; neither on a class-conditional
@@ -196,6 +197,8 @@ class Pipeline:
         every step of every batch (a BatchStep) and may return a replacement x. progress: a bar (None:
         on a terminal). first: sample indices start here (seeds, classes and prompts follow the
         index). wrap(denoise): wraps the final denoiser of each batch (e.g. to count calls).
+        decode: False returns the samples in the space the network diffuses in (a latent model's
+        latents, undecoded; e.g. to train on them).
         """
         s = self.settings(sampler=sampler, steps=steps, spacing=spacing, guidance=guidance,
                           guidance_rescale=guidance_rescale, guidance_interval=guidance_interval,
@@ -209,7 +212,8 @@ class Pipeline:
                   disable=(not progress) if progress is not None else None) as bar:
             for lo in range(0, n, plan.batch_size):
                 hi = min(n, lo + plan.batch_size)
-                out.append(self._batch(plan, s, grid, range(first + lo, first + hi), lo, callback, wrap, bar).cpu())
+                x0 = self._batch(plan, s, grid, range(first + lo, first + hi), lo, callback, wrap, bar)
+                out.append((self.space.decode(x0) if decode else x0).cpu())
                 bar.update(hi - lo)
         return torch.cat(out)
 
@@ -339,7 +343,7 @@ class Pipeline:
 
     def _batch(self, plan: _Plan, s: Settings, times: Tensor, rows: range, lo: int,
                callback: Callable | None, wrap: Callable | None, bar) -> Tensor:
-        """Samples `rows` (from row lo of the request), decoded to data space."""
+        """Samples `rows` (from row lo of the request), in the space the network diffuses in."""
         cond, null = self._conditions(plan, lo, rows)
         gens = per_sample_generators(s.seed, len(rows), start=rows.start)  # sample i: its own generator
         dtype = next(self.denoiser.net.parameters()).dtype
@@ -354,9 +358,8 @@ class Pipeline:
             bar.set_postfix_str(f"step {info.i + 1}/{len(times) - 1}", refresh=False)
             return callback(BatchStep(info, rows, gens)) if callback is not None else None
 
-        x0 = get_sampler(s.sampler)(self._denoiser(s, null, wrap), self.schedule, x, times, cond=cond,
-                                    generator=gens, callback=step, **s.options)
-        return self.space.decode(x0)
+        return get_sampler(s.sampler)(self._denoiser(s, null, wrap), self.schedule, x, times, cond=cond,
+                                      generator=gens, callback=step, **s.options)
 
 
 @dataclass(frozen=True)

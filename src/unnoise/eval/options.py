@@ -16,7 +16,8 @@ from unnoise.pipeline import Pipeline
 
 SAMPLE_METRICS = ("fd", "kid", "pr", "acc", "nn")
 LIKELIHOOD_METRICS = ("nll", "vlb")
-METRICS = SAMPLE_METRICS + LIKELIHOOD_METRICS
+PATH_METRICS = ("straightness",)  # of the probability-flow paths (unnoise.straightness)
+METRICS = SAMPLE_METRICS + LIKELIHOOD_METRICS + PATH_METRICS
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class EvalOptions:
     rtol: float = 1e-5  # ODE tolerances (nll)
     atol: float = 1e-5
     vlb_steps: int | None = None  # T of the bound; None: the schedule's own, else 1000
+    path_n: int = 256  # trajectories for straightness
+    path_steps: int = 100  # their DDIM steps, uniform in t
     features: str | None = None  # a feature network file; None: the packaged one for the run's data
     classifier: str | None = None  # a noise-aware classifier run for classifier guidance
     classifier_scale: float = 1.0  # its guidance scale
@@ -50,9 +53,11 @@ class EvalOptions:
         unknown = [m for m in self.metrics if m not in METRICS]
         if unknown or not self.metrics:
             raise ValueError(f"unknown metrics {unknown or '(none given)'}; choose from {', '.join(METRICS)}")
-        for name in ("n", "batch_size", "nll_n"):
+        for name in ("n", "batch_size", "nll_n", "path_n"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.path_steps < 2:
+            raise ValueError(f"path_steps must be at least 2, got {self.path_steps}")
         if any(m in self.metrics for m in ("pr",)) and self.n <= 3:
             raise ValueError(f"precision/recall (k = 3) needs n > 3, got {self.n}")
 

@@ -12,6 +12,7 @@ from unnoise.eval.options import LIKELIHOOD_METRICS, SAMPLE_METRICS, EvalOptions
 from unnoise.eval.reference import reference_prompts
 from unnoise.eval.samples import draw, floor_metrics, sample_metrics
 from unnoise.files import write_text_atomic
+from unnoise.straightness import straightness
 
 
 def evaluate(checkpoint: str | Path, opts: EvalOptions, device=None, progress: bool = True) -> tuple[dict, Path]:
@@ -31,9 +32,14 @@ def evaluate(checkpoint: str | Path, opts: EvalOptions, device=None, progress: b
         result.update({"nll": {"trace": opts.trace, "rtol": opts.rtol, "atol": opts.atol},
                        "vlb steps": opts.vlb_steps})
         result.update(likelihood_metrics(job.pipe, opts, progress))
+    if "straightness" in opts.metrics:  # the run's own conditions: its class grid, its guidance
+        result.update({"straightness": straightness(job.pipe, opts.path_n, steps=opts.path_steps, seed=opts.seed,
+                                                    batch_size=opts.batch_size, guidance=job.guidance,
+                                                    progress=progress),
+                       "straightness paths": opts.path_n, "straightness steps": opts.path_steps})
     scale = f"-c{opts.classifier_scale:g}" if classifier else ""
     name = (f"eval-{job.sampler}-{job.steps}-g{job.guidance}{scale}-n{opts.n}{opts.suffix}.json" if samples
-            else f"eval-{'-'.join(opts.metrics)}-n{opts.nll_n}.json")
+            else f"eval-{'-'.join(opts.metrics)}-n{max(opts.nll_n, opts.path_n)}.json")
     path = job.path / name
     write_text_atomic(path, json.dumps({**result, "options": asdict(opts)}, indent=1) + "\n")
     return result, path

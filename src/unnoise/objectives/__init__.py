@@ -4,6 +4,9 @@ unnoise.training runs any of them; `objective_for` picks the one a config's netw
     diffusion     DiffusionObjective    a denoiser (U-Net, DiT, MLP), in pixels or latents
     classifier    ClassifierObjective   a noise-aware classifier for classifier guidance
     autoencoder   AutoencoderObjective  latent diffusion's autoencoder, with its discriminator
+    cd, ct        ConsistencyObjective  consistency distillation (a teacher) and training (none)
+    progressive   ProgressiveObjective  one round of progressive distillation: N teacher steps -> N / 2
+    reflow        ReflowObjective       a rectified flow retrained on its teacher's (noise, sample) pairs
 
 A new method registers its objective here under a name that [train] objective can select.
 """
@@ -14,9 +17,14 @@ from unnoise.config import RunConfig
 from unnoise.objectives.autoencoder import AutoencoderObjective
 from unnoise.objectives.base import Batch, LossOutput, Objective, ObjectiveBase, RunContext
 from unnoise.objectives.classifier import ClassifierObjective
+from unnoise.objectives.consistency import ConsistencyObjective
 from unnoise.objectives.diffusion import DiffusionObjective
+from unnoise.objectives.progressive import ProgressiveObjective
+from unnoise.objectives.reflow import ReflowObjective
 
-OBJECTIVES = {"diffusion": DiffusionObjective, "classifier": ClassifierObjective, "autoencoder": AutoencoderObjective}
+OBJECTIVES = {"diffusion": DiffusionObjective, "classifier": ClassifierObjective, "autoencoder": AutoencoderObjective,
+              "cd": ConsistencyObjective, "ct": ConsistencyObjective, "progressive": ProgressiveObjective,
+              "reflow": ReflowObjective}
 BY_OUTPUT = {"denoiser": "diffusion", "logits": "classifier", "autoencoder": "autoencoder"}  # the default objective
 
 
@@ -29,5 +37,6 @@ def objective_for(config: RunConfig, run: RunContext) -> Objective:
     return OBJECTIVES[name](config, run)
 
 
-__all__ = ["OBJECTIVES", "AutoencoderObjective", "Batch", "ClassifierObjective", "DiffusionObjective", "LossOutput",
-           "Objective", "ObjectiveBase", "RunContext", "objective_for"]
+__all__ = ["OBJECTIVES", "AutoencoderObjective", "Batch", "ClassifierObjective", "ConsistencyObjective",
+           "DiffusionObjective", "LossOutput", "Objective", "ObjectiveBase", "ProgressiveObjective", "ReflowObjective",
+           "RunContext", "objective_for"]

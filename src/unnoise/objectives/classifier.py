@@ -18,7 +18,7 @@ from unnoise.files import write_text_atomic
 from unnoise.losses import DiffusionLoss
 from unnoise.models import build_model
 from unnoise.objectives.base import Batch, LossOutput, ObjectiveBase, RunContext
-from unnoise.parameterization import get_parameterization, path_point
+from unnoise.parameterization import parameterization_of, path_point
 from unnoise.schedules import get_schedule
 
 
@@ -45,7 +45,7 @@ class ClassifierObjective(ObjectiveBase):
         d = config.diffusion
         self.config, self.run, self.dataset = config, run, dataset
         self.network = build_model(config.model).to(run.device, run.dtype)
-        self.loss_fn = ClassifierLoss(get_schedule(d.schedule), get_parameterization(d.parameterization, d.sigma_data),
+        self.loss_fn = ClassifierLoss(get_schedule(d.schedule), parameterization_of(d, get_schedule(d.schedule)),
                                       config.loss)
 
     def draw(self, index: Tensor, generator: torch.Generator, step: int) -> Batch:

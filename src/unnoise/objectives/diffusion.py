@@ -16,36 +16,50 @@ from torch import Tensor, nn
 
 from unnoise.conditioning import Condition, null_labels
 from unnoise.config import RunConfig
+from unnoise.coupling import ot_pairing
 from unnoise.data import load_dataset
 from unnoise.latent import LatentSpace, encode_dataset, space_for
 from unnoise.losses import DiffusionLoss
 from unnoise.models import build_model
 from unnoise.objectives.base import Batch, LossOutput, ObjectiveBase, RunContext
 from unnoise.outputs import sample_record, write_samples
-from unnoise.parameterization import get_parameterization
+from unnoise.parameterization import parameterization_of
 from unnoise.pipeline import Pipeline
 from unnoise.schedules import get_schedule
 from unnoise.text import CaptionBank, load_text_encoder
 
 
 class DiffusionObjective(ObjectiveBase):
-    def __init__(self, config: RunConfig, run: RunContext):
-        d, self.run = config.diffusion, run
-        schedule = get_schedule(d.schedule)
-        if d.parameterization in ("eps", "edm") and schedule.alpha(1.0).item() == 0:
-            raise ValueError(f"{d.parameterization} cannot be trained on schedule {schedule.name!r}, whose "
+    def __init__(self, config: RunConfig, run: RunContext, dataset=None):
+        """dataset: the examples to train on (None: the config's [data])."""
+        self.setup(config, run, dataset)
+        d = self.config.diffusion
+        if d.parameterization in ("eps", "edm") and self.schedule.alpha(1.0).item() == 0:
+            raise ValueError(f"{d.parameterization} cannot be trained on schedule {self.schedule.name!r}, whose "
                              "alpha(1) = 0: use v or velocity")
-        dataset = load_dataset(config.data)
+        if d.parameterization == "consistency":
+            raise ValueError("a consistency model trains with train.objective = \"cd\" (unnoise distill) or \"ct\", "
+                             "not on the denoising loss")
+        self.loss_fn = DiffusionLoss(self.schedule, self.parameterization, config.loss)
+
+    def setup(self, config: RunConfig, run: RunContext, dataset=None, in_model_space: bool = False) -> None:
+        """What every objective that trains a denoiser needs: the data (as latents for a latent
+        model, unless they are in the model's space already), the network, the schedule and
+        parameterisation, the encoded captions."""
+        self.run = run
+        self.schedule = get_schedule(config.diffusion.schedule)
+        self.parameterization = parameterization_of(config.diffusion, self.schedule)
+        dataset = load_dataset(config.data) if dataset is None else dataset
         space = space_for(config, run.device)
         if isinstance(space, LatentSpace):  # encode once; the hash names the autoencoder in every checkpoint
             config = _record_autoencoder(config, space.sha256)
             if run.resume is not None:  # checked before the encoding work
                 _check_autoencoder(run.resume, space.sha256)
-            dataset = encode_dataset(space, dataset, progress=run.main and not run.quiet)
+            if not in_model_space:
+                dataset = encode_dataset(space, dataset, progress=run.main and not run.quiet)
         _check_shape(config, dataset)
         self.config, self.dataset = config, dataset
         self.network = build_model(config.model).to(run.device, run.dtype)
-        self.loss_fn = DiffusionLoss(schedule, get_parameterization(d.parameterization, d.sigma_data), config.loss)
         self.bank = _caption_bank(config, dataset, run.device)  # every caption encoded once
         self.prompts = self._grid_prompts()
 
@@ -55,24 +69,42 @@ class DiffusionObjective(ObjectiveBase):
         x0, labels = self.dataset.batch(index)
         t = self.loss_fn.sample_times(len(x0), generator)
         noise = torch.randn(x0.shape, generator=generator)
+        if self.config.loss.coupling == "ot":
+            noise = noise[ot_pairing(x0, noise)]
+        return self.with_condition({"x0": x0, "t": t, "noise": noise}, index, labels, generator)
+
+    def with_condition(self, batch: Batch, index: Tensor, labels: Tensor, generator: torch.Generator) -> Batch:
+        """The batch with its (dropped) labels and caption ids: a conditional model's."""
         interface = self.config.model.interface
-        batch = {"x0": x0, "t": t, "noise": noise, "labels": None, "caption_ids": None}
+        n = len(index)
+        batch = {**batch, "labels": None, "caption_ids": None}
         if interface.conditional:  # one mask drops labels and captions together: the null pair guidance uses
-            drop = torch.rand(len(x0), generator=generator) < self.config.train.label_dropout
+            drop = torch.rand(n, generator=generator) < self.config.train.label_dropout
             if interface.num_classes:
-                batch["labels"] = torch.where(drop, null_labels(interface.num_classes, len(x0)), labels)
+                batch["labels"] = torch.where(drop, null_labels(interface.num_classes, n), labels)
             if self.bank is not None:
                 batch["caption_ids"] = torch.where(drop, 0, self.dataset.captions.draw(index, generator))
         return batch
 
-    def loss(self, net: nn.Module, batch: Batch, step: int) -> LossOutput:
+    def condition(self, batch: Batch) -> Condition | None:
+        """The batch's condition (labels, encoded captions), on this rank's rows only."""
         labels, ids = batch["labels"], batch["caption_ids"]
-        if ids is not None:  # caption ids -> encoded text, on this rank's rows only
-            cond = self.bank.cond(ids, labels=labels)
-        else:
-            cond = Condition(labels=labels) if labels is not None else None
+        if ids is not None:
+            return self.bank.cond(ids, labels=labels)
+        return Condition(labels=labels) if labels is not None else None
+
+    def null_condition(self) -> Condition | None:
+        """The null condition, one row (the null label, the empty prompt), or None for an
+        unconditional model: what a guided teacher's unconditional branch sees."""
+        interface = self.config.model.interface
+        labels = null_labels(interface.num_classes, 1, self.run.device) if interface.num_classes else None
+        if self.bank is not None:
+            return self.bank.cond(torch.zeros(1, dtype=torch.long), labels=labels)
+        return Condition(labels=labels) if labels is not None else None
+
+    def loss(self, net: nn.Module, batch: Batch, step: int) -> LossOutput:
         x0, noise = batch["x0"].to(self.run.dtype), batch["noise"].to(self.run.dtype)
-        return LossOutput(self.loss_fn(net, x0, cond, noise=noise, t=batch["t"]).mean())
+        return LossOutput(self.loss_fn(net, x0, self.condition(batch), noise=noise, t=batch["t"]).mean())
 
     def report(self, weights: dict[str, Tensor], step: int, final: bool) -> dict:
         """A grid of [sample] n samples from the EMA weights (fixed seeds)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from unnoise.samplers.adaptive import ode_adaptive
+from unnoise.samplers.consistency import consistency
 from unnoise.samplers.ddpm import ddim, ddpm
 from unnoise.samplers.dpmsolver import dpmpp_2m, dpmpp_2m_sde, dpmpp_3m_sde
 from unnoise.samplers.euler import euler, euler_ancestral, heun
@@ -35,6 +36,7 @@ _SAMPLERS: dict[str, Callable] = {
     "euler_maruyama": euler_maruyama,
     "pc": pc,
     "annealed_langevin": annealed_langevin,
+    "consistency": consistency,
 }
 SAMPLERS: dict[str, Callable] = {name: graph_only_if_asked(fn) for name, fn in _SAMPLERS.items()}
 globals().update(SAMPLERS)  # unnoise.samplers.ddim is the registered (graph-free) function
