@@ -21,6 +21,7 @@ from unnoise.config import load_config
 from unnoise.coupling import ot_pairing
 from unnoise.data import TensorSet
 from unnoise.grids import time_grid
+from unnoise.models import build_model
 from unnoise.models.interface import ModelInterface
 from unnoise.noise import per_sample_generators
 from unnoise.objectives import ConsistencyObjective, DiffusionObjective, ProgressiveObjective, ReflowObjective
@@ -29,7 +30,7 @@ from unnoise.objectives.progressive import progressive_target
 from unnoise.objectives.reflow import draw_pairs
 from unnoise.objectives.teacher import ode_step
 from unnoise.oracle import GaussianMixture
-from unnoise.parameterization import ConsistencyParameterization, NetworkDenoiser, VelocityPrediction, path_point
+from unnoise.parameterization import ConsistencyParameterization, NetworkDenoiser, VelocityPrediction
 from unnoise.pipeline import DEFAULT_SETTINGS, Pipeline
 from unnoise.samplers import consistency, ddim, heun
 from unnoise.schedules import get_schedule
@@ -103,20 +104,37 @@ def test_the_teacher_step_solvers_converge_at_their_order(solver, order):
     assert abs(slope - order) < 0.25, (errors, slope)
 
 
+def rmse_to_f_star(f) -> float:
+    """RMSE(f, f*) / s over the 40-level Karras discretisation, x from each level's marginal."""
+    g, squares = torch.Generator().manual_seed(1), []
+    for level in karras_levels(S_MIN, 80.0, 40, 7.0).tolist():
+        x = GAUSS.sample(2000, g)[0] + level * torch.randn(2000, 2, generator=g, dtype=torch.float64)
+        squares.append(((f(x.float(), EDM.t_from_sigma_tilde(level).item()).double() - f_star(x, level)) ** 2).mean())
+    return torch.stack(squares).mean().sqrt().item() / S
+
+
 def test_cd_with_the_exact_teacher_learns_the_exact_consistency_function(tmp_path):
     # Heun's discretisation with N = 40 levels is 0.010 s away from f* (the test above measures the
     # composition: N = 18 would be 0.056 s), so the trained f may spend 0.01 s on optimisation.
     run = config(tmp_path, "cd", "cd", 4000, distill={"levels": 40})
     pipe = trained(run, lambda c, r: ConsistencyObjective(c, r, dataset=points(GAUSS, 20_000, 0),
                                                           teacher=GAUSS.denoiser(EDM)))
-    f, g, squares = pipe.denoiser, torch.Generator().manual_seed(1), []
-    for level in karras_levels(S_MIN, 80.0, 40, 7.0).tolist():  # the levels CD trains at, uniformly
-        x = GAUSS.sample(2000, g)[0] + level * torch.randn(2000, 2, generator=g, dtype=torch.float64)
-        squares.append(((f(x.float(), EDM.t_from_sigma_tilde(level).item()).double() - f_star(x, level)) ** 2).mean())
-    rmse = torch.stack(squares).mean().sqrt().item()
-    assert rmse < 0.02 * S, rmse
+    rmse = rmse_to_f_star(pipe.denoiser)  # at the levels CD trains at, uniformly
+    assert rmse < 0.02, rmse
     x = torch.randn(500, 2)  # and after training the boundary still holds exactly
-    assert torch.equal(f(x, EDM.t_min), x)
+    assert torch.equal(pipe.denoiser(x, EDM.t_min), x)
+
+
+def test_ct_without_a_teacher_moves_towards_the_exact_consistency_function(tmp_path):
+    # Consistency training's target is the network itself one level down, on x0 + s_n z with the same
+    # z: a one-sample estimate of the ODE step, unbiased only as the levels merge, and slow to carry the
+    # boundary up 1281 levels. At its defaults and 4,000 steps it measured 0.21 s (levels_max = 160:
+    # 0.064 s); the untrained network (F = 0) is ~0.7 s away.
+    run = config(tmp_path, "ct", "ct", 4000)
+    pipe = trained(run, lambda c, r: ConsistencyObjective(c, r, dataset=points(GAUSS, 20_000, 0)))
+    untrained = NetworkDenoiser(build_model(run.model), pipe.denoiser.parameterization, EDM)
+    before, after = rmse_to_f_star(untrained), rmse_to_f_star(pipe.denoiser)
+    assert before > 0.5 and after < 0.3, (before, after)
 
 
 def test_the_consistency_sampler_draws_the_exact_law_from_the_exact_consistency_function():

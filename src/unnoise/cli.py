@@ -252,7 +252,8 @@ def cmd_distill(args) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         for run, summary in zip(result.runs, result.summaries, strict=True):
             print(f"{run}: trained {summary.trained} steps ({summary.step} in all) in {summary.seconds:.0f} s "
-                  f"({summary.stopped}); samples: {summary.report.get('samples', '-')}")
+                  f"({summary.stopped})")
+            _print_report(summary.report)
         print(f"sample it: unnoise sample {result.runs[-1]} --out samples.png")
     return 0
 
@@ -526,11 +527,16 @@ def cmd_train(args) -> int:
         print(f"trained {summary.trained} steps ({summary.step} in all) in {summary.seconds:.0f} s ({summary.stopped}), "
               f"{summary.skipped} skipped; wrote {summary.out}/log.jsonl, loss.png and checkpoints "
               f"{', '.join(Path(p).name for p in summary.checkpoints)}")
-        for key, value in summary.report.items():
-            if isinstance(value, dict):
-                value = ", ".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in value.items())
-            print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
+        _print_report(summary.report)
     return 0
+
+
+def _print_report(report: dict) -> None:
+    """A run's final report (sample grid, accuracy, straightness, ...), a line an entry."""
+    for key, value in report.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in value.items())
+        print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
 
 
 MAX_SAMPLES = 1_000_000  # per command: the samples are held in memory until written

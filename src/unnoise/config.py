@@ -46,7 +46,7 @@ class DiffusionConfig:
     schedule: str = "edm"  # a preset of unnoise.schedules (e.g. ddpm, cosine, edm, flow, ddpm-ztsnr)
     parameterization: str = "edm"  # eps | x0 | v | velocity | edm
     sigma_data: float = 0.5  # data std for EDM preconditioning and consistency models
-    sigma_min: float = 0.0  # consistency models: the boundary noise level s~ where f(x, s~) = x; 0 = the schedule's t_min
+    sigma_min: float = 0.0  # consistency models: the boundary level s~ where f(x, s~) = x; 0 = the schedule's t_min
 
     def __post_init__(self):
         base = self.schedule.removesuffix("-ztsnr")
@@ -125,9 +125,12 @@ class DistillConfig:
     teacher: str = ""  # the teacher run folder (cd, progressive, reflow)
     guidance: float = 1.0  # the teacher's classifier-free guidance scale (a conditional teacher)
     solver: str = "heun"  # cd: the teacher's one-step ODE solver: heun | dpmpp_2s | ddim
-    levels: int = 18  # cd: N noise levels (Karras spacing, Song et al. 2023); ct: N at the start
-    levels_max: int = 1280  # ct: N doubles on a schedule up to this (Song & Dhariwal 2023, s1)
-    target_ema: float = 0.95  # mu of the target network theta- (Song et al. 2023, eq. 8); ct uses 0
+    levels: int = 18  # cd: N noise levels (Karras spacing, Song et al. 2023)
+    target_ema: float = 0.95  # cd: mu of the target network theta- (eq. 8); ct has none (theta- = stopgrad theta)
+    start_levels: int = 11  # ct: N at the start, s0 + 1 (Song & Dhariwal 2023, eq. 11: s0 = 10)
+    levels_max: int = 1280  # ct: N doubles on a schedule up to this + 1 (s1 = 1280)
+    level_mean: float = -1.1  # ct: the lognormal law of the levels, mean of ln s~ (P_mean, eq. 12)
+    level_std: float = 2.0  # ct: its std (P_std)
     distance: str = "pseudo-huber"  # l2 | pseudo-huber: sqrt(|a - b|^2 + c^2) - c
     huber_c: float = 0.0  # the pseudo-Huber c; 0 = 0.00054 sqrt(d) (Song & Dhariwal 2023, §3.3)
     rho: float = 7.0  # the levels' Karras exponent
@@ -358,7 +361,10 @@ RANGES: dict[str, dict[str, Range | Each | OneOf]] = {
     "distill": {
         "guidance": real(-1000, 1000, why="scales in use are 1 to 20; larger ones overflow the guided prediction"),
         "levels": whole(2, 100_000, "Song et al. use 18 to 1281 levels; each is a point of the discretised ODE"),
+        "start_levels": whole(2, 100_000, "Song & Dhariwal start at 11 levels"),
         "levels_max": whole(2, 100_000, "Song & Dhariwal end at 1281 levels"),
+        "level_mean": real(-20, 20, why="the mean of ln s~: e^20 is 5e8, past any schedule's largest noise"),
+        "level_std": real(0, 10, open_lo=True, why="the spread of ln s~"),
         "target_ema": real(0, 1, open_hi=True),
         "huber_c": real(0),
         "rho": real(0, 100, open_lo=True),

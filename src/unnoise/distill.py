@@ -62,11 +62,19 @@ def student_config(teacher: str | Path, method: str, overrides: list[str] = (), 
     tree["distill"] = {**tree.get("distill", {}), "teacher": str(teacher)}
     tree["out"] = out or f"{str(teacher).rstrip('/')}-{method}"
     schedule = get_schedule(teacher_config.diffusion.schedule)
+    if method == "reflow" and teacher_config.diffusion.schedule != "flow":
+        raise ValueError(f"reflow trains a rectified flow from a flow's pairs: the teacher {teacher} is on schedule "
+                         f"{teacher_config.diffusion.schedule!r} (train one with unnoise train fashion-flow)")
     spacing = "karras-trailing" if schedule.alpha(1.0).item() > 0 else "trailing"
     if method == "cd":
         tree["diffusion"] = {**tree.get("diffusion", {}), "parameterization": "consistency"}
         tree["sample"] = {**tree.get("sample", {}), "sampler": "consistency", "steps": 1, "spacing": spacing}
     config = load_config(None, list(overrides), tree=tree)
+    if config.distill.guidance != 1 or method == "reflow":
+        # guidance distilled into the student (or reflow's pairs, drawn with labels only) leaves it no
+        # unconditional branch to guide with: the student samples with guidance 1
+        tree["sample"] = {**tree.get("sample", {}), "guidance": 1.0}
+        config = load_config(None, list(overrides), tree=tree)
     if method == "progressive":
         steps = config.distill.teacher_steps or FIRST_TEACHER_STEPS
         if steps < 2 or steps % 2:
@@ -105,8 +113,8 @@ def distill(teacher: str | Path, method: str, overrides: list[str] = (), *, out:
     runs, summaries, root = [], [], Path(config.out)
     for k in range(rounds):
         n = steps >> (k + 1)
-        round_config = student_config(teacher, method, [*overrides, f"distill.teacher_steps={2 * n}"],
-                                      str(root / f"steps_{n:03d}"))
+        later = [f"distill.teacher_steps={2 * n}"] + (["distill.guidance=1"] if k else [])  # guided once: round 1
+        round_config = student_config(teacher, method, [*overrides, *later], str(root / f"steps_{n:03d}"))
         summaries.append(train(round_config, resume=_latest(round_config, resume), device=device, quiet=quiet))
         runs.append(round_config.out)
         teacher = round_config.out  # the student becomes the teacher

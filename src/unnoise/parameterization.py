@@ -155,6 +155,11 @@ class ConsistencyParameterization:
     sigma_data: float = 0.5
     sigma_min: float = 0.002  # the boundary noise level s~ (the schedule's t_min as a rule)
 
+    @property
+    def sampler_options(self) -> dict:
+        """What the consistency sampler needs of the model: its boundary (unnoise.pipeline passes it)."""
+        return {"sigma_min": self.sigma_min}
+
     def _coefficients(self, p: PathPoint) -> tuple[Any, Any, Any]:
         sd, s = self.sigma_data, p.sigma / p.alpha
         c_skip = sd**2 / ((s - self.sigma_min) ** 2 + sd**2)

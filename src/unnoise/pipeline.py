@@ -358,8 +358,15 @@ class Pipeline:
             bar.set_postfix_str(f"step {info.i + 1}/{len(times) - 1}", refresh=False)
             return callback(BatchStep(info, rows, gens)) if callback is not None else None
 
-        return get_sampler(s.sampler)(self._denoiser(s, null, wrap), self.schedule, x, times, cond=cond,
-                                      generator=gens, callback=step, **s.options)
+        sampler = get_sampler(s.sampler)
+        return sampler(self._denoiser(s, null, wrap), self.schedule, x, times, cond=cond, generator=gens,
+                       callback=step, **{**self._model_options(sampler), **s.options})
+
+    def _model_options(self, sampler: Callable) -> dict:
+        """What the parameterisation tells samplers about the model (a consistency model: its
+        boundary sigma_min), for the samplers that take it; the caller's options override these."""
+        offered = getattr(self.denoiser.parameterization, "sampler_options", {})
+        return {k: v for k, v in offered.items() if k in inspect.signature(sampler).parameters}
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ probability-flow trajectory to the trajectory's start, so that one call samples.
     ct   consistency training, improved (Song & Dhariwal 2023): no teacher; x_n = x0 + s_n z with the
          same z (the one-sample estimate of the ODE step), target theta- = stopgrad(theta) (mu = 0),
          weight 1 / (s_{n+1} - s_n) (§3.1), pseudo-Huber distance with c = 0.00054 sqrt(d) (§3.3),
-         n drawn from the lognormal law discretised on the levels (§3.5, eq. 12 with [loss] p_mean,
-         p_std), and N doubling on a schedule from `levels` to `levels_max` + 1 (§3.4, eq. 11).
+         n drawn from the lognormal law discretised on the levels (§3.5, eq. 12: [distill] level_mean,
+         level_std), and N doubling from `start_levels` to `levels_max` + 1 (§3.4, eq. 11).
 
 Everything is written in the VE view (x~ = x / alpha, s~ = sigma / alpha), so any schedule with
 alpha(1) > 0 serves; the levels run from the boundary sigma_min to s~(1). The network's output is
@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from unnoise.config import RunConfig
 from unnoise.objectives.base import Batch, LossOutput, RunContext
-from unnoise.objectives.diffusion import DiffusionObjective
+from unnoise.objectives.diffusion import DiffusionObjective, independent_noise_only
 from unnoise.objectives.teacher import guided, load_teacher, ode_step
 from unnoise.parameterization import ConsistencyParameterization, NetworkDenoiser
 from unnoise.resume_state import check_weights
@@ -46,7 +46,7 @@ def ct_levels(step: int, total: int, start: int, most: int) -> int:
     """N at optimiser step k of K (Song & Dhariwal 2023, eq. 11): min(s0 2^floor(k / K'), s1) + 1 with
     s0 = start - 1, s1 = most, K' = floor(K / (log2 floor(s1 / s0) + 1))."""
     s0 = start - 1
-    per = max(1, total // (int(math.log2(max(most // s0, 1))) + 1))
+    per = max(1, math.floor(total / (math.log2(max(most // s0, 1)) + 1)))
     return min(s0 * 2 ** (step // per), most) + 1
 
 
@@ -68,6 +68,7 @@ class ConsistencyObjective(DiffusionObjective):
     [distill] teacher run (e.g. an exact one, unnoise.oracle)."""
 
     def __init__(self, config: RunConfig, run: RunContext, dataset=None, teacher=None):
+        independent_noise_only(config)
         self.setup(config, run, dataset)
         self.mode, dc = config.train.objective or "ct", config.distill
         if self.mode not in MODES or not isinstance(self.parameterization, ConsistencyParameterization):
@@ -80,17 +81,20 @@ class ConsistencyObjective(DiffusionObjective):
         self.teacher = None
         if self.mode == "cd":
             if teacher is None:  # the student starts as the teacher's network (Song et al. 2023, §6)
-                teacher, pipe = load_teacher(dc.teacher, config, run.device, run.dtype)
+                teacher, pipe = load_teacher(dc.teacher, self.config, run.device, run.dtype)
                 self.network.load_state_dict(pipe.denoiser.net.state_dict())
             self.teacher = guided(teacher, dc.guidance, self.null_condition())
-        # theta-: its own EMA copy of the network (mu > 0), or the network itself without gradients (mu = 0)
-        self.target = copy.deepcopy(self.network).requires_grad_(False) if dc.target_ema > 0 else None
+        # theta-: cd's EMA copy of the network (mu > 0); ct's (and cd's with mu = 0) is the network itself
+        # without gradients
+        ema_target = self.mode == "cd" and dc.target_ema > 0
+        self.target = copy.deepcopy(self.network).requires_grad_(False) if ema_target else None
         d = math.prod(self.config.model.interface.sample_shape)
         self.huber_c = dc.huber_c or 0.00054 * math.sqrt(d)
 
     def levels(self, step: int) -> Tensor:
         dc = self.config.distill
-        n = dc.levels if self.mode == "cd" else ct_levels(step, self.config.train.steps, dc.levels, dc.levels_max)
+        n = dc.levels if self.mode == "cd" else ct_levels(step, self.config.train.steps, dc.start_levels,
+                                                          dc.levels_max)
         return karras_levels(self.s_min, self.s_max, n, dc.rho)
 
     def draw(self, index: Tensor, generator: torch.Generator, step: int) -> Batch:
@@ -100,8 +104,8 @@ class ConsistencyObjective(DiffusionObjective):
         if self.mode == "cd":
             n = torch.randint(0, len(levels) - 1, (len(x0),), generator=generator)
         else:
-            loss = self.config.loss
-            weights = lognormal_level_weights(levels, loss.p_mean, loss.p_std)
+            dc = self.config.distill
+            weights = lognormal_level_weights(levels, dc.level_mean, dc.level_std)
             n = torch.multinomial(weights, len(x0), replacement=True, generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
         t_lo, t_hi = self.schedule.t_from_sigma_tilde(levels[n]), self.schedule.t_from_sigma_tilde(levels[n + 1])
@@ -124,7 +128,8 @@ class ConsistencyObjective(DiffusionObjective):
                 a_lo, s_lo = (v.to(x0.device, dtype).view(shape) for v in (self.schedule.alpha(t_lo.double()),
                                                                            self.schedule.sigma(t_lo.double())))
                 x_lo = a_lo * x0 + s_lo * z
-            target = NetworkDenoiser(self.target or net, self.parameterization, self.schedule)(x_lo, t_lo, cond)
+            target_net = net if self.target is None else self.target
+            target = NetworkDenoiser(target_net, self.parameterization, self.schedule)(x_lo, t_lo, cond)
         if self.config.distill.distance == "l2":
             distance = (f.float() - target.float()).flatten(1).pow(2).mean(1)
         else:

@@ -26,7 +26,11 @@ from unnoise.outputs import sample_record, write_samples
 from unnoise.parameterization import parameterization_of
 from unnoise.pipeline import Pipeline
 from unnoise.schedules import get_schedule
+from unnoise.straightness import straightness
 from unnoise.text import CaptionBank, load_text_encoder
+
+
+STRAIGHTNESS_PATHS, STRAIGHTNESS_STEPS = 64, 50  # what a flow run's final report measures S on
 
 
 class DiffusionObjective(ObjectiveBase):
@@ -115,7 +119,12 @@ class DiffusionObjective(ObjectiveBase):
         labels, prompts = pipe.per_sample(n, prompts=self.prompts)
         written = write_samples(pipe.modality, x, path, sample_record(pipe, pipe.settings()), labels, prompts,
                                 classes=pipe.classes)
-        return {"samples": str(written)}
+        if not (final and self.schedule.name == "flow"):
+            return {"samples": str(written)}
+        # a flow's straightness (Liu et al. 2022, Def. 3.6): how far one Euler step is from its ODE
+        paths = min(n, STRAIGHTNESS_PATHS)
+        return {"samples": str(written), f"straightness ({paths} paths, {STRAIGHTNESS_STEPS} steps)":
+                straightness(pipe, paths, steps=STRAIGHTNESS_STEPS, prompts=self.prompts, progress=False)}
 
     def _grid_prompts(self) -> tuple[str, ...] | None:
         """A text model's grid prompts: the config's, else the first caption of the first 8 distinct images."""
@@ -123,6 +132,13 @@ class DiffusionObjective(ObjectiveBase):
             return None
         first = self.dataset.captions.ids[:, 0].unique()[:8].tolist()
         return self.config.sample.prompts or tuple(self.bank.texts[i] for i in first)
+
+
+def independent_noise_only(config: RunConfig) -> None:
+    """Objectives that pair their own noise (a teacher's ODE, reflow's pairs) refuse loss.coupling."""
+    if config.loss.coupling != "independent":
+        raise ValueError(f"loss.coupling = {config.loss.coupling!r} pairs data and noise for the denoising objective; "
+                         f"train.objective = {config.train.objective!r} draws its own pairs: use \"independent\"")
 
 
 def _check_autoencoder(ckpt, sha256: str) -> None:

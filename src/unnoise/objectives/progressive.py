@@ -24,7 +24,7 @@ from unnoise.config import RunConfig
 from unnoise.grids import time_grid
 from unnoise.losses import DiffusionLoss
 from unnoise.objectives.base import Batch, LossOutput, RunContext
-from unnoise.objectives.diffusion import DiffusionObjective
+from unnoise.objectives.diffusion import DiffusionObjective, independent_noise_only
 from unnoise.objectives.teacher import guided, load_teacher
 from unnoise.parameterization import NetworkDenoiser
 
@@ -50,6 +50,7 @@ class ProgressiveObjective(DiffusionObjective):
     teacher: a denoiser to distil instead of the [distill] teacher run (e.g. an exact one)."""
 
     def __init__(self, config: RunConfig, run: RunContext, dataset=None, teacher=None):
+        independent_noise_only(config)
         self.setup(config, run, dataset)
         if config.diffusion.parameterization == "eps":
             raise ValueError("progressive distillation needs a parameterisation with a stable x0 at every noise level "
@@ -59,14 +60,14 @@ class ProgressiveObjective(DiffusionObjective):
             raise ValueError(f"distill.teacher_steps = {dc.teacher_steps} must be twice the student's sample.steps = "
                              f"{steps} (or 0)")
         if teacher is None:  # the student starts as its teacher
-            teacher, pipe = load_teacher(dc.teacher, config, run.device, run.dtype)
+            teacher, pipe = load_teacher(dc.teacher, self.config, run.device, run.dtype)
             self.network.load_state_dict(pipe.denoiser.net.state_dict())
         self.teacher = guided(teacher, dc.guidance, self.null_condition())
         self.student_grid = time_grid(self.schedule, steps, config.sample.spacing)
         teacher_grid = time_grid(self.schedule, 2 * steps, config.sample.spacing)
         if not torch.allclose(teacher_grid[::2], self.student_grid, rtol=1e-9, atol=1e-12):
-            raise ValueError(f"the {config.sample.spacing!r} grid of {2 * steps} steps does not hold the one of {steps}: "
-                             "use the karras-trailing or trailing spacing")
+            raise ValueError(f"the {config.sample.spacing!r} grid of {2 * steps} steps does not hold the one of "
+                             f"{steps}: use the karras-trailing or trailing spacing")
         self.midpoints = teacher_grid[1::2]
         self.loss_fn = DiffusionLoss(self.schedule, self.parameterization, config.loss)
 

@@ -30,7 +30,7 @@ from unnoise.files import atomic_path
 from unnoise.losses import DiffusionLoss
 from unnoise.noise import per_sample_generators
 from unnoise.objectives.base import Batch, RunContext
-from unnoise.objectives.diffusion import DiffusionObjective
+from unnoise.objectives.diffusion import DiffusionObjective, independent_noise_only
 from unnoise.objectives.teacher import load_teacher
 
 PAIRS_FILE = "pairs.safetensors"
@@ -43,10 +43,11 @@ def draw_pairs(pipe, n: int, *, sampler: str, steps: int, guidance: float = 1.0,
     """n pairs {noise z, x0 = the teacher's ODE solution from z, labels} in the space the teacher
     diffuses in; sample i's z from the generator of (seed, i) on PAIRS_STREAM, its class i mod classes."""
     if sampler not in DETERMINISTIC:
-        raise ValueError(f"reflow pairs come from the teacher's ODE: the sampler must be one of {', '.join(DETERMINISTIC)}"
-                         f", got {sampler!r}")
+        raise ValueError(f"reflow pairs come from the teacher's ODE: the sampler must be one of "
+                         f"{', '.join(DETERMINISTIC)}, got {sampler!r}")
     if pipe.interface.text:
-        raise ValueError("reflow draws its pairs from class labels or none; text-conditioned teachers are not supported")
+        raise ValueError("reflow draws its pairs for class labels or none; text-conditioned teachers are not "
+                         "supported")
     shape = pipe.interface.sample_shape
     z = torch.stack([torch.randn(shape, generator=g) for g in per_sample_generators(seed, n, stream=PAIRS_STREAM)])
     labels, _ = pipe.per_sample(n)
@@ -72,8 +73,8 @@ def read_pairs(path: Path) -> tuple[dict[str, Tensor], dict]:
             settings = json.loads((f.metadata() or {}).get("settings", "{}"))
     except (SafetensorError, ValueError, OSError) as err:
         raise ValueError(f"{path} is not a readable pairs file ({err}); delete it to draw the pairs again") from None
-    n = len(pairs.get("noise", ()))
-    if set(pairs) != {"noise", "x0", "labels"} or pairs["x0"].shape != pairs["noise"].shape or pairs["labels"].shape != (n,):
+    if set(pairs) != {"noise", "x0", "labels"} or pairs["x0"].shape != pairs["noise"].shape \
+            or pairs["labels"].shape != pairs["noise"].shape[:1]:
         raise ValueError(f"{path} does not hold (noise, x0, labels) pairs of one shape; delete it to draw them again")
     if not (torch.isfinite(pairs["x0"]).all() and torch.isfinite(pairs["noise"]).all()):
         raise ValueError(f"{path} holds non-finite values; delete it to draw the pairs again")
@@ -87,12 +88,13 @@ class ReflowObjective(DiffusionObjective):
         if config.diffusion.schedule != "flow":
             raise ValueError(f"reflow trains a rectified flow: diffusion.schedule must be \"flow\", got "
                              f"{config.diffusion.schedule!r}")
+        independent_noise_only(config)
         pairs = pairs if pairs is not None else read_pairs(run.out / PAIRS_FILE)[0]
         dataset = TensorSet(pairs["x0"], pairs["labels"], name="reflow pairs")
         self.setup(config, run, dataset, in_model_space=True)
         self.noise = pairs["noise"]
         if config.distill.teacher:  # the student starts as its teacher (Liu et al. 2022, §5)
-            _, pipe = load_teacher(config.distill.teacher, config, run.device, run.dtype)
+            _, pipe = load_teacher(config.distill.teacher, self.config, run.device, run.dtype)
             self.network.load_state_dict(pipe.denoiser.net.state_dict())
         self.loss_fn = DiffusionLoss(self.schedule, self.parameterization, config.loss)
 

@@ -65,6 +65,8 @@ def ode_step(denoise, schedule: Schedule, x: Tensor, t: Tensor, s: Tensor, cond=
     """x_s from x_t along denoise's probability-flow ODE, per example (t > s > 0, (B,) each)."""
     if solver not in SOLVER_CALLS:
         raise ValueError(f"solver must be one of {', '.join(SOLVER_CALLS)}, got {solver!r}")
+    if not bool((s > 0).all() and (t > s).all()):
+        raise ValueError("a teacher step goes from t down to s with t > s > 0 for every example")
     a_t, l_t = _view(schedule, t, x)
     a_s, l_s = _view(schedule, s, x)
     x_t = x / a_t
