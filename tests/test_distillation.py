@@ -307,7 +307,7 @@ def test_straightness_of_the_exact_gaussian_flow_is_its_integral():
 def test_reflow_straightens_the_flow_and_improves_one_step_samples(tmp_path, mixture):
     exact = oracle_flow(mixture)  # the exact 1-rectified flow of the mixture
     pairs = draw_pairs(exact, 20_000, sampler="dpmpp_2m", steps=50, progress=False)
-    run = flow_config(tmp_path, "2rf", 4000, objective="reflow")
+    run = flow_config(tmp_path, "2rf", 2000, objective="reflow")
     pipe = trained(run, lambda c, r: ReflowObjective(c, r, pairs=pairs))
     s1, s2 = (straightness(p, 2000, steps=50, progress=False) for p in (exact, pipe))
     assert s2 < s1 / 5, (s1, s2)
@@ -319,7 +319,7 @@ def test_reflow_straightens_the_flow_and_improves_one_step_samples(tmp_path, mix
 def test_minibatch_ot_coupling_straightens_the_learned_flow(tmp_path, mixture):
     data, s = points(mixture, 20_000, 0), {}
     for coupling in ("independent", "ot"):
-        run = flow_config(tmp_path, coupling, 3000, loss={"coupling": coupling})
+        run = flow_config(tmp_path, coupling, 1500, loss={"coupling": coupling})
         pipe = trained(run, lambda c, r: DiffusionObjective(c, r, dataset=data))
         s[coupling] = straightness(pipe, 2000, steps=50, progress=False)
     assert s["ot"] < 0.5 * s["independent"], s
