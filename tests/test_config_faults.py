@@ -37,8 +37,9 @@ BAD_LISTS = [[], [0], [-1], [1.5], [True], ["x"], [[1]], [{}], 5, "1,2", [10**9]
 BAD_BOOLS = [0, 1, "true", [], 2.5]
 BAD_SECTIONS = [5, "text", [], [{}], [{}, {}], [1, 2], True, 1.5]
 
+TABLES = ("data", "model", "diffusion", "loss", "train", "sample", "text", "latent", "autoencoder", "distill")
 # A message names a config key, a section, an override or the file.
-NAMES_SOMETHING = re.compile(r"\[\[?\w+\]\]?|\b(data|model|diffusion|loss|train|sample|text|latent|autoencoder|distill)\."
+NAMES_SOMETHING = re.compile(r"\[\[?\w+\]\]?|\b(" + "|".join(TABLES) + r")\."
                              r"[\w'\"]|\bout\b|--set|config file|\.toml|section")
 
 
@@ -94,7 +95,7 @@ def _fields(tree: dict) -> list[tuple[str, str, str]]:
     """(section, key, kind) for every field of every section of a config, present in its tree or not."""
     config = load_config(None, tree=tree)
     out = []
-    for section in ("data", "model", "diffusion", "loss", "train", "sample", "text", "latent", "autoencoder", "distill"):
+    for section in TABLES:
         for f in dataclasses.fields(getattr(config, section)):
             t = str(f.type)
             kind = ("list" if t.startswith("tuple") else "bool" if t == "bool" else
@@ -266,7 +267,7 @@ def run_case(case: Case, folder: Path):
 def check_invariants(config: RunConfig) -> None:
     """What a loaded config promises, checked without the ranges table: whole numbers are ints, floats
     finite, counts positive, the run folder named."""
-    for section in ("data", "model", "diffusion", "loss", "train", "sample", "text", "latent", "autoencoder", "distill"):
+    for section in TABLES:
         for f in dataclasses.fields(part := getattr(config, section)):
             value = getattr(part, f.name)
             if str(f.type).startswith("int") and value is not None:
