@@ -11,8 +11,9 @@ from test_train import _ddp_worker, _free_port
 
 from unnoise.checkpoint import load_checkpoint, run_config
 from unnoise.cli import main
-from unnoise.config import load_config
+from unnoise.config import OBJECTIVE_NAMES, load_config
 from unnoise.distill import distill, student_config
+from unnoise.objectives import OBJECTIVES
 from unnoise.objectives.reflow import PAIRS_FILE
 from unnoise.training.loop import train
 
@@ -121,3 +122,7 @@ def test_cd_on_two_processes_computes_what_one_computes(tmp_path, teachers):
     for key, value in a.state["objective"]["target"].items():
         assert torch.allclose(value, b.state["objective"]["target"][key], rtol=0, atol=1e-6), key
     assert json.loads((tmp_path / "one" / "log.jsonl").read_text().splitlines()[-1])["levels"] == 18
+
+
+def test_every_objective_name_a_config_accepts_has_its_objective():
+    assert tuple(OBJECTIVES) == OBJECTIVE_NAMES

@@ -113,6 +113,9 @@ class SampleConfig:
                              f"got {_show(list(lo_hi))}")
 
 
+# what [train] objective may name: unnoise.objectives.OBJECTIVES maps each to its class (the objectives
+# import this module, so the names live here)
+OBJECTIVE_NAMES = ("diffusion", "classifier", "autoencoder", "cd", "ct", "progressive", "reflow")
 SOLVERS = ("heun", "dpmpp_2s", "ddim")  # the teacher's one-step ODE solvers (unnoise.objectives.teacher)
 DISTANCES = ("pseudo-huber", "l2")
 
@@ -465,12 +468,9 @@ def _check_run(config: RunConfig) -> None:
     if config.train.label_dropout and not interface.conditional:
         raise ValueError(f"train.label_dropout must be 0 for a network that takes no class or text condition (it "
                          f"drops conditions for classifier-free guidance), got {config.train.label_dropout}")
-    if config.train.objective:
-        from unnoise.objectives import OBJECTIVES  # imported here, when named: the objectives import this module
-
-        if config.train.objective not in OBJECTIVES:
-            raise ValueError(f"train.objective must be \"\" (the network's own) or one of {', '.join(OBJECTIVES)}, "
-                             f"got {_show(config.train.objective)}")
+    if config.train.objective and config.train.objective not in OBJECTIVE_NAMES:
+        raise ValueError(f"train.objective must be \"\" (the network's own) or one of {', '.join(OBJECTIVE_NAMES)}, "
+                         f"got {_show(config.train.objective)}")
     if not config.out.strip() or any(ord(c) < 32 for c in config.out):
         raise ValueError(f"out must name a run folder (no control characters), got {_show(config.out)}")
 

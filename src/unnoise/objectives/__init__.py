@@ -22,6 +22,7 @@ from unnoise.objectives.diffusion import DiffusionObjective
 from unnoise.objectives.progressive import ProgressiveObjective
 from unnoise.objectives.reflow import ReflowObjective
 
+# one class for each name of unnoise.config.OBJECTIVE_NAMES
 OBJECTIVES = {"diffusion": DiffusionObjective, "classifier": ClassifierObjective, "autoencoder": AutoencoderObjective,
               "cd": ConsistencyObjective, "ct": ConsistencyObjective, "progressive": ProgressiveObjective,
               "reflow": ReflowObjective}
