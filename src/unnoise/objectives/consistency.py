@@ -55,6 +55,9 @@ def lognormal_level_weights(levels: Tensor, p_mean: float, p_std: float) -> Tens
     Dhariwal 2023, eq. 12), normalised."""
     cdf = torch.erf((levels.log() - p_mean) / (math.sqrt(2) * p_std))
     mass = (cdf[1:] - cdf[:-1]).clamp(min=0)
+    if not mass.sum() > 0:
+        raise ValueError(f"the lognormal law of the levels (distill.level_mean = {p_mean:g}, level_std = {p_std:g}) "
+                         f"puts no mass between {levels[0].item():g} and {levels[-1].item():g}")
     return mass / mass.sum()
 
 
