@@ -1,9 +1,11 @@
+import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from unnoise.cli import build_parser, main
+from unnoise.cli import _run_config, build_parser, main
 
 
 def test_help_lists_every_option_with_its_default(capsys):
@@ -111,3 +113,12 @@ def test_version_list_and_package_files(capsys):
     assert {"mnist-demo", "signals-1d", "toy-2d"} <= set(capsys.readouterr().out.split())
     assert main(["list", "datasets"]) == 0 and "signals" in capsys.readouterr().out.split()
     assert (files("unnoise") / "py.typed").is_file()  # type information ships with the package
+
+
+def test_a_run_folder_named_like_a_shipped_config_does_not_hide_it(tmp_path, monkeypatch):
+    # `unnoise train fashion-unet --resume latest` run where a folder fashion-unet stands (e.g. inside
+    # runs/): the name is still the shipped config
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mnist-demo").mkdir()
+    config = _run_config(argparse.Namespace(config=Path("mnist-demo"), overrides=[], out=None))
+    assert config.data.name == "mnist"

@@ -516,7 +516,7 @@ def packaged_config(name: str) -> Path:
 
 def _run_config(args):
     overrides = list(args.overrides) + ([f"out={json.dumps(args.out)}"] if args.out else [])  # a TOML string
-    is_file = args.config.suffix == ".toml" or args.config.exists()
+    is_file = args.config.suffix == ".toml" or args.config.is_file()
     return load_config(args.config if is_file else packaged_config(str(args.config)), overrides)
 
 
