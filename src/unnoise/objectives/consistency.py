@@ -94,11 +94,14 @@ class ConsistencyObjective(DiffusionObjective):
         d = math.prod(self.config.model.interface.sample_shape)
         self.huber_c = dc.huber_c or 0.00054 * math.sqrt(d)
 
-    def levels(self, step: int) -> Tensor:
+    def level_count(self, step: int) -> int:
+        """N at optimiser step `step`: cd's fixed N, or ct's doubling schedule."""
         dc = self.config.distill
-        n = dc.levels if self.mode == "cd" else ct_levels(step, self.config.train.steps, dc.start_levels,
-                                                          dc.levels_max)
-        return karras_levels(self.s_min, self.s_max, n, dc.rho)
+        return dc.levels if self.mode == "cd" else ct_levels(step, self.config.train.steps, dc.start_levels,
+                                                             dc.levels_max)
+
+    def levels(self, step: int) -> Tensor:
+        return karras_levels(self.s_min, self.s_max, self.level_count(step), self.config.distill.rho)
 
     def draw(self, index: Tensor, generator: torch.Generator, step: int) -> Batch:
         """x0, z and the adjacent levels (t_lo, t_hi) of each example, as times."""
@@ -138,7 +141,7 @@ class ConsistencyObjective(DiffusionObjective):
         else:
             distance = pseudo_huber(f, target, self.huber_c)
         weight = 1 / batch["gap"].to(distance) if self.mode == "ct" else torch.ones_like(distance)
-        return LossOutput((weight * distance).mean(), {"levels": len(self.levels(step))})
+        return LossOutput((weight * distance).mean(), {"levels": self.level_count(step)})
 
     def after_step(self, batch: Batch, out: LossOutput, step: int) -> None:
         """theta- <- mu theta- + (1 - mu) theta (Song et al. 2023, eq. 8)."""
