@@ -50,6 +50,13 @@ def test_a_start_from_x_at_t_is_the_sampler_on_the_rest_of_the_grid(pipe):
     assert not torch.allclose(eps, noise)
     explicit = pipe.sample(6, label=2, x=x_t, times=times, guidance=1.0)
     assert torch.allclose(explicit, expected, atol=1e-6)
+    # part of a path: the state at the grid's last time (undecoded), from which the rest continues
+    ddim = dict(label=2, sampler="ddim", guidance=1.0, decode=False)
+    middle = pipe.sample(6, x=x_t, times=times[:3], **ddim)
+    assert torch.allclose(pipe.sample(6, x=middle, times=times[2:], **ddim), pipe.sample(6, x=x_t, times=times, **ddim),
+                          atol=1e-6)
+    with pytest.raises(ValueError, match="times ends at t = .* > 0, where x is still noisy: pass decode=False"):
+        pipe.sample(6, x=x_t, times=times[:3])
 
 
 def test_the_callback_sees_rows_and_generators_and_may_replace_x(pipe):

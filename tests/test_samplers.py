@@ -106,8 +106,10 @@ def test_bad_arguments(mixture, ddpm):
     den, x = mixture.denoiser(ddpm), start(mixture, ddpm)
     with pytest.raises(ValueError, match="decrease strictly"):
         get_sampler("ddim")(den, ddpm, x, [0.5, 0.7, 0.0])
-    with pytest.raises(ValueError, match="down to exactly 0"):
-        get_sampler("ddim")(den, ddpm, x, [1.0, 0.5])
+    with pytest.raises(ValueError, match="must lie in"):
+        get_sampler("ddim")(den, ddpm, x, [1.0, -0.5])
+    with pytest.raises(ValueError, match="ode_adaptive needs times ending at exactly 0"):
+        get_sampler("ode_adaptive")(den, ddpm, x, [1.0, 0.5])
     with pytest.raises(ValueError, match="at least 2 entries"):
         get_sampler("heun")(den, ddpm, x, [0.0])
     with pytest.raises(ValueError, match="eta must lie in"):
@@ -133,3 +135,18 @@ def test_annealed_langevin_default_is_stable_and_an_unstable_step_is_refused(mix
     with pytest.raises(ValueError, match=r"step_lr / \(2 s~\^2\) = 2.5 must be < 2"):
         get_sampler("annealed_langevin")(mixture.denoiser(schedule), schedule, start(mixture, schedule, n=4), times,
                                          step_lr=5 * st_last**2)
+
+
+@pytest.mark.parametrize("name", ["ddim", "euler", "heun", "ddpm", "euler_ancestral", "euler_maruyama", "consistency"])
+def test_part_of_a_path_continues_exactly(mixture, name):
+    # A grid ending above 0 returns x there; continuing from it on the rest of the grid gives what the
+    # whole grid gives, bit for bit, for every sampler whose steps carry no history (the same
+    # generator continues its draws).
+    schedule = get_schedule("edm")
+    den, x_T, times = mixture.denoiser(schedule), start(mixture, schedule), time_grid(schedule, 8, "karras")
+    sampler = get_sampler(name)
+    whole = sampler(den, schedule, x_T, times, generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(1)
+    part = sampler(den, schedule, x_T, times[:4], generator=gen)
+    assert not torch.equal(part, whole)
+    assert torch.equal(sampler(den, schedule, part, times[3:], generator=gen), whole)

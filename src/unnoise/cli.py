@@ -1,4 +1,4 @@
-"""The `unnoise` command line: `unnoise train | sample | eval | samplers | demo | list`.
+"""The `unnoise` command line: `unnoise train | distill | sample | edit | eval | samplers | demo | list`.
 
 Every option is listed with its default by `unnoise <command> --help`.
 """
@@ -26,6 +26,7 @@ from unnoise.config import load_config
 from unnoise.convergence import Report, format_report, measure, report_ok
 from unnoise.data import DATASET_NAMES
 from unnoise.distill import distill
+from unnoise.edit import INPAINT_SAMPLER, inpaint, sdedit
 from unnoise.eval import (
     SWEEP_NFE,
     EvalOptions,
@@ -49,6 +50,7 @@ from unnoise.features import (
 )
 from unnoise.files import check_writable
 from unnoise.grids import SPACINGS, time_grid
+from unnoise.inputs import box_mask, read_image, read_mask
 from unnoise.modality import SINGLES
 from unnoise.models import MODEL_PRESETS
 from unnoise.oracle import GaussianMixture
@@ -146,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Diffusion models on one mathematical core.")
     parser.add_argument("--version", action="version", version=f"unnoise {version('unnoise')}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_samplers, _add_train, _add_distill, _add_sample, _add_demo, _add_eval, _add_export,
-                _add_train_features, _add_list):
+    for add in (_add_samplers, _add_train, _add_distill, _add_sample, _add_edit, _add_demo, _add_eval,
+                _add_export, _add_train_features, _add_list):
         add(sub, fmt)
     return parser
 
@@ -299,6 +301,69 @@ def _add_sample(sub, fmt) -> None:
                    help="also write each sample as DIR/<index>.png (images, or a plot per signal), each with "
                    "its own settings, label and prompt; DIR must be new or empty")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N; None: cuda when present, else cpu")
+
+
+def _add_edit(sub, fmt) -> None:
+    """unnoise edit"""
+    p = sub.add_parser("edit", formatter_class=fmt, help="edit an image: SDEdit (image to image) or inpainting",
+                       description="Edit an image with a trained model. sdedit (Meng et al. 2022): noise the image "
+                       "to t = --strength and sample back from there. inpaint: generate the region a mask or box "
+                       "marks and keep the rest, by the replacement method (--resample 1) or RePaint (Lugmayr et al. "
+                       "2022: --resample r > 1 walks every --jump steps r times). Writes --n edits as a grid.")
+    p.add_argument("checkpoint", type=Path, help="a checkpoint folder, or a run folder (its newest checkpoint)")
+    p.add_argument("--image", type=Path, required=True, help="the image (resized to the model's size when it differs)")
+    p.add_argument("--mode", choices=["sdedit", "inpaint"], default="sdedit", help="what to do")
+    p.add_argument("--strength", type=_finite, default=0.5,
+                   help="sdedit: the time t0 in (0, 1] the image is noised to (near 0 keeps it, 1 ignores it)")
+    p.add_argument("--mask", type=Path, default=None, help="inpaint: a mask image, white where pixels are generated")
+    p.add_argument("--box", default=None, metavar="L,T,R,B",
+                   help="inpaint: the region to generate, in pixels (right and bottom exclusive), instead of --mask")
+    p.add_argument("--resample", type=_positive_int, default=1, help="inpaint: RePaint's r (1: replacement)")
+    p.add_argument("--jump", type=_positive_int, default=10, help="inpaint: RePaint's jump length j, in steps")
+    p.add_argument("--n", type=_positive_int, default=8, help="edits of the image, each from its own noise")
+    p.add_argument("--sampler", default=None, help="sampler; None: sdedit the run's, inpaint ddpm (RePaint's)")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="sampler steps (sdedit: from t0 down; inpaint: of the whole descent); None: the run's")
+    p.add_argument("--spacing", choices=SPACINGS, default=None, help="time-grid spacing; None: the run's")
+    p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
+    p.add_argument("--label", type=int, default=None,
+                   help="class label; None on a class-conditional model: edit i is guided to class i mod classes")
+    p.add_argument("--prompt", action="append", default=None, help="text models: a prompt (repeatable)")
+    p.add_argument("--guidance", type=_finite, default=None, help="classifier-free guidance scale; None: the run's")
+    p.add_argument("--out", type=Path, default=Path("edits.png"), help="output .png grid or .npz (with the settings)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N; None: cuda when present, else cpu")
+
+
+def cmd_edit(args) -> int:
+    if args.out.suffix not in (".png", ".npz") or args.out.is_dir():
+        raise ValueError(f"--out must be a file name ending in .png or .npz, got {args.out}")
+    if args.mode == "inpaint" and (args.mask is None) == (args.box is None):
+        raise ValueError("--mode inpaint needs a --mask or a --box (one of them)")
+    if args.mode == "sdedit" and (args.mask is not None or args.box is not None):
+        raise ValueError("--mask and --box are for --mode inpaint")
+    if args.mode == "sdedit" and not 0 < args.strength <= 1:
+        raise ValueError(f"--strength must lie in (0, 1], got {args.strength:g}")
+    check_writable(args.out)
+    pipe = Pipeline.load(args.checkpoint, args.device)
+    shape = tuple(pipe.decode(torch.zeros(1, *pipe.interface.sample_shape, device=pipe.device)).shape[1:])
+    images = read_image(args.image, shape).expand(args.n, *shape)
+    chosen = dict(sampler=args.sampler, steps=args.steps, spacing=args.spacing, guidance=args.guidance, seed=args.seed)
+    given = dict(label=args.label, prompts=args.prompt, progress=None, **chosen)
+    if args.mode == "sdedit":
+        settings = pipe.settings(**chosen)
+        x = sdedit(pipe, images, args.strength, **given)
+        extra = {"strength": args.strength}
+    else:
+        keep = read_mask(args.mask, shape) if args.mask is not None else box_mask(args.box, shape)
+        settings = pipe.settings(**{**chosen, "sampler": args.sampler or INPAINT_SAMPLER})
+        x = inpaint(pipe, images, keep, resample=args.resample, jump=args.jump, **given)
+        extra = {"mask": str(args.mask) if args.mask else None, "box": args.box, "resample": args.resample,
+                 "jump": args.jump}
+    labels, prompts = pipe.per_sample(args.n, label=args.label, prompts=args.prompt)
+    record = sample_record(pipe, settings, mode=args.mode, image=str(args.image), **extra)
+    write_samples(pipe.modality, x, args.out, record, labels, prompts, classes=pipe.classes)
+    print(f"wrote {args.out} ({args.n} {args.mode} edits of {args.image} by {pipe.source}, step {pipe.step})")
+    return 0
 
 
 def _add_export(sub, fmt) -> None:
@@ -648,7 +713,7 @@ def cmd_eval(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"samplers": cmd_samplers, "demo": cmd_demo, "train": cmd_train, "distill": cmd_distill,
-                "sample": cmd_sample,
+                "sample": cmd_sample, "edit": cmd_edit,
                 "eval": cmd_eval, "train-autoencoder": cmd_train, "export": cmd_export,
                 "train-features": cmd_train_features, "list": cmd_list}
     try:

@@ -192,7 +192,8 @@ class Pipeline:
         guidance_rescale, guidance_interval, classifier_scale, seed, options (the sampler's own): None
         keeps the run's [sample] setting. x: a start x_{t_start} (n, *model shape) in the space the
         network diffuses in (see encode, add_noise); t_start: its time (needs x); times: an explicit
-        decreasing grid ending at 0 instead of steps and spacing (its first time is t_start).
+        decreasing grid instead of steps and spacing (its first time is t_start), ending at 0, or above
+        0 for part of a path (with decode=False: the state x at times[-1] is returned).
         batch_size: samples per batch (None: about SAMPLE_VALUES_PER_BATCH values). callback: sees
         every step of every batch (a BatchStep) and may return a replacement x. progress: a bar (None:
         on a terminal). first: sample indices start here (seeds, classes and prompts follow the
@@ -207,6 +208,9 @@ class Pipeline:
             t_start = float(torch.as_tensor(times).flatten()[0])
         plan = self._plan(n, label, labels, prompts, cond, x, t_start, batch_size, first)
         grid = self._grid(s, t_start, times)
+        if decode and grid[-1] > 0:
+            raise ValueError(f"times ends at t = {grid[-1].item():g} > 0, where x is still noisy: pass decode=False "
+                             "for the state there")
         out = []
         with tqdm(total=n, desc=f"sampling ({s.sampler}, {len(grid) - 1} steps)", unit="sample", leave=False,
                   disable=(not progress) if progress is not None else None) as bar:
@@ -222,7 +226,7 @@ class Pipeline:
         start exactly at t_start (index spacings of discrete schedules round it to their grid)."""
         if times is not None:
             grid = torch.as_tensor(times, dtype=torch.float64).flatten()
-            path_grid(self.schedule, grid)  # strictly decreasing, in [0, 1], ending at 0
+            path_grid(self.schedule, grid)  # strictly decreasing, in [0, 1]
             if t_start is not None and abs(grid[0].item() - t_start) > 1e-12:
                 raise ValueError(f"times starts at {grid[0].item():g}, t_start is {t_start:g}: give one of them")
             return grid

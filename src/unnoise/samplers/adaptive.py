@@ -16,7 +16,7 @@ from torch import Tensor
 from torchdiffeq import odeint
 
 from unnoise.noise import Generators
-from unnoise.samplers.steps import Callback, Denoiser, ddim_update, path_grid, report
+from unnoise.samplers.steps import Callback, Denoiser, ddim_update, path_grid, report, whole_path
 from unnoise.schedules import Schedule
 
 LAMBDA_FLOOR = -15.0  # where a start at alpha = 0 hands over to the solver: alpha ~ 3e-7 there
@@ -35,6 +35,7 @@ def ode_adaptive(denoise: Denoiser, schedule: Schedule, x: Tensor, times, *, rto
     if not (rtol > 0 and atol > 0) or not (isinstance(max_nfe, int) and max_nfe >= 2):
         raise ValueError(f"ode_adaptive needs rtol > 0, atol > 0 and a whole max_nfe >= 2, got {rtol}, {atol}, {max_nfe}")
     grid = path_grid(schedule, times)
+    whole_path(grid, "ode_adaptive")  # its last step is the denoiser's x0_hat
     if grid.steps == 1:
         x0_hat = denoise(x, grid.t[0], cond)
         return report(callback, grid, 0, x0_hat, x0_hat)

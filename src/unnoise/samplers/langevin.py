@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from unnoise.noise import Generators, randn_like
-from unnoise.samplers.steps import Callback, Denoiser, Grid, ddim_update, path_grid, report
+from unnoise.samplers.steps import Callback, Denoiser, Grid, ddim_update, path_grid, report, whole_path
 from unnoise.schedules import Schedule
 
 
@@ -135,6 +135,7 @@ def annealed_langevin(denoise: Denoiser, schedule: Schedule, x: Tensor, times, *
     if steps_per_level < 1 or (step_lr is not None and not step_lr > 0):
         raise ValueError(f"need steps_per_level >= 1 and step_lr > 0, got {steps_per_level}, {step_lr}")
     grid = path_grid(schedule, times)
+    whole_path(grid, "annealed_langevin")  # its step sizes are relative to the last noisy level
     st_last = grid.sigma_tilde(grid.steps - 1)
     step_lr = 0.2 * st_last**2 if step_lr is None else step_lr
     c = step_lr / (2 * st_last**2)

@@ -65,19 +65,27 @@ class Grid:
 
 
 def path_grid(schedule: Schedule, times: Sequence[float] | Tensor) -> Grid:
-    """Check a sampler's `times` (strictly decreasing, in [0, 1], ending at exactly 0) and tabulate."""
+    """Check a sampler's `times` (strictly decreasing, in [0, 1]) and tabulate. A grid ending at 0
+    is a whole path; one ending above 0 is part of a path: the sampler returns x at times[-1] (e.g.
+    RePaint's segments between its jumps back up)."""
     t = torch.as_tensor(times, dtype=torch.float64).flatten()
     if t.numel() < 2:
         raise ValueError(f"times needs at least 2 entries (one step), got {t.numel()}")
     if not bool((t[1:] < t[:-1]).all()):
         raise ValueError(f"times must decrease strictly, got {t.tolist()[:6]}...")
-    if t[-1].item() != 0.0 or t[0].item() > 1.0:
-        raise ValueError(f"times must run from at most 1 down to exactly 0, got {t[0].item()} .. {t[-1].item()}")
+    if t[-1].item() < 0.0 or t[0].item() > 1.0:
+        raise ValueError(f"times must lie in [0, 1], got {t[0].item()} .. {t[-1].item()}")
     alpha, sigma = schedule.alpha(t), schedule.sigma(t)
     if bool((sigma[:-1] <= 0).any()):
         raise ValueError(f"every time but the last must be noisy (sigma > 0); schedule {schedule.name!r} "
                          f"is clean at t = {t[:-1][sigma[:-1] <= 0].tolist()}")
     return Grid(t.tolist(), alpha.tolist(), sigma.tolist())
+
+
+def whole_path(grid: Grid, sampler: str) -> None:
+    """Refuse part of a path for a sampler that needs the whole one."""
+    if grid.t[-1] != 0.0:
+        raise ValueError(f"{sampler} needs times ending at exactly 0, got a grid ending at t = {grid.t[-1]:g}")
 
 
 def graph_only_if_asked(sampler: Callable) -> Callable:

@@ -1,0 +1,165 @@
+"""Editing: sampling that starts from a given image, or that keeps part of one.
+
+    x = sdedit(pipe, images, strength=0.5, seed=0)                  # image to image
+    x = inpaint(pipe, images, keep, seed=0)                         # the replacement method
+    x = inpaint(pipe, images, keep, resample=10, jump=10, seed=0)   # RePaint
+
+`images` are in data space (n, *data shape), as `Pipeline.sample` returns them; `keep` is 1 where a
+pixel is known and kept, 0 where it is generated, of the images' shape or broadcastable to it
+(e.g. (1, 1, H, W)). Everything else (labels, prompts, guidance, sampler, steps, ...) is passed on to
+`Pipeline.sample`. A latent model inpaints its latents: a latent cell is kept only where every pixel
+it covers is known, and the known pixels are pasted back after decoding.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from unnoise.grids import time_grid
+from unnoise.latent import PixelSpace
+from unnoise.noise import per_sample_generators, randn_like
+from unnoise.pipeline import BatchStep, Pipeline
+from unnoise.schedules import Schedule
+
+INPAINT_SAMPLER = "ddpm"  # Lugmayr et al. 2022 Alg. 1 draws x_{t-1} of the unknown part from p(x_{t-1} | x_t)
+JUMP_STREAM = 2  # x_T and the noise of RePaint's jumps back up: apart from the samplers' (0) and add_noise's (1)
+
+
+def sdedit(pipe: Pipeline, images: Tensor, strength: float, *, seed: int = 0, **options: Any) -> Tensor:
+    """SDEdit (Meng et al. 2022, §3, Alg. 1): noise the guide to t0 = strength by q(x_t0 | x0), then
+    solve back to t = 0 with any sampler; `steps` are those from t0 down. strength near 0 keeps the
+    guide, 1 ignores it."""
+    if not (isinstance(strength, (int, float)) and 0 < strength <= 1):
+        raise ValueError(f"strength must lie in (0, 1], got {strength!r}")
+    x = pipe.add_noise(_encoded(pipe, images), float(strength), seed)
+    return pipe.sample(len(images), x=x, t_start=float(strength), seed=seed, **options)
+
+
+def repaint_schedule(steps: int, jump: int, resample: int) -> list[int]:
+    """The grid indices RePaint visits (0 = the noisiest time, steps = t 0), Lugmayr et al. 2022, Alg. 1
+    with the jumps of §4.2: one index down per network call; on arriving (downwards) at an index b
+    steps above the bottom with b a multiple of `jump` and b + jump <= steps, go back up `jump`
+    indices, resample - 1 times per such index, so every such stretch is walked `resample` times.
+    resample = 1 is the replacement method."""
+    for name, value in (("steps", steps), ("jump", jump), ("resample", resample)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    left = {steps - b: resample - 1 for b in range(0, steps - jump + 1, jump)}
+    path, i, descended = [0], 0, False
+    while True:
+        if descended and left.get(i, 0):
+            left[i] -= 1
+            i, descended = i - jump, False
+        elif i < steps:
+            i, descended = i + 1, True
+        else:
+            return path
+        path.append(i)
+
+
+def inpaint(pipe: Pipeline, images: Tensor, keep: Tensor, *, resample: int = 1, jump: int = 1, seed: int = 0,
+            sampler: str | None = None, steps: int | None = None, spacing: str | None = None,
+            first: int = 0, **options: Any) -> Tensor:
+    """Fill the pixels where keep = 0. After every sampler step the known part of x_t is replaced by
+    a draw from q(x_t | x0) of the image (the replacement method; Song et al. 2021, App. I.2); with
+    resample > 1 the path also jumps back up (RePaint, Lugmayr et al. 2022, Alg. 1): x_t ~ q(x_t | x_s)
+    from the lower time s, `jump` grid steps at a time, so the generated part is harmonised with the
+    known part. sampler: None = ddpm (Alg. 1's ancestral step); steps, spacing: the grid of the whole
+    descent (None: the run's). The network calls are those of `repaint_schedule`'s descents."""
+    z = _encoded(pipe, images)
+    keep_model, keep_data = _checked_keep(pipe, images, keep)
+    s = pipe.settings(sampler=sampler or INPAINT_SAMPLER, steps=steps, spacing=spacing)  # checked before work
+    times = time_grid(pipe.schedule, s.steps, s.spacing)
+    path = repaint_schedule(len(times) - 1, jump, resample)
+    callback = _replace_known(pipe, z, keep_model, first)
+    gens = per_sample_generators(seed, len(z), start=first, stream=JUMP_STREAM)  # x_T and the jumps' noise
+    x = pipe.schedule.sigma(times[0].item()).item() * randn_like(z, gens)
+    for k, (lo, hi) in enumerate(_runs(path)):
+        if hi > lo:  # down the grid: the sampler, the known part replaced after each step
+            x = pipe.sample(len(z), x=x, times=times[lo:hi + 1], sampler=s.sampler, seed=_segment_seed(seed, k),
+                            callback=callback, decode=False, first=first, **options).to(z)
+        else:  # back up: x_hi ~ q(x_hi | x_lo) for the whole x
+            x = _noise_up(pipe.schedule, x, times[lo].item(), times[hi].item(), gens)
+    x = pipe.decode(x).cpu()
+    return x if isinstance(pipe.space, PixelSpace) else torch.where(keep_data, images, x)
+
+
+def _runs(path: list[int]) -> list[tuple[int, int]]:
+    """The path cut into monotone runs (start, end): descents and the jumps between them."""
+    runs, start = [], 0
+    for j in range(1, len(path)):
+        last = j == len(path) - 1
+        if last or (path[j + 1] > path[j]) != (path[j] > path[j - 1]):
+            runs.append((path[start], path[j]))
+            start = j
+    return runs
+
+
+def _segment_seed(seed: int, k: int) -> int:
+    """Descent k's seed for the sampler's own noise: independent of the other descents'."""
+    return int(np.random.SeedSequence([seed, k]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _replace_known(pipe: Pipeline, z: Tensor, keep: Tensor, first: int):
+    """The callback that sets the known part of x_t to alpha z + sigma eps after each step (z itself at t = 0)."""
+
+    def replace(b: BatchStep) -> Tensor:
+        x, t = b.step.x, b.step.t_next
+        rows = slice(b.rows.start - first, b.rows.stop - first)
+        a, s = pipe.schedule.alpha(t).item(), pipe.schedule.sigma(t).item()
+        known = z[rows].to(x) * a
+        if s > 0:
+            known = known + s * randn_like(x, b.generators)
+        return torch.where(keep[rows], known, x)
+
+    return replace
+
+
+def _noise_up(schedule: Schedule, x: Tensor, t_lo: float, t_hi: float, gens: list[torch.Generator]) -> Tensor:
+    """x_hi ~ q(x_hi | x_lo) = N((alpha_hi / alpha_lo) x_lo, sigma_hi^2 - (alpha_hi sigma_lo / alpha_lo)^2),
+    the forward process from t_lo up to t_hi (Kingma et al. 2021, eq. 3)."""
+    a_lo, s_lo = schedule.alpha(t_lo).item(), schedule.sigma(t_lo).item()
+    a_hi, s_hi = schedule.alpha(t_hi).item(), schedule.sigma(t_hi).item()
+    ratio = a_hi / a_lo
+    std = math.sqrt(max(s_hi**2 - (ratio * s_lo) ** 2, 0.0))
+    return ratio * x + std * randn_like(x, gens)
+
+
+def _encoded(pipe: Pipeline, images: Tensor) -> Tensor:
+    """Checked images (n, *data shape), encoded into the space the network diffuses in."""
+    if not isinstance(images, Tensor) or images.ndim < 2 or not bool(torch.isfinite(images).all()):
+        raise ValueError("images must be a finite tensor (n, *data shape)")
+    shape = pipe.interface.sample_shape
+    if isinstance(pipe.space, PixelSpace) and tuple(images.shape[1:]) != shape:
+        raise ValueError(f"images must have shape (n, {', '.join(map(str, shape))}), got {tuple(images.shape)}")
+    z = pipe.encode(images)
+    if tuple(z.shape[1:]) != shape:
+        raise ValueError(f"images of shape {tuple(images.shape[1:])} encode to {tuple(z.shape[1:])}, not the "
+                         f"model's {shape}: give images of the size the model was trained on")
+    return z
+
+
+def _checked_keep(pipe: Pipeline, images: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    """keep as bool masks in the model's space (a latent cell kept only where every pixel under it is
+    known) and in data space."""
+    keep = torch.as_tensor(keep)
+    if not bool(((keep == 0) | (keep == 1)).all()):
+        raise ValueError("keep must hold 0 (generate) and 1 (known) only")
+    try:
+        keep_data = torch.broadcast_to(keep.bool(), images.shape)
+    except RuntimeError:
+        raise ValueError(f"keep of shape {tuple(keep.shape)} does not fit images of shape "
+                         f"{tuple(images.shape)}") from None
+    if bool(keep_data.all()):
+        raise ValueError("keep marks every pixel as known: nothing to inpaint")
+    if isinstance(pipe.space, PixelSpace):
+        return keep_data.to(pipe.device), keep_data
+    latent = pipe.interface.sample_shape  # (C, h, w)
+    unknown = F.adaptive_max_pool2d((~keep_data).any(1, keepdim=True).float(), latent[-2:])
+    return (unknown == 0).expand(len(images), *latent).to(pipe.device), keep_data
