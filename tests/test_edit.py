@@ -4,6 +4,7 @@ output is computable (mean and covariance carried through the same steps): the i
 draw from it. The true conditional law of Gaussian data given the known coordinates is closed form:
 each method's distance to it is measured exactly, without sampling."""
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -14,7 +15,7 @@ from scipy.stats import chi2, norm
 from unnoise.edit import _runs, inpaint, repaint_schedule, sdedit
 from unnoise.grids import time_grid
 from unnoise.models.interface import ModelInterface
-from unnoise.oracle import GaussianData
+from unnoise.oracle import GaussianData, GaussianMixture
 from unnoise.parameterization import X0Prediction
 from unnoise.pipeline import DEFAULT_SETTINGS, Pipeline
 from unnoise.schedules import get_schedule
@@ -27,11 +28,11 @@ COSINE = get_schedule("cosine")
 
 
 class OracleNet(torch.nn.Module):
-    """The exact x0_hat of LAW as a float64 network (its one parameter only sets the dtype)."""
+    """The exact x0_hat of a law (LAW unless given) as a float64 network (its one parameter only sets the dtype)."""
 
-    def __init__(self, schedule):
+    def __init__(self, schedule, law=LAW):
         super().__init__()
-        self.x0 = oracle_network(LAW, schedule, X0Prediction())
+        self.x0 = oracle_network(law, schedule, X0Prediction())
         self.dtype_anchor = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
 
     def forward(self, x, t, cond=None):
@@ -187,3 +188,45 @@ def test_bad_input_is_refused():
         inpaint(pipe, y, torch.ones(D))
     with pytest.raises(ValueError, match="images must have shape"):
         sdedit(pipe, torch.zeros(1, 3), 0.5)
+
+
+# ---- the Gaussian-mixture oracle: the exact conditional is the mixture re-weighted ----------------
+
+MEANS = torch.tensor([[-0.4, -0.6], [-0.4, 0.6], [0.4, 0.0], [0.0, 0.0]], dtype=torch.float64)
+MIX = GaussianMixture.create(MEANS, 0.15, torch.tensor([0.1, 0.4, 0.3, 0.2]))
+
+
+def mixture_pipe() -> Pipeline:
+    net = OracleNet(COSINE, MIX)
+    return Pipeline.from_network(net, X0Prediction(), COSINE, ModelInterface((2,), 0),
+                                 defaults=replace(DEFAULT_SETTINGS, sampler="ddpm", steps=50, spacing="trailing"))
+
+
+def nearest_component(u):
+    """Each value of the unknown coordinate assigned to the component of nearest mean (hard counts)."""
+    return (u[:, None] - MEANS[None, :, 1]).abs().argmin(1)
+
+
+def test_inpainting_a_mixture_against_its_exact_conditional():
+    """Coordinate 0 known (y = -0.25), coordinate 1 generated. Given y the components are re-weighted by
+    w_c N(y; m_c0, s^2) and coordinate 1 is their mixture. The assignment counts of 4,000 completions
+    (50 steps) against the truth's, by chi-square on 2 dof (components 2 and 3 share coordinate 1's
+    mean and so one count; the third has mass 7e-5): replacement is rejected outright; RePaint
+    (r = 10, j = 10) comes closer, by far more than the statistics' own spread, and is still biased."""
+    y, n = torch.tensor([[-0.25, 0.0]], dtype=torch.float64), 4_000
+    w = MIX.weights * torch.exp(-0.5 * ((y[0, 0] - MEANS[:, 0]) / 0.15) ** 2)
+    w = w / w.sum()
+    c = torch.multinomial(w, 400_000, replacement=True, generator=torch.Generator().manual_seed(0))
+    truth = torch.bincount(nearest_component(MEANS[c, 1] + 0.15 * torch.randn(len(c), dtype=torch.float64)),
+                           minlength=4).double() / len(c)
+    live = truth > 1e-3
+    stats = {}
+    for r in (1, 10):
+        out = inpaint(mixture_pipe(), y.expand(n, 2), torch.tensor([True, False]), resample=r, jump=10, seed=1)
+        counts = torch.bincount(nearest_component(out[:, 1]), minlength=4).double()
+        stats[r] = (((counts - n * truth) ** 2 / (n * truth))[live].sum().item(), (counts / n).tolist())
+    print("chi-square and masses by r:", stats, "truth:", truth.tolist())
+    dof = int(live.sum()) - 1
+    assert stats[1][0] > chi2.ppf(1 - 1e-6, dof) and stats[10][0] > chi2.ppf(1 - 1e-6, dof)
+    spread = sum(math.sqrt(2 * (dof + 2 * stats[r][0])) for r in (1, 10))  # sd of a noncentral chi-square
+    assert stats[1][0] - stats[10][0] > 3 * spread

@@ -1,4 +1,4 @@
-"""The `unnoise` command line: `unnoise train | distill | sample | edit | eval | samplers | demo | list`.
+"""The `unnoise` command line: `unnoise train | distill | sample | edit | invert | interpolate | eval | ...`.
 
 Every option is listed with its default by `unnoise <command> --help`.
 """
@@ -18,6 +18,7 @@ from importlib.metadata import version
 from importlib.resources import files
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -26,7 +27,7 @@ from unnoise.config import load_config
 from unnoise.convergence import Report, format_report, measure, report_ok
 from unnoise.data import DATASET_NAMES
 from unnoise.distill import distill
-from unnoise.edit import INPAINT_SAMPLER, inpaint, sdedit
+from unnoise.edit import INPAINT_SAMPLER, INVERSIONS, inpaint, interpolate, invert, reconstruct, sdedit
 from unnoise.eval import (
     SWEEP_NFE,
     EvalOptions,
@@ -48,7 +49,7 @@ from unnoise.features import (
     save_feature_net,
     train_feature_net,
 )
-from unnoise.files import check_writable
+from unnoise.files import check_writable, write_atomic
 from unnoise.grids import SPACINGS, time_grid
 from unnoise.inputs import box_mask, read_image, read_mask
 from unnoise.modality import SINGLES
@@ -58,6 +59,7 @@ from unnoise.outputs import sample_record, write_individual, write_samples
 from unnoise.pipeline import Pipeline
 from unnoise.plots import plot_convergence, plot_samples
 from unnoise.samplers import SAMPLERS, get_sampler
+from unnoise.samplers.inversion import ONE_STEP_DETERMINISTIC
 from unnoise.schedules import PRESETS, get_schedule
 from unnoise.training.loop import TrainingStopped, train
 
@@ -148,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Diffusion models on one mathematical core.")
     parser.add_argument("--version", action="version", version=f"unnoise {version('unnoise')}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_samplers, _add_train, _add_distill, _add_sample, _add_edit, _add_demo, _add_eval,
-                _add_export, _add_train_features, _add_list):
+    for add in (_add_samplers, _add_train, _add_distill, _add_sample, _add_edit, _add_invert, _add_interpolate,
+                _add_demo, _add_eval, _add_export, _add_train_features, _add_list):
         add(sub, fmt)
     return parser
 
@@ -345,7 +347,7 @@ def cmd_edit(args) -> int:
         raise ValueError(f"--strength must lie in (0, 1], got {args.strength:g}")
     check_writable(args.out)
     pipe = Pipeline.load(args.checkpoint, args.device)
-    shape = tuple(pipe.decode(torch.zeros(1, *pipe.interface.sample_shape, device=pipe.device)).shape[1:])
+    shape = _data_shape(pipe)
     images = read_image(args.image, shape).expand(args.n, *shape)
     chosen = dict(sampler=args.sampler, steps=args.steps, spacing=args.spacing, guidance=args.guidance, seed=args.seed)
     given = dict(label=args.label, prompts=args.prompt, progress=None, **chosen)
@@ -364,6 +366,117 @@ def cmd_edit(args) -> int:
     write_samples(pipe.modality, x, args.out, record, labels, prompts, classes=pipe.classes)
     print(f"wrote {args.out} ({args.n} {args.mode} edits of {args.image} by {pipe.source}, step {pipe.step})")
     return 0
+
+
+def _inversion_options(p) -> None:
+    """The grid and condition an inversion and its way back share (unnoise invert, interpolate)."""
+    p.add_argument("--sampler", choices=list(ONE_STEP_DETERMINISTIC), default="ddim",
+                   help="the deterministic sampler that maps the noise back to the image")
+    p.add_argument("--steps", type=_positive_int, default=50, help="its steps")
+    p.add_argument("--spacing", choices=SPACINGS, default=None, help="its time-grid spacing; None: the run's")
+    p.add_argument("--label", type=int, default=None,
+                   help="class label; None on a class-conditional model: its unconditional branch")
+    p.add_argument("--prompt", default=None, help="text models: the prompt (\"\" is unconditional)")
+    p.add_argument("--guidance", type=_finite, default=None, help="classifier-free guidance scale; None: the run's "
+                   "(with --label or --prompt), else unconditional")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N; None: cuda when present, else cpu")
+
+
+def _add_invert(sub, fmt) -> None:
+    """unnoise invert"""
+    p = sub.add_parser("invert", formatter_class=fmt, help="the noise that a deterministic sampler maps to an image",
+                       description="Invert an image: find x_T from which --sampler on the grid of --steps returns "
+                       "it. exact: every sampler step solved by fixed-point iteration (round trip at the float "
+                       "precision); ddim: explicit DDIM inversion (Song et al. 2021), off by O(1/steps). Writes "
+                       "x_T and the settings to an .npz that unnoise interpolate reads.")
+    p.add_argument("checkpoint", type=Path, help="a checkpoint folder, or a run folder (its newest checkpoint)")
+    p.add_argument("--image", type=Path, required=True, help="the image (resized to the model's size when it differs)")
+    p.add_argument("--method", choices=list(INVERSIONS), default="exact", help="how to invert")
+    p.add_argument("--tol", type=_finite, default=1e-5, help="exact: RMS residual of each step's solve")
+    p.add_argument("--max-iter", type=_positive_int, default=50, help="exact: fixed-point updates per step at most")
+    p.add_argument("--out", type=Path, default=Path("inverted.npz"), help="the .npz to write (z, settings)")
+    p.add_argument("--reconstruction", type=Path, default=None, help="also write the round trip as this .png")
+    _inversion_options(p)
+
+
+def _add_interpolate(sub, fmt) -> None:
+    """unnoise interpolate"""
+    p = sub.add_parser("interpolate", formatter_class=fmt, help="samples between two images' inverted noises",
+                       description="Invert two images exactly (or read two .npz from unnoise invert) and sample "
+                       "--frames points on the great circle between their noises (slerp, Song et al. 2021 §5.3); "
+                       "the first and last frames return the images.")
+    p.add_argument("checkpoint", type=Path, help="a checkpoint folder, or a run folder (its newest checkpoint)")
+    p.add_argument("start", type=Path, help="an image, or an .npz written by unnoise invert (same grid options)")
+    p.add_argument("end", type=Path, help="the other image or .npz")
+    p.add_argument("--frames", type=_positive_int, default=8, help="frames, the two ends included (>= 2)")
+    p.add_argument("--out", type=Path, default=Path("interpolation.png"), help="output .png strip or .npz")
+    _inversion_options(p)
+
+
+def _inversion_settings(args) -> dict:
+    return dict(sampler=args.sampler, steps=args.steps, spacing=args.spacing, label=args.label,
+                prompts=None if args.prompt is None else [args.prompt], guidance=args.guidance)
+
+
+def _inverted(pipe, path: Path, args, shape) -> torch.Tensor:
+    """x_T of an image file (inverted exactly), or the z an .npz of unnoise invert holds."""
+    if path.suffix != ".npz":
+        return invert(pipe, read_image(path, shape), **_inversion_settings(args))[0]
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            z, recorded = torch.from_numpy(f["z"]), json.loads(str(f["settings"]))
+    except (OSError, KeyError, ValueError) as err:
+        raise ValueError(f"{path}: not an .npz written by unnoise invert ({err})") from None
+    mine = {k: v for k, v in _inversion_settings(args).items() if k != "prompts"}
+    differ = {k: (recorded.get(k), v) for k, v in mine.items() if v is not None and recorded.get(k) != v}
+    if tuple(z.shape) != (1, *pipe.interface.sample_shape) or differ:
+        raise ValueError(f"{path} was inverted with other settings or shape ({differ or tuple(z.shape)}): "
+                         "invert again with these options")
+    return z
+
+
+def cmd_invert(args) -> int:
+    if args.out.suffix != ".npz":
+        raise ValueError(f"--out must end in .npz, got {args.out}")
+    if not args.tol > 0:
+        raise ValueError(f"--tol must be > 0, got {args.tol:g}")
+    check_writable(args.out)
+    pipe = Pipeline.load(args.checkpoint, args.device)
+    image = read_image(args.image, _data_shape(pipe))
+    settings = _inversion_settings(args)
+    z, report = invert(pipe, image, method=args.method, tol=args.tol, max_iter=args.max_iter, **settings)
+    back = reconstruct(pipe, z, **settings)
+    rms = (back - image).square().mean().sqrt().item()
+    record = {"model": pipe.source, "step": pipe.step, "image": str(args.image), "method": args.method,
+              **{k: v for k, v in settings.items() if k != "prompts"}, "prompt": args.prompt,
+              "round_trip_rms": rms, "max_step_residual": max(report.residuals) if report else None}
+    write_atomic(args.out, lambda tmp: np.savez(tmp, z=z.numpy(), settings=json.dumps(record)))
+    if args.reconstruction is not None:
+        write_samples(pipe.modality, back, args.reconstruction, record)
+    psnr = 10 * math.log10(4 / max(rms * rms, 1e-30))  # data in [-1, 1]: peak-to-peak 2
+    print(f"wrote {args.out}: x_T of {args.image} by {args.method} inversion, {args.steps} {args.sampler} steps; "
+          f"round trip RMS {rms:.3g} (PSNR {psnr:.1f} dB)")
+    return 0
+
+
+def cmd_interpolate(args) -> int:
+    if args.out.suffix not in (".png", ".npz") or args.frames < 2:
+        raise ValueError(f"--out must end in .png or .npz and --frames be >= 2, got {args.out}, {args.frames}")
+    check_writable(args.out)
+    pipe = Pipeline.load(args.checkpoint, args.device)
+    shape = _data_shape(pipe)
+    z0, z1 = (_inverted(pipe, path, args, shape) for path in (args.start, args.end))
+    x = interpolate(pipe, z0, z1, args.frames, **_inversion_settings(args))
+    record = {"model": pipe.source, "step": pipe.step, "start": str(args.start), "end": str(args.end),
+              **{k: v for k, v in _inversion_settings(args).items() if k != "prompts"}, "prompt": args.prompt}
+    write_samples(pipe.modality, x, args.out, record, columns=args.frames)
+    print(f"wrote {args.out} ({args.frames} frames from {args.start} to {args.end})")
+    return 0
+
+
+def _data_shape(pipe) -> tuple[int, ...]:
+    """The shape of one sample in data space (a latent model's decoded images)."""
+    return tuple(pipe.decode(torch.zeros(1, *pipe.interface.sample_shape, device=pipe.device)).shape[1:])
 
 
 def _add_export(sub, fmt) -> None:
@@ -713,7 +826,7 @@ def cmd_eval(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"samplers": cmd_samplers, "demo": cmd_demo, "train": cmd_train, "distill": cmd_distill,
-                "sample": cmd_sample, "edit": cmd_edit,
+                "sample": cmd_sample, "edit": cmd_edit, "invert": cmd_invert, "interpolate": cmd_interpolate,
                 "eval": cmd_eval, "train-autoencoder": cmd_train, "export": cmd_export,
                 "train-features": cmd_train_features, "list": cmd_list}
     try:

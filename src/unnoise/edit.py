@@ -3,11 +3,14 @@
     x = sdedit(pipe, images, strength=0.5, seed=0)                  # image to image
     x = inpaint(pipe, images, keep, seed=0)                         # the replacement method
     x = inpaint(pipe, images, keep, resample=10, jump=10, seed=0)   # RePaint
+    z, report = invert(pipe, images, steps=100)                     # the noise that samples back to images
+    frames = interpolate(pipe, z[:1], z[1:2], frames=8, steps=100)  # slerp between two inverted noises
 
 `images` are in data space (n, *data shape), as `Pipeline.sample` returns them; `keep` is 1 where a
 pixel is known and kept, 0 where it is generated, of the images' shape or broadcastable to it
 (e.g. (1, 1, H, W)). Everything else (labels, prompts, guidance, sampler, steps, ...) is passed on to
-`Pipeline.sample`. A latent model inpaints its latents: a latent cell is kept only where every pixel
+`Pipeline.sample`; inversion takes the condition the same way (none on a class-conditional model:
+its unconditional branch, guidance 0). A latent model inpaints its latents: a latent cell is kept only where every pixel
 it covers is known, and the known pixels are pasted back after decoding.
 """
 
@@ -25,8 +28,10 @@ from unnoise.grids import time_grid
 from unnoise.latent import PixelSpace
 from unnoise.noise import per_sample_generators, randn_like
 from unnoise.pipeline import BatchStep, Pipeline
+from unnoise.samplers import InversionReport, ddim_invert, fixed_point_invert, slerp
 from unnoise.schedules import Schedule
 
+INVERSIONS = ("exact", "ddim")  # fixed-point solves of each sampler step, or explicit DDIM inversion
 INPAINT_SAMPLER = "ddpm"  # Lugmayr et al. 2022 Alg. 1 draws x_{t-1} of the unknown part from p(x_{t-1} | x_t)
 JUMP_STREAM = 2  # x_T and the noise of RePaint's jumps back up: apart from the samplers' (0) and add_noise's (1)
 
@@ -88,6 +93,54 @@ def inpaint(pipe: Pipeline, images: Tensor, keep: Tensor, *, resample: int = 1, 
             x = _noise_up(pipe.schedule, x, times[lo].item(), times[hi].item(), gens)
     x = pipe.decode(x).cpu()
     return x if isinstance(pipe.space, PixelSpace) else torch.where(keep_data, images, x)
+
+
+def invert(pipe: Pipeline, images: Tensor, *, method: str = "exact", sampler: str = "ddim", steps: int | None = None,
+           spacing: str | None = None, tol: float | None = None, max_iter: int = 50,
+           **condition: Any) -> tuple[Tensor, InversionReport | None]:
+    """The noise x_T (n, *model shape) at the grid's first time from which the deterministic `sampler`
+    on the grid of `steps` and `spacing` (None: the run's) returns `images`: explicit DDIM inversion
+    (method "ddim", off by O(1/steps)) or each step solved by fixed-point iteration ("exact", to an
+    RMS residual below tol; None: 1e-9 in float64, 1e-5 in float32). condition: label, labels,
+    prompts, guidance, ... as `Pipeline.sample` takes them. Returns (x_T, the exact solve's report)."""
+    if method not in INVERSIONS:
+        raise ValueError(f"method must be one of {', '.join(INVERSIONS)}, got {method!r}")
+    z = _encoded(pipe, images)
+    s = pipe.settings(sampler=sampler, steps=steps, spacing=spacing)
+    times = time_grid(pipe.schedule, s.steps, s.spacing)
+    denoise, cond = pipe.conditioned(len(z), **_unconditional_by_default(pipe, condition))
+    if method == "ddim":
+        return ddim_invert(denoise, pipe.schedule, z, times, cond=cond).cpu(), None
+    tol = tol if tol is not None else 1e-9 if z.dtype == torch.float64 else 1e-5
+    x, report = fixed_point_invert(denoise, pipe.schedule, z, times, sampler=sampler, tol=tol, max_iter=max_iter,
+                                   cond=cond)
+    return x.cpu(), report
+
+
+def reconstruct(pipe: Pipeline, z: Tensor, *, sampler: str = "ddim", steps: int | None = None,
+                spacing: str | None = None, **condition: Any) -> Tensor:
+    """Sample from inverted noises z with the sampler, grid and condition they were inverted with."""
+    s = pipe.settings(sampler=sampler, steps=steps, spacing=spacing)
+    times = time_grid(pipe.schedule, s.steps, s.spacing)
+    return pipe.sample(len(z), x=z, times=times, sampler=sampler, **_unconditional_by_default(pipe, condition))
+
+
+def interpolate(pipe: Pipeline, z0: Tensor, z1: Tensor, frames: int, **settings: Any) -> Tensor:
+    """`frames` samples along the great circle from z0 to z1 (each (1, *model shape), e.g. two inverted
+    images; Song et al. 2021, §5.3), each sampled as `reconstruct` does: the ends return the images."""
+    if not isinstance(frames, int) or frames < 2:
+        raise ValueError(f"frames must be a whole number >= 2, got {frames!r}")
+    z = slerp(z0, z1, torch.linspace(0, 1, frames, dtype=torch.float64))
+    return reconstruct(pipe, z.to(z0.dtype), **settings)
+
+
+def _unconditional_by_default(pipe: Pipeline, condition: dict) -> dict:
+    """A class-conditional model asked for no class: its unconditional branch (guidance 0, a single
+    call of the null label), so that inversion and its round trip need no label."""
+    asked = any(condition.get(k) is not None for k in ("label", "labels", "prompts", "guidance"))
+    if pipe.interface.num_classes and not pipe.interface.text and not asked:
+        return {**condition, "label": 0, "guidance": 0.0}
+    return condition
 
 
 def _runs(path: list[int]) -> list[tuple[int, int]]:

@@ -221,6 +221,19 @@ class Pipeline:
                 bar.update(hi - lo)
         return torch.cat(out)
 
+    def conditioned(self, n: int, *, label: int | None = None, labels: Tensor | None = None,
+                    prompts: list[str] | tuple[str, ...] | None = None, cond: Condition | None = None,
+                    guidance: float | None = None, guidance_rescale: float | None = None,
+                    guidance_interval: tuple[float, float] | None = None,
+                    first: int = 0) -> tuple[Callable, Condition | None]:
+        """(denoise, cond): the denoiser as `sample` composes it (guidance included) and the condition
+        of its n samples, for algorithms that call the denoiser themselves (e.g. inversion). The
+        arguments mean what they mean to `sample`."""
+        s = self.settings(guidance=guidance, guidance_rescale=guidance_rescale, guidance_interval=guidance_interval)
+        plan = self._plan(n, label, labels, prompts, cond, None, None, None, first)
+        condition, null = self._conditions(plan, 0, range(first, first + n))
+        return self._denoiser(s, null, None), condition
+
     def _grid(self, s: Settings, t_start: float | None, times: Tensor | None) -> Tensor:
         """The time grid: the one given, or steps and spacing from t_start (1 by default), checked to
         start exactly at t_start (index spacings of discrete schedules round it to their grid)."""

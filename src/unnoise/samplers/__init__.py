@@ -4,7 +4,8 @@
 
 `times` is a grid from `unnoise.grids.time_grid` (or any strictly decreasing times ending at 0);
 `x` is drawn at times[0]. See `steps.py` for the conventions they share. The samplers exported here
-record no autograd graph unless x requires grad (`steps.graph_only_if_asked`).
+record no autograd graph unless x requires grad (`steps.graph_only_if_asked`). Inversion (data to
+noise: `ddim_invert`, `fixed_point_invert`) and `slerp` between noises live in `inversion.py`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from unnoise.samplers.consistency import consistency
 from unnoise.samplers.ddpm import ddim, ddpm
 from unnoise.samplers.dpmsolver import dpmpp_2m, dpmpp_2m_sde, dpmpp_3m_sde
 from unnoise.samplers.euler import euler, euler_ancestral, heun
+from unnoise.samplers.inversion import InversionReport, ddim_invert, fixed_point_invert, slerp
 from unnoise.samplers.langevin import annealed_langevin, euler_maruyama, langevin_correct, pc
 from unnoise.samplers.plms import plms
 from unnoise.samplers.steps import Callback, Denoiser, StepInfo, graph_only_if_asked
@@ -49,4 +51,4 @@ def get_sampler(name: str) -> Callable:
 
 
 __all__ = ["SAMPLERS", "get_sampler", "StepInfo", "Callback", "Denoiser", "langevin_correct",
-           *SAMPLERS]
+           "ddim_invert", "fixed_point_invert", "slerp", "InversionReport", *SAMPLERS]
