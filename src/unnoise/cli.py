@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from unnoise.checkpoint import export_model, list_checkpoints, load_checkpoint, run_config
+from unnoise.conditioning import Condition
 from unnoise.config import load_config
 from unnoise.convergence import Report, format_report, measure, report_ok
 from unnoise.data import DATASET_NAMES
@@ -292,6 +293,8 @@ def _add_sample(sub, fmt) -> None:
     p.add_argument("--prompt", action="append", default=None,
                    help="text models: a prompt (repeat the option for several: sample i uses prompt i mod count; "
                    "\"\" is unconditional); None: the run's [sample] prompts")
+    p.add_argument("--hint", type=Path, default=None,
+                   help="a ControlNet's hint image (e.g. an edge map: white edges on black), given to every sample")
     p.add_argument("--out", type=Path, default=Path("samples.png"),
                    help="output .png (an image grid, a scatter of points or line plots of signals, by the data's "
                    "kind; the settings in its text chunks) or .npz (samples (n, *sample shape), index, seed, "
@@ -740,11 +743,13 @@ def cmd_sample(args) -> int:
                   options=dict(args.options) or None)
     settings = pipe.settings(**chosen)  # checked before any work
     labels, prompts = pipe.per_sample(args.n, label=args.label, prompts=args.prompt)
-    x = pipe.sample(args.n, label=args.label, prompts=args.prompt, batch_size=args.batch_size, **chosen)
+    cond = _hint_condition(pipe, args.hint, args.n)
+    x = pipe.sample(args.n, label=args.label, prompts=args.prompt, batch_size=args.batch_size, cond=cond, **chosen)
     bad = int((~torch.isfinite(x.flatten(1))).any(1).sum())
     if bad:
         raise ValueError(f"{bad} of {args.n} samples from {pipe.source} are not finite (NaN or Inf); nothing written")
-    record = sample_record(pipe, settings, classifier=str(args.classifier) if args.classifier else None)
+    record = sample_record(pipe, settings, classifier=str(args.classifier) if args.classifier else None,
+                           **({"hint": str(args.hint)} if args.hint else {}))
     write_samples(pipe.modality, x, args.out, record, labels, prompts, columns=args.columns, classes=pipe.classes)
     if args.individual is not None:
         write_individual(pipe.modality, x, args.individual, record, labels, prompts)
@@ -752,6 +757,19 @@ def cmd_sample(args) -> int:
     print(f"wrote {args.out}{also} ({args.n} samples of shape {tuple(x.shape[1:])} from {pipe.source}, "
           f"step {pipe.step})")
     return 0
+
+
+def _hint_condition(pipe, path: Path | None, n: int):
+    """The condition a ControlNet's samples read: the hint image, for every sample."""
+    channels = pipe.interface.hint_channels
+    if path is None:
+        if channels:
+            raise ValueError("this model reads a hint image (a ControlNet): give --hint")
+        return None
+    if not channels:
+        raise ValueError("--hint given, but this model reads no hint image")
+    shape = (channels, *pipe.interface.sample_shape[1:])
+    return Condition(image=read_image(path, shape).expand(n, *shape))
 
 
 def _checkpoint_config(checkpoint):

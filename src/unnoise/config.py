@@ -34,7 +34,7 @@ from typing import Any
 from unnoise.data import DataConfig
 from unnoise.grids import SPACINGS
 from unnoise.losses import AutoencoderLossConfig, LossConfig
-from unnoise.models import MODEL_PRESETS, AutoencoderConfig, DiTConfig, MLPConfig, UNetConfig
+from unnoise.models import MODEL_PRESETS, AutoencoderConfig, ControlNetConfig, DiTConfig, MLPConfig, UNetConfig
 from unnoise.parameterization import PARAMETERIZATIONS
 from unnoise.samplers import SAMPLERS
 from unnoise.schedules import PRESETS as SCHEDULES
@@ -73,6 +73,7 @@ class TrainConfig:
     bf16: bool = False  # bfloat16 autocast for the forward pass
     dtype: str = "float32"  # parameter and data precision: float32, or float64 (for exactness tests)
     compile: bool = False  # torch.compile the network
+    init: str = ""  # a run or checkpoint folder whose EMA weights start the network (a ControlNet: its frozen base)
     seed: int = 0  # seeds data order, noise, times and initial weights
     log_every: int = 50  # steps between log lines
     sample_every: int = 0  # steps between sample grids (EMA weights, fixed seed); 0 = at the end only
@@ -417,6 +418,7 @@ MODEL_RANGES: dict[type, dict[str, Range | Each | OneOf]] = {
         "disc_channels": whole(1, WIDTH_MAX // 4, "the discriminator's last layer is 4 times as wide"),
     },
 }
+MODEL_RANGES[ControlNetConfig] = {**MODEL_RANGES[UNetConfig], "hint_channels": _CHANNELS, "hint_width": _WIDTH}
 
 
 def check_numbers(section: Any, name: str) -> None:
@@ -478,7 +480,8 @@ def _check_run(config: RunConfig) -> None:
 def check_paths(config: RunConfig) -> None:
     """The files a training run reads must exist: checked before any work. (Sampling a finished run
     reads no data; its autoencoder, if any, is checked by unnoise.latent when it is loaded.)"""
-    for key, path in (("data.path", config.data.path), ("latent.autoencoder", config.latent.autoencoder)):
+    for key, path in (("data.path", config.data.path), ("latent.autoencoder", config.latent.autoencoder),
+                      ("train.init", config.train.init)):
         if path and not Path(path).exists():
             raise ValueError(f"{key} = {path!r} does not exist")
 

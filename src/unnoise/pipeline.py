@@ -269,6 +269,10 @@ class Pipeline:
         if cond is not None and (not isinstance(cond, Condition) or len(cond) != n):
             raise ValueError(f"cond must be a Condition of n = {n} rows, got {type(cond).__name__} of "
                              f"{len(cond) if isinstance(cond, Condition) else '?'} rows")
+        hint = self.interface.hint_channels
+        if hint and (cond is None or cond.image is None or tuple(cond.image.shape[1:]) != (hint, *shape[1:])):
+            raise ValueError(f"this model reads a hint image of {hint} channel(s) at {'x'.join(map(str, shape[1:]))}: "
+                             "pass cond=Condition(image=...) (unnoise sample --hint)")
         default = max(1, SAMPLE_VALUES_PER_BATCH // math.prod(shape))
         return _Plan(batch_size or min(n, default), self._labels(n, label, labels, first), self._prompts(prompts),
                      cond, x)

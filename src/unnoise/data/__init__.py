@@ -36,6 +36,7 @@ from unnoise.data.image_set import FITS, ImageSet
 from unnoise.data.signals import SignalSet, signals
 from unnoise.data.tensor_set import TensorSet
 from unnoise.data.toy import PointSet, gaussians, moons, swiss_roll
+from unnoise.hints import HINTS
 
 DATASET_NAMES = (
     "mnist", "fashion-mnist", "digits8x8", "folder", "emoji", "moons", "swiss-roll", "gaussians", "signals"
@@ -90,6 +91,7 @@ class DataConfig:
     length: int = 256  # signals: samples per signal, L
     lengthscale: float = 8.0  # signals: the squared-exponential kernel's lengthscale ell, in samples
     amplitude: float = 0.5  # signals: the kernel's standard deviation s (k(0) = s^2)
+    hint: str = "none"  # an image condition derived from every image (unnoise.hints): none, edges or lowres
 
     def __post_init__(self):
         # Messages name the [data] keys of a config; unnoise.config bounds each number from above too.
@@ -115,7 +117,7 @@ class DataConfig:
             raise ValueError(f"data.image_size must be >= 1 (or left out for the set's own), got {self.image_size}")
         if self.max_pixels is not None and self.max_pixels < 1:
             raise ValueError(f"data.max_pixels must be >= 1 (or left out for no limit), got {self.max_pixels}")
-        for key, names in (("fit", FITS), ("labels", LABEL_MODES), ("background", BACKGROUNDS)):
+        for key, names in (("fit", FITS), ("labels", LABEL_MODES), ("background", BACKGROUNDS), ("hint", HINTS)):
             if getattr(self, key) not in names:
                 raise ValueError(f"data.{key} must be one of {', '.join(names)}, got {getattr(self, key)!r}")
         if self.num_points < 1 or self.seed < 0:

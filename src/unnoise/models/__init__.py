@@ -6,7 +6,8 @@ with t a (B,) float tensor (a time in [0, 1], or EDM's c_noise = ln(sigma~) / 4)
 a (B,) int64 tensor of class labels (label num_classes = the null label), or a dict with optional
 keys "labels" (B,) and "context" (B, L, context_dim). A `Parameterization` decides what the output
 means; the networks know nothing of schedules. The exception: a UNetConfig with head = "logits"
-builds a noise-aware classifier, net(x, t) -> (B, classes) logits (unnoise.classifier).
+builds a noise-aware classifier, net(x, t) -> (B, classes) logits (unnoise.classifier). A ControlNet
+reads an image condition, the hint, from cond.image (unnoise.models.controlnet).
 
     config = MODEL_PRESETS["unet_small"]()                    # a frozen dataclass
     net = build_model(dataclasses.replace(config, num_classes=10))
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from torch import nn
 
 from unnoise.models.autoencoder import AUTOENCODER_PRESETS, Autoencoder, AutoencoderConfig
+from unnoise.models.controlnet import CONTROLNET_PRESETS, ControlNet, ControlNetConfig
 from unnoise.models.dit import DIT_PRESETS, DiT, DiTConfig
 from unnoise.models.mlp import MLP, MLPConfig
 from unnoise.models.unet import UNET_PRESETS, UNet, UNetClassifier, UNetConfig
@@ -26,11 +28,14 @@ from unnoise.models.unet import UNET_PRESETS, UNet, UNetClassifier, UNetConfig
 ModelConfig = UNetConfig | DiTConfig | MLPConfig | AutoencoderConfig
 
 MODEL_PRESETS: dict[str, Callable[[], ModelConfig]] = {**UNET_PRESETS, **DIT_PRESETS, **AUTOENCODER_PRESETS,
-                                                     "mlp_toy": MLPConfig}
+                                                     **CONTROLNET_PRESETS, "mlp_toy": MLPConfig}
 
 
 def build_model(config: ModelConfig) -> nn.Module:
-    """The network a config describes: UNet for a UNetConfig, DiT for a DiTConfig, MLP for an MLPConfig."""
+    """The network a config describes: UNet for a UNetConfig, DiT for a DiTConfig, MLP for an MLPConfig,
+    ControlNet (a frozen U-Net and its control) for a ControlNetConfig."""
+    if isinstance(config, ControlNetConfig):
+        return ControlNet(config)
     if isinstance(config, UNetConfig):
         return UNetClassifier(config) if config.head == "logits" else UNet(config)
     if isinstance(config, DiTConfig):
@@ -49,6 +54,8 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 __all__ = [
     "MLP",
+    "ControlNet",
+    "ControlNetConfig",
     "MODEL_PRESETS",
     "Autoencoder",
     "AutoencoderConfig",

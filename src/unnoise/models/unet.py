@@ -258,7 +258,11 @@ class UNet(_DownPath):
     def forward(self, x: Tensor, t: Tensor, cond: Cond = None) -> Tensor:
         """x (B, in_channels, H, W) or (B, in_channels, L), t (B,),
         cond: None, labels (B,) or {"labels", "context", "context_mask"}."""
-        h, skips, emb, context = self.encode(x, t, cond)
+        return self.decode(*self.encode(x, t, cond))
+
+    def decode(self, h: Tensor, skips: list[Tensor], emb: Tensor, context: Context | None) -> Tensor:
+        """The up path from what `encode` returns (a ControlNet adds its residuals to h and the skips first)."""
+        skips = list(skips)
         for step in self.up:
             h = step(torch.cat([h, skips.pop()], dim=1), emb, context)  # up to (B, base * mult[0], H, W)
         return self.out(h)  # (B, out_channels, H, W) or (B, out_channels, L)

@@ -14,13 +14,15 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
+from unnoise.checkpoint import load_checkpoint, run_config
 from unnoise.conditioning import Condition, null_labels
 from unnoise.config import RunConfig
 from unnoise.coupling import ot_pairing
 from unnoise.data import load_dataset
+from unnoise.hints import hint_channels, make_hints
 from unnoise.latent import LatentSpace, encode_dataset, space_for
 from unnoise.losses import DiffusionLoss
-from unnoise.models import build_model
+from unnoise.models import ControlNet, build_model
 from unnoise.objectives.base import Batch, LossOutput, ObjectiveBase, RunContext
 from unnoise.outputs import sample_record, write_samples
 from unnoise.parameterization import parameterization_of
@@ -28,7 +30,6 @@ from unnoise.pipeline import Pipeline
 from unnoise.schedules import get_schedule
 from unnoise.straightness import straightness
 from unnoise.text import CaptionBank, load_text_encoder
-
 
 STRAIGHTNESS_PATHS, STRAIGHTNESS_STEPS = 64, 50  # what a flow run's final report measures S on
 
@@ -63,7 +64,10 @@ class DiffusionObjective(ObjectiveBase):
                 dataset = encode_dataset(space, dataset, progress=run.main and not run.quiet)
         _check_shape(config, dataset)
         self.config, self.dataset = config, dataset
+        self.hints = _hints(config, dataset)
         self.network = build_model(config.model).to(run.device, run.dtype)
+        if config.train.init and run.resume is None:  # on resume the checkpoint holds the weights
+            initialise(self.network, config)
         self.bank = _caption_bank(config, dataset, run.device)  # every caption encoded once
         self.prompts = self._grid_prompts()
 
@@ -75,7 +79,8 @@ class DiffusionObjective(ObjectiveBase):
         noise = torch.randn(x0.shape, generator=generator)
         if self.config.loss.coupling == "ot":
             noise = noise[ot_pairing(x0, noise)]
-        return self.with_condition({"x0": x0, "t": t, "noise": noise}, index, labels, generator)
+        batch = {"x0": x0, "t": t, "noise": noise, "hint": self.hints[index] if self.hints is not None else None}
+        return self.with_condition(batch, index, labels, generator)
 
     def with_condition(self, batch: Batch, index: Tensor, labels: Tensor, generator: torch.Generator) -> Batch:
         """The batch with its (dropped) labels and caption ids: a conditional model's."""
@@ -91,11 +96,12 @@ class DiffusionObjective(ObjectiveBase):
         return batch
 
     def condition(self, batch: Batch) -> Condition | None:
-        """The batch's condition (labels, encoded captions), on this rank's rows only."""
-        labels, ids = batch["labels"], batch["caption_ids"]
+        """The batch's condition (labels, encoded captions, the hint image), on this rank's rows only."""
+        labels, ids, hint = batch["labels"], batch["caption_ids"], batch.get("hint")
         if ids is not None:
-            return self.bank.cond(ids, labels=labels)
-        return Condition(labels=labels) if labels is not None else None
+            cond = self.bank.cond(ids, labels=labels)
+            return cond if hint is None else replace(cond, image=hint)
+        return Condition(labels=labels, image=hint) if labels is not None or hint is not None else None
 
     def null_condition(self) -> Condition | None:
         """The null condition, one row (the null label, the empty prompt), or None for an
@@ -114,7 +120,8 @@ class DiffusionObjective(ObjectiveBase):
         """A grid of [sample] n samples from the EMA weights (fixed seeds)."""
         pipe = Pipeline.from_weights(self.config, weights, self.run.device, source=str(self.run.out), step=step)
         n = self.config.sample.n
-        x = pipe.sample(n, prompts=self.prompts, progress=False)
+        hints = None if self.hints is None else Condition(image=self.hints[torch.arange(n) % len(self.hints)])
+        x = pipe.sample(n, prompts=self.prompts, cond=hints, progress=False)
         path = self.run.out / ("samples.png" if final else f"samples_{step:08d}.png")
         labels, prompts = pipe.per_sample(n, prompts=self.prompts)
         written = write_samples(pipe.modality, x, path, sample_record(pipe, pipe.settings()), labels, prompts,
@@ -132,6 +139,42 @@ class DiffusionObjective(ObjectiveBase):
             return None
         first = self.dataset.captions.ids[:, 0].unique()[:8].tolist()
         return self.config.sample.prompts or tuple(self.bank.texts[i] for i in first)
+
+
+def initialise(network: nn.Module, config: RunConfig) -> None:
+    """[train] init: start from another run's EMA weights, checked to fit (the same network and
+    diffusion); a ControlNet takes them as its frozen base, and its trainable copy starts as the base."""
+    ckpt = load_checkpoint(config.train.init, with_state=False)
+    other = run_config(ckpt)
+    control = isinstance(network, ControlNet)
+    mine = config.model.unet if control else config.model
+    if other.model != mine:
+        raise ValueError(f"train.init {config.train.init} holds another network than [model] describes"
+                         f"{' (a ControlNet: its base U-Net)' if control else ''}: give its preset and fields")
+    d, e = config.diffusion, other.diffusion
+    if (d.schedule, d.parameterization) != (e.schedule, e.parameterization):
+        raise ValueError(f"train.init {config.train.init} was trained on schedule {e.schedule!r} with "
+                         f"{e.parameterization!r}, this run on {d.schedule!r} with {d.parameterization!r}")
+    (network.base if control else network).load_state_dict(ckpt.ema)
+    if control:
+        network.init_from_base()
+
+
+def _hints(config: RunConfig, dataset) -> Tensor | None:
+    """[data] hint: every image's hint (N, C_hint, H, W), computed once; checked against the network."""
+    kind, wanted = config.data.hint, config.model.interface.hint_channels
+    if kind == "none":
+        if wanted:
+            raise ValueError(f"the network reads a hint of {wanted} channels: set [data] hint (edges or lowres)")
+        return None
+    if config.latent.autoencoder or not hasattr(dataset, "images"):
+        raise ValueError("[data] hint needs a pixel model of images (not latents, points or signals)")
+    images = dataset.images.float() / 127.5 - 1  # the stored uint8 pixels, as the batches give them
+    have = hint_channels(kind, images.shape[1])
+    if have != wanted:
+        raise ValueError(f"[data] hint = {kind!r} gives {have} channels, the network reads {wanted} "
+                         "(model.hint_channels)")
+    return make_hints(images, kind)
 
 
 def independent_noise_only(config: RunConfig) -> None:
