@@ -70,13 +70,14 @@ def main() -> None:
     costs = {str(r): train_minutes(Path(r)) for r in {row["run"] for row in rows}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({"rows": rows, "train minutes": costs}, indent=1) + "\n")
-    metrics = [k for k in rows[0] if k not in ("method", "run", "calls", "nfe")]
-    lines = ["| method | calls | " + " | ".join(metrics) + " | run's training, min |",
+    metrics = [k for k in rows[0] if k not in ("method", "run", "calls", "nfe") and "floor" not in k]
+    floor = next((f"{k}: {v:.3g}" for k, v in rows[0].items() if "floor" in k), "")
+    lines = ["| method | calls | " + " | ".join(metrics) + " | run's training, wall min |",
              "|---|---|" + "---|" * len(metrics) + "---|"]
     for row in rows:
         lines.append(f"| {row['method']} | {row['calls']} | " + " | ".join(f"{row[m]:.3g}" for m in metrics)
                      + f" | {costs[row['run']]:.0f} |")
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    args.out.with_suffix(".md").write_text("\n".join(lines) + f"\n\n{floor}\n")
     fd = next(m for m in metrics if m.startswith("FD"))
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in dict.fromkeys(row["method"] for row in rows):
