@@ -40,7 +40,7 @@ BAD_SECTIONS = [5, "text", [], [{}], [{}, {}], [1, 2], True, 1.5]
 TABLES = ("data", "model", "diffusion", "loss", "train", "sample", "text", "latent", "autoencoder", "distill")
 # A message names a config key, a section, an override or the file.
 NAMES_SOMETHING = re.compile(r"\[\[?\w+\]\]?|\b(" + "|".join(TABLES) + r")\."
-                             r"[\w'\"]|\bout\b|--set|config file|\.toml|section")
+                             r"[\w'\"-]|\bout\b|--set|config file|\.toml|section")
 
 
 # ---- writing a tree back as TOML (the fuzzer's own, small writer) -----------------------------

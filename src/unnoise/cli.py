@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from unnoise.cascade import cascade, super_resolve
 from unnoise.checkpoint import export_model, list_checkpoints, load_checkpoint, run_config
 from unnoise.conditioning import Condition
 from unnoise.config import load_config
@@ -294,7 +295,14 @@ def _add_sample(sub, fmt) -> None:
                    help="text models: a prompt (repeat the option for several: sample i uses prompt i mod count; "
                    "\"\" is unconditional); None: the run's [sample] prompts")
     p.add_argument("--hint", type=Path, default=None,
-                   help="a ControlNet's hint image (e.g. an edge map: white edges on black), given to every sample")
+                   help="a ControlNet's hint image (e.g. an edge map: white edges on black), or a super-resolution "
+                   "model's low-resolution image; given to every sample")
+    p.add_argument("--low", type=Path, default=None,
+                   help="a super-resolution model: the base run whose samples it enlarges (a cascade; same "
+                   "--label, --prompt and --seed; its own [sample] settings)")
+    p.add_argument("--hint-noise", type=_finite, default=0.0,
+                   help="a super-resolution model: the level s in [0, 1] its input is noised to (conditioning "
+                   "augmentation, Ho et al. 2022)")
     p.add_argument("--out", type=Path, default=Path("samples.png"),
                    help="output .png (an image grid, a scatter of points or line plots of signals, by the data's "
                    "kind; the settings in its text chunks) or .npz (samples (n, *sample shape), index, seed, "
@@ -743,13 +751,13 @@ def cmd_sample(args) -> int:
                   options=dict(args.options) or None)
     settings = pipe.settings(**chosen)  # checked before any work
     labels, prompts = pipe.per_sample(args.n, label=args.label, prompts=args.prompt)
-    cond = _hint_condition(pipe, args.hint, args.n)
-    x = pipe.sample(args.n, label=args.label, prompts=args.prompt, batch_size=args.batch_size, cond=cond, **chosen)
+    x = _draw(pipe, args, dict(label=args.label, prompts=args.prompt, batch_size=args.batch_size, **chosen))
     bad = int((~torch.isfinite(x.flatten(1))).any(1).sum())
     if bad:
         raise ValueError(f"{bad} of {args.n} samples from {pipe.source} are not finite (NaN or Inf); nothing written")
-    record = sample_record(pipe, settings, classifier=str(args.classifier) if args.classifier else None,
-                           **({"hint": str(args.hint)} if args.hint else {}))
+    given = {k: str(v) for k, v in (("hint", args.hint), ("low", args.low)) if v is not None}
+    record = sample_record(pipe, settings, classifier=str(args.classifier) if args.classifier else None, **given,
+                           **({"hint_noise": args.hint_noise} if pipe.interface.hint_channels else {}))
     write_samples(pipe.modality, x, args.out, record, labels, prompts, columns=args.columns, classes=pipe.classes)
     if args.individual is not None:
         write_individual(pipe.modality, x, args.individual, record, labels, prompts)
@@ -759,17 +767,30 @@ def cmd_sample(args) -> int:
     return 0
 
 
-def _hint_condition(pipe, path: Path | None, n: int):
-    """The condition a ControlNet's samples read: the hint image, for every sample."""
-    channels = pipe.interface.hint_channels
-    if path is None:
-        if channels:
-            raise ValueError("this model reads a hint image (a ControlNet): give --hint")
-        return None
-    if not channels:
+def _draw(pipe, args, options: dict) -> torch.Tensor:
+    """The samples `unnoise sample` asks for: plain; a ControlNet's given its hint; a super-resolution
+    model's given low-resolution images (--hint) or a base model's samples (--low, a cascade)."""
+    channels, seed = pipe.interface.hint_channels, options.pop("seed")
+    lowres = channels and pipe.config is not None and pipe.config.data.hint == "lowres"
+    if args.low is not None or (lowres and args.hint is not None):
+        if args.low is not None and args.hint is not None:
+            raise ValueError("give --low (a base run to sample) or --hint (low-resolution images), not both")
+        if args.low is not None:
+            condition = {k: options.pop(k) for k in ("label", "prompts")}
+            base = Pipeline.load(args.low, args.device)
+            return cascade(base, pipe, args.n, hint_noise=args.hint_noise, seed=seed, sr_options=options,
+                           **condition)[1]
+        side = pipe.interface.sample_shape[-1] // pipe.config.data.hint_factor
+        low = read_image(args.hint, (channels, side, side)).expand(args.n, channels, side, side)
+        return super_resolve(pipe, low, hint_noise=args.hint_noise, seed=seed, **options)
+    if channels and args.hint is None:
+        raise ValueError("this model reads a hint image (a ControlNet or super-resolution model): give --hint"
+                         + (" or --low" if lowres else ""))
+    if args.hint is not None and not channels:
         raise ValueError("--hint given, but this model reads no hint image")
     shape = (channels, *pipe.interface.sample_shape[1:])
-    return Condition(image=read_image(path, shape).expand(n, *shape))
+    cond = Condition(image=read_image(args.hint, shape).expand(args.n, *shape)) if channels else None
+    return pipe.sample(args.n, cond=cond, seed=seed, **options)
 
 
 def _checkpoint_config(checkpoint):

@@ -4,6 +4,7 @@
     Condition(context=(B, L, D), context_mask=(B, L) bool)       a text prompt's token states (unnoise.text)
     Condition(labels=..., context=..., context_mask=...)         both
     Condition(image=(B, C, *spatial))                            an image condition (a hint, a low-resolution input)
+    Condition(image=..., image_noise=(B,))                       ... noised to level s (conditioning augmentation)
 
 A Condition is batched along dim 0 and is sliced (`cond[rows]`), moved (`cond.to(device)`),
 broadcast from one row (`cond.expand(B)`) and stacked (`Condition.cat(a, b)`: text contexts padded
@@ -27,6 +28,7 @@ class Condition:
     context: Tensor | None = None  # (B, L, D) text token states for cross-attention
     context_mask: Tensor | None = None  # (B, L) bool, True where a token is real (not padding)
     image: Tensor | None = None  # (B, C, *spatial) an image condition: a control hint, a low-resolution input
+    image_noise: Tensor | None = None  # (B,) the level s in [0, 1] the image condition was noised to (augmentation)
 
     def __post_init__(self) -> None:
         for f, v in self._items():

@@ -332,6 +332,7 @@ RANGES: dict[str, dict[str, Range | Each | OneOf]] = {
         "coupling": OneOf(("independent", "ot")),
         "logit_mean": real(-20, 20, why="the mean of logit t: sigmoid(20) is 1 - 2e-9, the path's noisy end"),
         "logit_std": real(0, 10, open_lo=True, why="the spread of logit t"),
+        "hint_noise": real(0, 1, why="a time of the schedule"),
         "p_mean": real(-20, 20, why="the mean of ln sigma: e^20 is 5e8, past any schedule's largest noise"),
         "p_std": real(0, 10, open_lo=True, why="the spread of ln sigma: e^(3 x 10) is past any schedule's noise"),
         "min_snr_gamma": real(0, open_lo=True),
@@ -400,7 +401,7 @@ MODEL_RANGES: dict[type, dict[str, Range | Each | OneOf]] = {
         "blocks_per_level": _DEPTH, "attention_factors": Each(whole(1, SIDE_MAX), 0, 13),
         "head_channels": _WIDTH, "dropout": real(0, 1, open_hi=True), "num_classes": _CLASSES,
         "context_dim": whole(0, WIDTH_MAX, "text encoders' widths: MiniLM 384, T5-XXL 4096"),
-        "time_scale": _TIME_SCALE, "dims": whole(1, 2),
+        "time_scale": _TIME_SCALE, "dims": whole(1, 2), "cond_channels": whole(0, 64),
     },
     DiTConfig: {
         "image_size": _SIDE, "patch_size": _SIDE, "in_channels": _CHANNELS, "out_channels": _CHANNELS,

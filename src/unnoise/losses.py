@@ -52,6 +52,7 @@ class LossConfig:
     coupling: str = "independent"  # independent | ot (minibatch optimal transport of data to noise)
     min_snr_gamma: float = 5.0  # gamma of min-SNR weighting (Hang et al. use 5)
     sigma_data: float = 0.5  # data std in the edm weighting
+    hint_noise: float = 0.0  # the image condition noised to a level s ~ U(0, hint_noise) (Ho et al. 2022, §4.2)
 
     def __post_init__(self):
         if self.weighting not in WEIGHTINGS:
@@ -62,6 +63,8 @@ class LossConfig:
             raise ValueError(f"coupling must be one of {', '.join(COUPLINGS)}, got {self.coupling!r}")
         if self.p_std <= 0 or self.logit_std <= 0 or self.min_snr_gamma <= 0 or self.sigma_data <= 0:
             raise ValueError("p_std, logit_std, min_snr_gamma and sigma_data must be > 0")
+        if not 0 <= self.hint_noise <= 1:
+            raise ValueError(f"hint_noise must lie in [0, 1] (a time of the schedule), got {self.hint_noise}")
 
 
 class DiffusionLoss:

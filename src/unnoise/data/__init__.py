@@ -32,11 +32,11 @@ from unnoise.data.digits import digits_8x8, mnist_5k
 from unnoise.data.emoji import EmojiSet, emoji_set
 from unnoise.data.fashion import FASHION_CLASSES, FASHION_HELDOUT_PROMPTS, fashion_mnist, read_idx
 from unnoise.data.folder import BACKGROUNDS, DEFAULT_MAX_PIXELS, LABEL_MODES, FolderSet, load_folder
+from unnoise.data.hints import HINTS
 from unnoise.data.image_set import FITS, ImageSet
 from unnoise.data.signals import SignalSet, signals
 from unnoise.data.tensor_set import TensorSet
 from unnoise.data.toy import PointSet, gaussians, moons, swiss_roll
-from unnoise.hints import HINTS
 
 DATASET_NAMES = (
     "mnist", "fashion-mnist", "digits8x8", "folder", "emoji", "moons", "swiss-roll", "gaussians", "signals"
@@ -91,7 +91,8 @@ class DataConfig:
     length: int = 256  # signals: samples per signal, L
     lengthscale: float = 8.0  # signals: the squared-exponential kernel's lengthscale ell, in samples
     amplitude: float = 0.5  # signals: the kernel's standard deviation s (k(0) = s^2)
-    hint: str = "none"  # an image condition derived from every image (unnoise.hints): none, edges or lowres
+    hint: str = "none"  # an image condition derived from every image (unnoise.data.hints): none, edges or lowres
+    hint_factor: int = 2  # lowres: the low resolution is 1 / hint_factor of the images' side
 
     def __post_init__(self):
         # Messages name the [data] keys of a config; unnoise.config bounds each number from above too.
@@ -120,6 +121,8 @@ class DataConfig:
         for key, names in (("fit", FITS), ("labels", LABEL_MODES), ("background", BACKGROUNDS), ("hint", HINTS)):
             if getattr(self, key) not in names:
                 raise ValueError(f"data.{key} must be one of {', '.join(names)}, got {getattr(self, key)!r}")
+        if self.hint_factor < 2:
+            raise ValueError(f"data.hint_factor must be >= 2, got {self.hint_factor}")
         if self.num_points < 1 or self.seed < 0:
             raise ValueError(f"data.num_points must be >= 1 and data.seed >= 0, got {self.num_points}, {self.seed}")
         if not (math.isfinite(self.noise) and self.noise >= 0):

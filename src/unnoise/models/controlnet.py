@@ -33,8 +33,9 @@ class ControlNetConfig(UNetConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.head != "image" or self.dims != 2:
-            raise ValueError("a ControlNet controls an image U-Net (model.head = \"image\", model.dims = 2)")
+        if self.head != "image" or self.dims != 2 or self.cond_channels:
+            raise ValueError("a ControlNet controls an image U-Net (model.head = \"image\", model.dims = 2) that "
+                             "reads no image condition of its own (model.cond_channels = 0)")
         if self.hint_channels < 1 or self.hint_width < 1:
             raise ValueError(f"model.hint_channels and model.hint_width must be >= 1, got {self.hint_channels}, "
                              f"{self.hint_width}")
@@ -93,7 +94,7 @@ class ControlNet(nn.Module):
             raise ValueError(f"a ControlNet needs a hint image (cond.image) of shape ({x.shape[0]}, "
                              f"{self.config.hint_channels}, {size}, {size}), got "
                              f"{None if hint is None else tuple(hint.shape)}")
-        rest = replace(cond, image=None)
+        rest = replace(cond, image=None, image_noise=None)
         h, skips, emb, context = self.base.encode(x, t, rest)
         residuals, middle = self._control(x, t, rest, hint.to(x.dtype))
         skips = [s + r for s, r in zip(skips, residuals, strict=True)]

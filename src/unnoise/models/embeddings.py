@@ -109,23 +109,27 @@ class ConditionEmbedding(nn.Module):
     """
 
     def __init__(self, dim: int, num_classes: int = 0, context_dim: int = 0, time_scale: float = 1000.0,
-                 frequencies: int = 256):
+                 frequencies: int = 256, image: bool = False):
         super().__init__()
-        self.num_classes, self.context_dim = num_classes, context_dim
+        self.num_classes, self.context_dim, self.image = num_classes, context_dim, image
         self.time_scale, self.frequencies = time_scale, frequencies
         self.time_mlp = nn.Sequential(nn.Linear(frequencies, dim), nn.SiLU(), nn.Linear(dim, dim))
+        # an image condition's noise level s (Ho et al. 2022, §4.2), embedded as t is; none given = level 0
+        self.noise_mlp = nn.Sequential(nn.Linear(frequencies, dim), nn.SiLU(), nn.Linear(dim, dim)) if image else None
         self.label_table = nn.Embedding(num_classes + 1, dim) if num_classes > 0 else None
         self.pooled = nn.Linear(context_dim, dim) if context_dim > 0 else None
 
     def forward(self, t: Tensor, cond: Cond, batch: int) -> tuple[Tensor, Context | None]:
         """(emb (B, dim), Context or None) for a batch of `batch` images."""
         cond = as_condition(cond) or Condition()
-        if cond.image is not None:
+        if not self.image and (cond.image is not None or cond.image_noise is not None):
             raise ValueError("this network takes no image condition (hint); got one")
         labels, context, mask = cond.labels, cond.context, cond.context_mask
         t = self._check_t(t, batch)
-        waves = sinusoidal_embedding(self.time_scale * t.float(), self.frequencies)  # float32 phases
-        emb = self.time_mlp(waves.to(self.time_mlp[0].weight.dtype))  # (B, dim), in the network's precision
+        emb = self._embed_time(self.time_mlp, t)  # (B, dim), in the network's precision
+        if self.noise_mlp is not None:
+            s = cond.image_noise if cond.image_noise is not None else torch.zeros_like(t)
+            emb = emb + self._embed_time(self.noise_mlp, self._check_t(s.to(t.dtype), batch))
         if self.label_table is None and labels is not None:
             raise ValueError("this network was built without classes (num_classes=0) but was given labels; "
                              "build it with num_classes > 0, or pass cond=None")
@@ -143,6 +147,10 @@ class ConditionEmbedding(nn.Module):
             weights = mask.to(context.dtype)[..., None]  # (B, L, 1)
             pooled = (context * weights).sum(1) / weights.sum(1)  # masked mean over real tokens
         return emb + self.pooled(pooled), Context(context, mask)
+
+    def _embed_time(self, mlp: nn.Module, t: Tensor) -> Tensor:
+        waves = sinusoidal_embedding(self.time_scale * t.float(), self.frequencies)  # float32 phases
+        return mlp(waves.to(mlp[0].weight.dtype))
 
     @staticmethod
     def _check_t(t: Tensor, batch: int) -> Tensor:

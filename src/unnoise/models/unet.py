@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from unnoise.conditioning import as_condition
 from unnoise.models.embeddings import Attention, Cond, ConditionEmbedding, Context, check_images, scale_shift, zero_
 from unnoise.models.interface import ModelInterface
 
@@ -51,6 +52,7 @@ class UNetConfig:
     time_scale: float = 1000.0  # the network embeds sinusoid(time_scale * t)
     head: str = "image"  # image: the U-Net, output of x's shape; logits: down path and middle -> (B, out_channels)
     dims: int = 2  # 1: signals (B, C, L); 2: images (B, C, H, W)
+    cond_channels: int = 0  # an image condition (cond.image) concatenated to x: super-resolution's low-res input
 
     def __post_init__(self) -> None:
         # Messages name the [model] keys of a config. unnoise.config bounds each number from above too.
@@ -75,6 +77,9 @@ class UNetConfig:
             _heads(mult * self.base_channels, self.head_channels)  # raises if the width does not split
         if not 0 <= self.dropout < 1:
             raise ValueError(f"model.dropout must lie in [0, 1), got {self.dropout}")
+        if self.cond_channels < 0 or (self.cond_channels and (self.head != "image" or self.dims != 2)):
+            raise ValueError(f"model.cond_channels must be >= 0, and an image condition needs an image U-Net "
+                             f"(head = \"image\", dims = 2), got {self.cond_channels}")
         if self.num_classes < 0 or self.context_dim < 0:
             raise ValueError(f"model.num_classes and model.context_dim must be >= 0, got {self.num_classes}, "
                              f"{self.context_dim}")
@@ -100,7 +105,17 @@ class UNetConfig:
         shape = (self.in_channels,) + (self.image_size,) * self.dims  # (C, H, W) or (C, L)
         if self.head == "logits":
             return ModelInterface(shape, output="logits")
-        return ModelInterface(shape, self.num_classes, self.context_dim)
+        return ModelInterface(shape, self.num_classes, self.context_dim, self.cond_channels)
+
+
+def _image_condition(cond: Cond, x: Tensor, channels: int) -> Tensor:
+    """cond.image, checked to be (B, channels, *x's spatial shape), in x's dtype."""
+    image = getattr(as_condition(cond), "image", None)
+    want = (x.shape[0], channels, *x.shape[2:])
+    if image is None or tuple(image.shape) != want:
+        raise ValueError(f"this network reads an image condition (cond.image) of shape {want}, got "
+                         f"{None if image is None else tuple(image.shape)}")
+    return image.to(x.dtype)
 
 
 def _heads(channels: int, head_channels: int) -> int:
@@ -201,8 +216,9 @@ class _DownPath(nn.Module):
         super().__init__()
         self.config = c = config
         self.emb_dim = 4 * c.base_channels
-        self.embed = ConditionEmbedding(self.emb_dim, c.num_classes, c.context_dim, c.time_scale)
-        self.input = conv_nd(c.dims, c.in_channels, c.base_channels, 3, padding=1)
+        self.embed = ConditionEmbedding(self.emb_dim, c.num_classes, c.context_dim, c.time_scale,
+                                        image=c.cond_channels > 0)
+        self.input = conv_nd(c.dims, c.in_channels + c.cond_channels, c.base_channels, 3, padding=1)
         self.widths = [c.base_channels * m for m in c.channel_mult]
         # Down path: record the width of every output, as the up path concatenates each of them.
         self.down, self.skip_widths, ch = nn.ModuleList(), [c.base_channels], c.base_channels
@@ -229,6 +245,8 @@ class _DownPath(nn.Module):
         check_images(x, c.in_channels, c.downsampling, f"the U-Net halves them {len(c.channel_mult) - 1} times",
                      dims=c.dims)
         emb, context = self.embed(t, cond, x.shape[0])  # (B, 4 * base), Context or None
+        if c.cond_channels:  # super-resolution: the (upsampled) low-resolution image as extra channels
+            x = torch.cat([x, _image_condition(cond, x, c.cond_channels)], dim=1)
         h = self.input(x)  # (B, base, H, W) or (B, base, L)
         skips = [h]
         for step in self.down:

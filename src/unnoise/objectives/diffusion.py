@@ -19,10 +19,10 @@ from unnoise.conditioning import Condition, null_labels
 from unnoise.config import RunConfig
 from unnoise.coupling import ot_pairing
 from unnoise.data import load_dataset
-from unnoise.hints import hint_channels, make_hints
+from unnoise.data.hints import hint_channels, make_hints
 from unnoise.latent import LatentSpace, encode_dataset, space_for
 from unnoise.losses import DiffusionLoss
-from unnoise.models import ControlNet, build_model
+from unnoise.models import ControlNet, ControlNetConfig, build_model
 from unnoise.objectives.base import Batch, LossOutput, ObjectiveBase, RunContext
 from unnoise.outputs import sample_record, write_samples
 from unnoise.parameterization import parameterization_of
@@ -79,8 +79,21 @@ class DiffusionObjective(ObjectiveBase):
         noise = torch.randn(x0.shape, generator=generator)
         if self.config.loss.coupling == "ot":
             noise = noise[ot_pairing(x0, noise)]
-        batch = {"x0": x0, "t": t, "noise": noise, "hint": self.hints[index] if self.hints is not None else None}
+        batch = {"x0": x0, "t": t, "noise": noise, **self._hint(index, generator)}
         return self.with_condition(batch, index, labels, generator)
+
+    def _hint(self, index: Tensor, generator: torch.Generator) -> Batch:
+        """The batch's hints; with [loss] hint_noise, each noised to its own level s ~ U(0, hint_noise)
+        by the forward process (conditioning augmentation, Ho et al. 2022, §4.2), s given to the network."""
+        if self.hints is None:
+            return {"hint": None, "hint_noise": None}
+        hint, top = self.hints[index], self.config.loss.hint_noise
+        if top == 0:
+            return {"hint": hint, "hint_noise": None}
+        s = torch.rand(len(index), generator=generator, dtype=torch.float64) * top
+        shape = (-1,) + (1,) * (hint.ndim - 1)
+        a, sigma = self.schedule.alpha(s).float().view(shape), self.schedule.sigma(s).float().view(shape)
+        return {"hint": a * hint + sigma * torch.randn(hint.shape, generator=generator), "hint_noise": s.float()}
 
     def with_condition(self, batch: Batch, index: Tensor, labels: Tensor, generator: torch.Generator) -> Batch:
         """The batch with its (dropped) labels and caption ids: a conditional model's."""
@@ -97,11 +110,11 @@ class DiffusionObjective(ObjectiveBase):
 
     def condition(self, batch: Batch) -> Condition | None:
         """The batch's condition (labels, encoded captions, the hint image), on this rank's rows only."""
-        labels, ids, hint = batch["labels"], batch["caption_ids"], batch.get("hint")
+        labels, ids = batch["labels"], batch["caption_ids"]
+        image = {"image": batch.get("hint"), "image_noise": batch.get("hint_noise")}
         if ids is not None:
-            cond = self.bank.cond(ids, labels=labels)
-            return cond if hint is None else replace(cond, image=hint)
-        return Condition(labels=labels, image=hint) if labels is not None or hint is not None else None
+            return replace(self.bank.cond(ids, labels=labels), **image)
+        return Condition(labels=labels, **image) if labels is not None or image["image"] is not None else None
 
     def null_condition(self) -> Condition | None:
         """The null condition, one row (the null label, the empty prompt), or None for an
@@ -169,12 +182,13 @@ def _hints(config: RunConfig, dataset) -> Tensor | None:
         return None
     if config.latent.autoencoder or not hasattr(dataset, "images"):
         raise ValueError("[data] hint needs a pixel model of images (not latents, points or signals)")
-    images = dataset.images.float() / 127.5 - 1  # the stored uint8 pixels, as the batches give them
-    have = hint_channels(kind, images.shape[1])
+    have = hint_channels(kind, dataset.images.shape[1])
     if have != wanted:
         raise ValueError(f"[data] hint = {kind!r} gives {have} channels, the network reads {wanted} "
-                         "(model.hint_channels)")
-    return make_hints(images, kind)
+                         "(model.hint_channels or model.cond_channels)")
+    if config.loss.hint_noise and isinstance(config.model, ControlNetConfig):
+        raise ValueError("loss.hint_noise augments a super-resolution model's input; a ControlNet's hint takes none")
+    return make_hints(dataset.images, kind, config.data.hint_factor)
 
 
 def independent_noise_only(config: RunConfig) -> None:

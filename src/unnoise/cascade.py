@@ -1,0 +1,60 @@
+"""Cascaded sampling (Ho et al. 2022, "Cascaded diffusion models"): a base model samples at low
+resolution; a super-resolution model, trained on the data's own low-resolution copies ([data] hint =
+"lowres") as extra input channels, samples the high-resolution image given them.
+
+    low, high = cascade(base, sr, 16, label=3, hint_noise=0.2)   # 14x14 -> 28x28
+    high = super_resolve(sr, low)                                  # any low-resolution images
+
+Conditioning augmentation (§4.2): a super-resolution model trained with [loss] hint_noise = s_max saw
+its input noised to a level s ~ U(0, s_max), told s; at sampling the base's output is noised to a
+chosen level `hint_noise` by the same forward process, which hides the base's own artefacts that the
+model never saw in training (0: the input as it is).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from unnoise.conditioning import Condition
+from unnoise.data.hints import upsample
+from unnoise.pipeline import Pipeline
+
+
+def sr_factor(sr: Pipeline, low_shape: tuple[int, ...]) -> int:
+    """How much the super-resolution model enlarges images of low_shape (C, h, w); checked."""
+    channels, side = sr.interface.hint_channels, sr.interface.sample_shape[-1]
+    lowres = sr.config is not None and sr.config.data.hint == "lowres"
+    if not lowres or sr.interface.sample_shape[0] != channels:
+        raise ValueError(f"{sr.source or 'the model'} is not a super-resolution model (a run trained with "
+                         "[data] hint = \"lowres\")")
+    factor = sr.config.data.hint_factor
+    if tuple(low_shape) != (channels, side // factor, side // factor):
+        raise ValueError(f"{sr.source} enlarges {channels}x{side // factor}x{side // factor} images {factor} times; "
+                         f"got images of shape {tuple(low_shape)}")
+    return factor
+
+
+def super_resolve(sr: Pipeline, low: Tensor, *, hint_noise: float = 0.0, seed: int = 0, **options: Any) -> Tensor:
+    """High-resolution samples given low-resolution images (n, C, h, w) in [-1, 1]; options (label,
+    prompts, guidance, sampler, steps, ...) go to `Pipeline.sample`."""
+    if not 0 <= hint_noise <= 1:
+        raise ValueError(f"hint_noise must lie in [0, 1], got {hint_noise}")
+    factor = sr_factor(sr, tuple(low.shape[1:]))
+    hint = upsample(low.float().clamp(-1, 1), factor)  # the range the data's copies have
+    if hint_noise > 0:
+        hint = sr.add_noise(hint.to(sr.device), hint_noise, seed).cpu()
+    cond = Condition(image=hint, image_noise=torch.full((len(low),), float(hint_noise)))
+    return sr.sample(len(low), cond=cond, seed=seed, **options)
+
+
+def cascade(base: Pipeline, sr: Pipeline, n: int, *, hint_noise: float = 0.0, seed: int = 0,
+            base_options: dict | None = None, sr_options: dict | None = None,
+            **condition: Any) -> tuple[Tensor, Tensor]:
+    """(low, high): n base samples and their super-resolution, with the same condition (label,
+    labels, prompts) and seed; each model's own options (sampler, steps, guidance, ...) apart."""
+    sr_factor(sr, base.interface.sample_shape)  # checked before any sampling
+    low = base.sample(n, seed=seed, **condition, **(base_options or {}))
+    return low, super_resolve(sr, low, hint_noise=hint_noise, seed=seed, **condition, **(sr_options or {}))
