@@ -135,9 +135,9 @@ def test_repaint_schedule_walks_each_stretch_resample_times():
 
 @pytest.mark.parametrize("resample, jump", [(1, 1), (4, 3)])
 def test_inpaint_draws_from_its_exact_law(resample, jump):
-    """Replacement and RePaint with the exact denoiser: 20,000 draws against the method's own law;
+    """Replacement and RePaint with the exact denoiser: 10,000 draws against the method's own law;
     the known coordinates come out as the guide's, bit for bit."""
-    pipe, y, n = oracle_pipe(), guide(), 20_000
+    pipe, y, n = oracle_pipe(), guide(), 10_000
     out = inpaint(pipe, y.expand(n, D), KEEP, resample=resample, jump=jump, seed=3)
     assert torch.equal(out[:, KEEP], y.expand(n, D)[:, KEEP])
     times = time_grid(COSINE, 20, "trailing")
@@ -152,7 +152,7 @@ def test_inpaint_draws_from_its_exact_law(resample, jump):
 
 def test_sdedit_draws_from_its_exact_law():
     """SDEdit at strength 0.6 with DDIM: x_t0 = a y + s z, then the linear ODE steps."""
-    pipe, y, n = oracle_pipe(), guide(), 20_000
+    pipe, y, n = oracle_pipe(), guide(), 10_000
     out = sdedit(pipe, y.expand(n, D), 0.6, sampler="ddim", steps=10, seed=1)
     a, s = coefficients(COSINE, 0.6)
     m, P = a * y[0], s**2 * torch.eye(D, dtype=torch.float64)
