@@ -10,8 +10,8 @@
 pixel is known and kept, 0 where it is generated, of the images' shape or broadcastable to it
 (e.g. (1, 1, H, W)). Everything else (labels, prompts, guidance, sampler, steps, ...) is passed on to
 `Pipeline.sample`; inversion takes the condition the same way (none on a class-conditional model:
-its unconditional branch, guidance 0). A latent model inpaints its latents: a latent cell is kept only where every pixel
-it covers is known, and the known pixels are pasted back after decoding.
+its unconditional branch, guidance 0). A latent model inpaints its latents: a latent cell is kept
+only where every pixel it covers is known, and the known pixels are pasted back after decoding.
 """
 
 from __future__ import annotations
@@ -68,14 +68,15 @@ def repaint_schedule(steps: int, jump: int, resample: int) -> list[int]:
         path.append(i)
 
 
-def inpaint(pipe: Pipeline, images: Tensor, keep: Tensor, *, resample: int = 1, jump: int = 1, seed: int = 0,
+def inpaint(pipe: Pipeline, images: Tensor, keep: Tensor, *, resample: int = 1, jump: int = 10, seed: int = 0,
             sampler: str | None = None, steps: int | None = None, spacing: str | None = None,
             first: int = 0, **options: Any) -> Tensor:
     """Fill the pixels where keep = 0. After every sampler step the known part of x_t is replaced by
     a draw from q(x_t | x0) of the image (the replacement method; Song et al. 2021, App. I.2); with
     resample > 1 the path also jumps back up (RePaint, Lugmayr et al. 2022, Alg. 1): x_t ~ q(x_t | x_s)
     from the lower time s, `jump` grid steps at a time, so the generated part is harmonised with the
-    known part. sampler: None = ddpm (Alg. 1's ancestral step); steps, spacing: the grid of the whole
+    known part (jump 10 as in the paper's experiments). sampler: None = ddpm (Alg. 1's ancestral step);
+    steps, spacing: the grid of the whole
     descent (None: the run's). The network calls are those of `repaint_schedule`'s descents."""
     z = _encoded(pipe, images)
     keep_model, keep_data = _checked_keep(pipe, images, keep)

@@ -44,8 +44,17 @@ from torch import Tensor
 
 from unnoise.samplers.ddpm import ddim
 from unnoise.samplers.euler import euler, heun
-from unnoise.samplers.steps import (Callback, Denoiser, Grid, ddim_update, eps_from_x0, graph_only_if_asked,
-                                   path_grid, report, whole_path)
+from unnoise.samplers.steps import (
+    Callback,
+    Denoiser,
+    Grid,
+    ddim_update,
+    eps_from_x0,
+    graph_only_if_asked,
+    path_grid,
+    report,
+    whole_path,
+)
 from unnoise.schedules import Schedule
 
 ONE_STEP_DETERMINISTIC = {"ddim": ddim, "euler": euler, "heun": heun}  # each step a function of the state alone
