@@ -85,6 +85,10 @@ def test_a_base_of_another_network_or_path_is_refused(base, tmp_path):
     tree["diffusion"] = {"schedule": "cosine", "parameterization": "v"}
     with pytest.raises(ValueError, match="trained on schedule 'edm'"):
         train(load_config(None, tree=tree), quiet=True)
+    tree = control_tree(base, tmp_path / "f")
+    tree["train"] = {k: v for k, v in tree["train"].items() if k != "init"}
+    with pytest.raises(ValueError, match="a ControlNet controls a trained U-Net: name its run in \\[train\\] init"):
+        train(load_config(None, tree=tree), quiet=True)
     tree = control_tree(base, tmp_path / "e")
     tree["data"] = {"name": "mnist"}
     with pytest.raises(ValueError, match="set \\[data\\] hint"):

@@ -124,11 +124,13 @@ def assert_draws_from(x, m, P, what):
 # ---- tests ------------------------------------------------------------------------------------
 
 def test_repaint_schedule_walks_each_stretch_resample_times():
+    # 6 steps, jump 2, r = 3: jumps from 1 and 3 steps above t = 0 (b = 1, 1 + j <= steps - j)
     path = repaint_schedule(6, 2, 3)
-    assert path == [0, 1, 2, 0, 1, 2, 0, 1, 2, 3, 4, 2, 3, 4, 2, 3, 4, 5, 6, 4, 5, 6, 4, 5, 6]
+    assert path == [0, 1, 2, 3, 1, 2, 3, 1, 2, 3, 4, 5, 3, 4, 5, 3, 4, 5, 6]
     assert repaint_schedule(5, 1, 1) == list(range(6))  # the replacement method: one descent
     calls = sum(b > a for a, b in zip(path, path[1:]))
-    assert calls == 6 + (3 - 1) * 2 * 3  # steps + (r - 1) j per jump point
+    assert calls == 6 + (3 - 1) * 2 * 2  # steps + (r - 1) j per jump point
+    assert max(repaint_schedule(20, 5, 2)) == 20 and repaint_schedule(20, 5, 2).count(20) == 1  # t = 0 once
     with pytest.raises(ValueError, match="resample must be a whole number >= 1, got 0"):
         repaint_schedule(6, 2, 0)
 
@@ -212,7 +214,7 @@ def test_inpainting_a_mixture_against_its_exact_conditional():
     w_c N(y; m_c0, s^2) and coordinate 1 is their mixture. The assignment counts of 4,000 completions
     (50 steps) against the truth's, by chi-square on 2 dof (components 2 and 3 share coordinate 1's
     mean and so one count; the third has mass 7e-5): replacement is rejected outright; RePaint
-    (r = 10, j = 10) comes closer, by far more than the statistics' own spread, and is still biased."""
+    (r = 10, j = 10) comes closer, by more than 3 sd of the difference, and is still biased."""
     y, n = torch.tensor([[-0.25, 0.0]], dtype=torch.float64), 4_000
     w = MIX.weights * torch.exp(-0.5 * ((y[0, 0] - MEANS[:, 0]) / 0.15) ** 2)
     w = w / w.sum()
@@ -228,5 +230,6 @@ def test_inpainting_a_mixture_against_its_exact_conditional():
     print("chi-square and masses by r:", stats, "truth:", truth.tolist())
     dof = int(live.sum()) - 1
     assert stats[1][0] > chi2.ppf(1 - 1e-6, dof) and stats[10][0] > chi2.ppf(1 - 1e-6, dof)
-    spread = sum(math.sqrt(2 * (dof + 2 * stats[r][0])) for r in (1, 10))  # sd of a noncentral chi-square
+    # the two statistics are independent noncentral chi-squares, each of variance 2 (dof + 2 lambda)
+    spread = math.sqrt(sum(2 * (dof + 2 * stats[r][0]) for r in (1, 10)))  # sd of their difference
     assert stats[1][0] - stats[10][0] > 3 * spread

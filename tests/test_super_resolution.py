@@ -18,6 +18,7 @@ from unnoise.data.hints import lowres, to_float
 from unnoise.losses import DiffusionLoss, LossConfig
 from unnoise.models import UNet, UNetConfig
 from unnoise.models.interface import ModelInterface
+from unnoise.noise import derived_seed
 from unnoise.objectives import DiffusionObjective, RunContext
 from unnoise.parameterization import get_parameterization
 from unnoise.pipeline import DEFAULT_SETTINGS, Pipeline
@@ -90,8 +91,11 @@ def test_a_cascade_through_the_pipeline_and_the_command_line(runs, tmp_path, cap
     base, sr = Pipeline.load(base_run, "cpu"), Pipeline.load(sr_run, "cpu")
     low, high = cascade(base, sr, 3, label=4, hint_noise=0.2, seed=1, sr_options={"steps": 2})
     assert low.shape == (3, 1, 14, 14) and high.shape == (3, 1, 28, 28) and torch.isfinite(high).all()
-    again = super_resolve(sr, low, hint_noise=0.2, seed=1, label=4, steps=2)
-    assert torch.equal(again, high)
+    again = super_resolve(sr, low, hint_noise=0.2, seed=derived_seed(1, 1), label=4, steps=2)
+    assert torch.equal(again, high)  # the second stage's noise is its own: not the first stage's seed
+    assert not torch.equal(super_resolve(sr, low, hint_noise=0.2, seed=1, label=4, steps=2), high)
+    with pytest.raises(ValueError, match="hint_noise must lie in"):
+        cascade(base, sr, 2, hint_noise=2.0)
     with pytest.raises(ValueError, match="enlarges 1x14x14 images 2 times"):
         super_resolve(sr, torch.zeros(1, 1, 7, 7))
     with pytest.raises(ValueError, match="not a super-resolution model"):

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from unnoise.conditioning import Condition
 from unnoise.data.hints import upsample
+from unnoise.noise import derived_seed
 from unnoise.pipeline import Pipeline
 
 
@@ -37,24 +38,36 @@ def sr_factor(sr: Pipeline, low_shape: tuple[int, ...]) -> int:
     return factor
 
 
-def super_resolve(sr: Pipeline, low: Tensor, *, hint_noise: float = 0.0, seed: int = 0, **options: Any) -> Tensor:
-    """High-resolution samples given low-resolution images (n, C, h, w) in [-1, 1]; options (label,
-    prompts, guidance, sampler, steps, ...) go to `Pipeline.sample`."""
-    if not 0 <= hint_noise <= 1:
-        raise ValueError(f"hint_noise must lie in [0, 1], got {hint_noise}")
+def _checked_level(hint_noise: float) -> float:
+    if not (isinstance(hint_noise, (int, float)) and 0 <= hint_noise <= 1):
+        raise ValueError(f"hint_noise must lie in [0, 1], got {hint_noise!r}")
+    return float(hint_noise)
+
+
+def super_resolve(sr: Pipeline, low: Tensor, *, hint_noise: float = 0.0, seed: int = 0, first: int = 0,
+                  **options: Any) -> Tensor:
+    """High-resolution samples given low-resolution images (n, C, h, w) in [-1, 1]; sample i draws from
+    (seed, first + i) as `Pipeline.sample` does; options (label, prompts, guidance, sampler, steps, ...)
+    go to it."""
+    level = _checked_level(hint_noise)
     factor = sr_factor(sr, tuple(low.shape[1:]))
     hint = upsample(low.float().clamp(-1, 1), factor)  # the range the data's copies have
-    if hint_noise > 0:
-        hint = sr.add_noise(hint.to(sr.device), hint_noise, seed).cpu()
-    cond = Condition(image=hint, image_noise=torch.full((len(low),), float(hint_noise)))
-    return sr.sample(len(low), cond=cond, seed=seed, **options)
+    if level > 0:
+        hint = sr.add_noise(hint.to(sr.device), level, seed, first=first).cpu()
+    cond = Condition(image=hint, image_noise=torch.full((len(low),), level))
+    return sr.sample(len(low), cond=cond, seed=seed, first=first, **options)
 
 
 def cascade(base: Pipeline, sr: Pipeline, n: int, *, hint_noise: float = 0.0, seed: int = 0,
             base_options: dict | None = None, sr_options: dict | None = None,
             **condition: Any) -> tuple[Tensor, Tensor]:
     """(low, high): n base samples and their super-resolution, with the same condition (label,
-    labels, prompts) and seed; each model's own options (sampler, steps, guidance, ...) apart."""
-    sr_factor(sr, base.interface.sample_shape)  # checked before any sampling
+    labels, prompts); each model's own options (sampler, steps, guidance, ...) apart. The second
+    stage draws from a seed derived from `seed`: its noise must not repeat the first stage's."""
+    _checked_level(hint_noise)  # checked before any sampling, as the shapes are
+    data_shape = tuple(base.decode(torch.zeros(1, *base.interface.sample_shape, device=base.device)).shape[1:])
+    sr_factor(sr, data_shape)
     low = base.sample(n, seed=seed, **condition, **(base_options or {}))
-    return low, super_resolve(sr, low, hint_noise=hint_noise, seed=seed, **condition, **(sr_options or {}))
+    high = super_resolve(sr, low, hint_noise=hint_noise, seed=derived_seed(seed, 1), **condition,
+                         **(sr_options or {}))
+    return low, high

@@ -13,23 +13,29 @@ import os
 import sys
 import tempfile
 import time
-import tomllib
 from importlib.metadata import version
 from importlib.resources import files
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from unnoise.cascade import cascade, super_resolve
 from unnoise.checkpoint import export_model, list_checkpoints, load_checkpoint, run_config
+from unnoise.cli_args import SEED_HELP, finite, floats, int_list, interval, option, positive_int, schedule_name
+from unnoise.cli_edit import (
+    add_edit,
+    add_interpolate,
+    add_invert,
+    cmd_edit,
+    cmd_interpolate,
+    cmd_invert,
+)
 from unnoise.conditioning import Condition
 from unnoise.config import load_config
 from unnoise.convergence import Report, format_report, measure, report_ok
 from unnoise.data import DATASET_NAMES
 from unnoise.distill import distill
-from unnoise.edit import INPAINT_SAMPLER, INVERSIONS, inpaint, interpolate, invert, reconstruct, sdedit
 from unnoise.eval import (
     SWEEP_NFE,
     EvalOptions,
@@ -51,9 +57,9 @@ from unnoise.features import (
     save_feature_net,
     train_feature_net,
 )
-from unnoise.files import check_writable, write_atomic
+from unnoise.files import check_writable
 from unnoise.grids import SPACINGS, time_grid
-from unnoise.inputs import box_mask, read_image, read_mask
+from unnoise.inputs import read_image
 from unnoise.modality import SINGLES
 from unnoise.models import MODEL_PRESETS
 from unnoise.oracle import GaussianMixture
@@ -61,88 +67,18 @@ from unnoise.outputs import sample_record, write_individual, write_samples
 from unnoise.pipeline import Pipeline
 from unnoise.plots import plot_convergence, plot_samples
 from unnoise.samplers import SAMPLERS, get_sampler
-from unnoise.samplers.inversion import ONE_STEP_DETERMINISTIC
 from unnoise.schedules import PRESETS, get_schedule
 from unnoise.training.loop import TrainingStopped, train
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
-    if len(values) < 2 or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"need at least two step counts >= 1, got {text!r}")
-    return values
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"need at least one scale, all >= 0, got {text!r}")
-    return values
-
-
-def _interval(text: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected lo,hi (two numbers), got {text!r}") from None
-    if not 0 <= lo < hi <= 1:
-        raise argparse.ArgumentTypeError(f"expected 0 <= lo < hi <= 1, got {text!r}")
-    return lo, hi
-
-
-def _finite(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
-
-
-def _option(text: str) -> tuple[str, object]:
-    """KEY=VALUE with VALUE read as a TOML value (1e-4, 500, true, "x"), else kept as text."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip().isidentifier():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. rtol=1e-4), got {text!r}")
-    try:
-        return key.strip(), tomllib.loads(f"v = {value}")["v"]
-    except tomllib.TOMLDecodeError:
-        return key.strip(), value
-
-
-def _schedule_name(text: str) -> str:
-    try:
-        get_schedule(text)
-    except ValueError as err:  # names the presets
-        raise argparse.ArgumentTypeError(str(err)) from None
-    return text
-
-
 def _oracle_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dim", type=_positive_int, default=2, help="dimension of the Gaussian-mixture oracle")
-    p.add_argument("--components", type=_positive_int, default=8, help="number of mixture components")
+    p.add_argument("--dim", type=positive_int, default=2, help="dimension of the Gaussian-mixture oracle")
+    p.add_argument("--components", type=positive_int, default=8, help="number of mixture components")
     p.add_argument("--seed", type=int, default=0, help="seed of the mixture, the initial noise and the samplers")
-    p.add_argument("--schedule", type=_schedule_name, default="ddpm",
+    p.add_argument("--schedule", type=schedule_name, default="ddpm",
                    help=f"noise schedule: {', '.join(PRESETS)}, optionally with the suffix -ztsnr")
     p.add_argument("--spacing", choices=SPACINGS, default="logsnr", help="time-grid spacing")
-    p.add_argument("--n", type=_positive_int, default=2000, help="samples per run")
+    p.add_argument("--n", type=positive_int, default=2000, help="samples per run")
     p.add_argument("--out", type=Path, default=Path("out"), help="folder for the PNG figures")
 
 
@@ -152,14 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Diffusion models on one mathematical core.")
     parser.add_argument("--version", action="version", version=f"unnoise {version('unnoise')}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_samplers, _add_train, _add_distill, _add_sample, _add_edit, _add_invert, _add_interpolate,
+    for add in (_add_samplers, _add_train, _add_distill, _add_sample, add_edit, add_invert, add_interpolate,
                 _add_demo, _add_eval, _add_export, _add_train_features, _add_list):
         add(sub, fmt)
     return parser
 
 
-SEED_HELP = ("sample i draws its noise from a generator seeded by (seed, i): the same seed gives the same sample i "
-             "whatever --n and --batch-size")
 LISTS = ("samplers", "configs", "presets", "datasets", "schedules")
 
 
@@ -190,16 +124,16 @@ def _add_samplers(sub, fmt) -> None:
                        "convergence order, and sliced-Wasserstein distance to true samples beside its "
                        "noise floor. Writes a log-log error-vs-NFE plot.")
     _oracle_options(p)
-    p.add_argument("--steps", type=_int_list, default=[16, 32, 64, 128, 256, 512],
+    p.add_argument("--steps", type=int_list, default=[16, 32, 64, 128, 256, 512],
                    help="comma-separated step counts for the deterministic samplers")
-    p.add_argument("--stochastic-steps", type=_positive_int, default=1024,
+    p.add_argument("--stochastic-steps", type=positive_int, default=1024,
                    help="step count at which stochastic samplers are compared with true samples")
-    p.add_argument("--margin", type=_finite, default=1.5,
+    p.add_argument("--margin", type=finite, default=1.5,
                    help="a stochastic sampler passes if its distance <= margin x the noise floor")
     p.add_argument("--check", action="store_true",
                    help="exit with status 1 if any sampler misses its theoretical order by more than 0.2 "
                    "or its distribution error exceeds margin x noise floor")
-    p.add_argument("--demo-steps", type=_positive_int, default=10,
+    p.add_argument("--demo-steps", type=positive_int, default=10,
                    help="steps for the side-by-side scatter of samples from four samplers")
 
 
@@ -241,7 +175,7 @@ def _add_distill(sub, fmt) -> None:
     p.add_argument("teacher", type=Path, help="the teacher: a run, checkpoint or model folder")
     p.add_argument("--method", required=True, choices=["cd", "progressive", "reflow"], help="the method")
     p.add_argument("--out", default=None, help="the student's run folder; None: TEACHER-METHOD")
-    p.add_argument("--rounds", type=_positive_int, default=1,
+    p.add_argument("--rounds", type=positive_int, default=1,
                    help="progressive: rounds, each halving the steps (the first teacher takes distill.teacher_steps, "
                    "64 unless set)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -270,27 +204,27 @@ def _add_sample(sub, fmt) -> None:
                        description="Sample a checkpoint (EMA weights, loaded through safetensors only).")
     p.add_argument("checkpoint", type=Path, help="a checkpoint folder, or a run folder (its newest checkpoint)")
     p.add_argument("--sampler", default=None, help="sampler name; None: the run's [sample] sampler")
-    p.add_argument("--steps", type=_positive_int, default=None, help="sampler steps; None: the run's")
+    p.add_argument("--steps", type=positive_int, default=None, help="sampler steps; None: the run's")
     p.add_argument("--spacing", choices=SPACINGS, default=None, help="time-grid spacing; None: the run's")
-    p.add_argument("--n", type=_positive_int, default=64, help="number of samples")
+    p.add_argument("--n", type=positive_int, default=64, help="number of samples")
     p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
-    p.add_argument("--option", dest="options", type=_option, action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--option", dest="options", type=option, action="append", default=[], metavar="KEY=VALUE",
                    help="an option of the sampler, e.g. --option eta=0.5 (ddim), --option s_churn=10 (heun), "
                    "--option rtol=1e-4 --option max_nfe=500 (ode_adaptive: its tolerances and cap on network "
                    "calls); repeatable; `unnoise sample RUN --option x=0` lists the sampler's options")
-    p.add_argument("--batch-size", type=_positive_int, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=None,
                    help="samples drawn at once; None: about 131,072 sample values per batch (bounded memory)")
     p.add_argument("--label", type=int, default=None,
                    help="class label to sample; None on a class-conditional model: sample i shows class i mod classes")
-    p.add_argument("--guidance", type=_finite, default=None,
+    p.add_argument("--guidance", type=finite, default=None,
                    help="classifier-free guidance scale (1 = plain conditional); None: the run's [sample] guidance")
-    p.add_argument("--guidance-rescale", type=_finite, default=None,
+    p.add_argument("--guidance-rescale", type=finite, default=None,
                    help="classifier-free guidance rescale phi in [0, 1] (Lin et al. 2024); None: the run's")
-    p.add_argument("--guidance-interval", type=_interval, default=None,
+    p.add_argument("--guidance-interval", type=interval, default=None,
                    help="lo,hi: guide only for times t in (lo, hi] (Kynkaanniemi et al. 2024); None: the run's")
     p.add_argument("--classifier", type=Path, default=None,
                    help="a noise-aware classifier run for classifier guidance (unnoise train fashion-classifier)")
-    p.add_argument("--classifier-scale", type=_finite, default=1.0, help="classifier guidance scale")
+    p.add_argument("--classifier-scale", type=finite, default=1.0, help="classifier guidance scale")
     p.add_argument("--prompt", action="append", default=None,
                    help="text models: a prompt (repeat the option for several: sample i uses prompt i mod count; "
                    "\"\" is unconditional); None: the run's [sample] prompts")
@@ -300,194 +234,20 @@ def _add_sample(sub, fmt) -> None:
     p.add_argument("--low", type=Path, default=None,
                    help="a super-resolution model: the base run whose samples it enlarges (a cascade; same "
                    "--label, --prompt and --seed; its own [sample] settings)")
-    p.add_argument("--hint-noise", type=_finite, default=0.0,
+    p.add_argument("--hint-noise", type=finite, default=0.0,
                    help="a super-resolution model: the level s in [0, 1] its input is noised to (conditioning "
                    "augmentation, Ho et al. 2022)")
     p.add_argument("--out", type=Path, default=Path("samples.png"),
                    help="output .png (an image grid, a scatter of points or line plots of signals, by the data's "
                    "kind; the settings in its text chunks) or .npz (samples (n, *sample shape), index, seed, "
                    "labels, prompts, and the settings as JSON)")
-    p.add_argument("--columns", type=_positive_int, default=None,
+    p.add_argument("--columns", type=positive_int, default=None,
                    help="panels per row of the grid; None: one column per class for a class grid (sample i "
                    "shows class i mod classes), else about square")
     p.add_argument("--individual", type=Path, default=None, metavar="DIR",
                    help="also write each sample as DIR/<index>.png (images, or a plot per signal), each with "
                    "its own settings, label and prompt; DIR must be new or empty")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N; None: cuda when present, else cpu")
-
-
-def _add_edit(sub, fmt) -> None:
-    """unnoise edit"""
-    p = sub.add_parser("edit", formatter_class=fmt, help="edit an image: SDEdit (image to image) or inpainting",
-                       description="Edit an image with a trained model. sdedit (Meng et al. 2022): noise the image "
-                       "to t = --strength and sample back from there. inpaint: generate the region a mask or box "
-                       "marks and keep the rest, by the replacement method (--resample 1) or RePaint (Lugmayr et al. "
-                       "2022: --resample r > 1 walks every --jump steps r times). Writes --n edits as a grid.")
-    p.add_argument("checkpoint", type=Path, help="a checkpoint folder, or a run folder (its newest checkpoint)")
-    p.add_argument("--image", type=Path, required=True, help="the image (resized to the model's size when it differs)")
-    p.add_argument("--mode", choices=["sdedit", "inpaint"], default="sdedit", help="what to do")
-    p.add_argument("--strength", type=_finite, default=0.5,
-                   help="sdedit: the time t0 in (0, 1] the image is noised to (near 0 keeps it, 1 ignores it)")
-    p.add_argument("--mask", type=Path, default=None, help="inpaint: a mask image, white where pixels are generated")
-    p.add_argument("--box", default=None, metavar="L,T,R,B",
-                   help="inpaint: the region to generate, in pixels (right and bottom exclusive), instead of --mask")
-    p.add_argument("--resample", type=_positive_int, default=1, help="inpaint: RePaint's r (1: replacement)")
-    p.add_argument("--jump", type=_positive_int, default=10, help="inpaint: RePaint's jump length j, in steps")
-    p.add_argument("--n", type=_positive_int, default=8, help="edits of the image, each from its own noise")
-    p.add_argument("--sampler", default=None, help="sampler; None: sdedit the run's, inpaint ddpm (RePaint's)")
-    p.add_argument("--steps", type=_positive_int, default=None,
-                   help="sampler steps (sdedit: from t0 down; inpaint: of the whole descent); None: the run's")
-    p.add_argument("--spacing", choices=SPACINGS, default=None, help="time-grid spacing; None: the run's")
-    p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
-    p.add_argument("--label", type=int, default=None,
-                   help="class label; None on a class-conditional model: edit i is guided to class i mod classes")
-    p.add_argument("--prompt", action="append", default=None, help="text models: a prompt (repeatable)")
-    p.add_argument("--guidance", type=_finite, default=None, help="classifier-free guidance scale; None: the run's")
-    p.add_argument("--out", type=Path, default=Path("edits.png"), help="output .png grid or .npz (with the settings)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N; None: cuda when present, else cpu")
-
-
-def cmd_edit(args) -> int:
-    if args.out.suffix not in (".png", ".npz") or args.out.is_dir():
-        raise ValueError(f"--out must be a file name ending in .png or .npz, got {args.out}")
-    if args.mode == "inpaint" and (args.mask is None) == (args.box is None):
-        raise ValueError("--mode inpaint needs a --mask or a --box (one of them)")
-    if args.mode == "sdedit" and (args.mask is not None or args.box is not None):
-        raise ValueError("--mask and --box are for --mode inpaint")
-    if args.mode == "sdedit" and not 0 < args.strength <= 1:
-        raise ValueError(f"--strength must lie in (0, 1], got {args.strength:g}")
-    check_writable(args.out)
-    pipe = Pipeline.load(args.checkpoint, args.device)
-    shape = _data_shape(pipe)
-    images = read_image(args.image, shape).expand(args.n, *shape)
-    chosen = dict(sampler=args.sampler, steps=args.steps, spacing=args.spacing, guidance=args.guidance, seed=args.seed)
-    given = dict(label=args.label, prompts=args.prompt, progress=None, **chosen)
-    if args.mode == "sdedit":
-        settings = pipe.settings(**chosen)
-        x = sdedit(pipe, images, args.strength, **given)
-        extra = {"strength": args.strength}
-    else:
-        keep = read_mask(args.mask, shape) if args.mask is not None else box_mask(args.box, shape)
-        settings = pipe.settings(**{**chosen, "sampler": args.sampler or INPAINT_SAMPLER})
-        x = inpaint(pipe, images, keep, resample=args.resample, jump=args.jump, **given)
-        extra = {"mask": str(args.mask) if args.mask else None, "box": args.box, "resample": args.resample,
-                 "jump": args.jump}
-    labels, prompts = pipe.per_sample(args.n, label=args.label, prompts=args.prompt)
-    record = sample_record(pipe, settings, mode=args.mode, image=str(args.image), **extra)
-    write_samples(pipe.modality, x, args.out, record, labels, prompts, classes=pipe.classes)
-    print(f"wrote {args.out} ({args.n} {args.mode} edits of {args.image} by {pipe.source}, step {pipe.step})")
-    return 0
-
-
-def _inversion_options(p) -> None:
-    """The grid and condition an inversion and its way back share (unnoise invert, interpolate)."""
-    p.add_argument("--sampler", choices=list(ONE_STEP_DETERMINISTIC), default="ddim",
-                   help="the deterministic sampler that maps the noise back to the image")
-    p.add_argument("--steps", type=_positive_int, default=50, help="its steps")
-    p.add_argument("--spacing", choices=SPACINGS, default=None, help="its time-grid spacing; None: the run's")
-    p.add_argument("--label", type=int, default=None,
-                   help="class label; None on a class-conditional model: its unconditional branch")
-    p.add_argument("--prompt", default=None, help="text models: the prompt (\"\" is unconditional)")
-    p.add_argument("--guidance", type=_finite, default=None, help="classifier-free guidance scale; None: the run's "
-                   "(with --label or --prompt), else unconditional")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N; None: cuda when present, else cpu")
-
-
-def _add_invert(sub, fmt) -> None:
-    """unnoise invert"""
-    p = sub.add_parser("invert", formatter_class=fmt, help="the noise that a deterministic sampler maps to an image",
-                       description="Invert an image: find x_T from which --sampler on the grid of --steps returns "
-                       "it. exact: every sampler step solved by fixed-point iteration (round trip at the float "
-                       "precision); ddim: explicit DDIM inversion (Song et al. 2021), off by O(1/steps). Writes "
-                       "x_T and the settings to an .npz that unnoise interpolate reads.")
-    p.add_argument("checkpoint", type=Path, help="a checkpoint folder, or a run folder (its newest checkpoint)")
-    p.add_argument("--image", type=Path, required=True, help="the image (resized to the model's size when it differs)")
-    p.add_argument("--method", choices=list(INVERSIONS), default="exact", help="how to invert")
-    p.add_argument("--tol", type=_finite, default=1e-5, help="exact: RMS residual of each step's solve")
-    p.add_argument("--max-iter", type=_positive_int, default=50, help="exact: fixed-point updates per step at most")
-    p.add_argument("--out", type=Path, default=Path("inverted.npz"), help="the .npz to write (z, settings)")
-    p.add_argument("--reconstruction", type=Path, default=None, help="also write the round trip as this .png")
-    _inversion_options(p)
-
-
-def _add_interpolate(sub, fmt) -> None:
-    """unnoise interpolate"""
-    p = sub.add_parser("interpolate", formatter_class=fmt, help="samples between two images' inverted noises",
-                       description="Invert two images exactly (or read two .npz from unnoise invert) and sample "
-                       "--frames points on the great circle between their noises (slerp, Song et al. 2021 §5.3); "
-                       "the first and last frames return the images.")
-    p.add_argument("checkpoint", type=Path, help="a checkpoint folder, or a run folder (its newest checkpoint)")
-    p.add_argument("start", type=Path, help="an image, or an .npz written by unnoise invert (same grid options)")
-    p.add_argument("end", type=Path, help="the other image or .npz")
-    p.add_argument("--frames", type=_positive_int, default=8, help="frames, the two ends included (>= 2)")
-    p.add_argument("--out", type=Path, default=Path("interpolation.png"), help="output .png strip or .npz")
-    _inversion_options(p)
-
-
-def _inversion_settings(args) -> dict:
-    return dict(sampler=args.sampler, steps=args.steps, spacing=args.spacing, label=args.label,
-                prompts=None if args.prompt is None else [args.prompt], guidance=args.guidance)
-
-
-def _inverted(pipe, path: Path, args, shape) -> torch.Tensor:
-    """x_T of an image file (inverted exactly), or the z an .npz of unnoise invert holds."""
-    if path.suffix != ".npz":
-        return invert(pipe, read_image(path, shape), **_inversion_settings(args))[0]
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            z, recorded = torch.from_numpy(f["z"]), json.loads(str(f["settings"]))
-    except (OSError, KeyError, ValueError) as err:
-        raise ValueError(f"{path}: not an .npz written by unnoise invert ({err})") from None
-    mine = {k: v for k, v in _inversion_settings(args).items() if k != "prompts"}
-    differ = {k: (recorded.get(k), v) for k, v in mine.items() if v is not None and recorded.get(k) != v}
-    if tuple(z.shape) != (1, *pipe.interface.sample_shape) or differ:
-        raise ValueError(f"{path} was inverted with other settings or shape ({differ or tuple(z.shape)}): "
-                         "invert again with these options")
-    return z
-
-
-def cmd_invert(args) -> int:
-    if args.out.suffix != ".npz":
-        raise ValueError(f"--out must end in .npz, got {args.out}")
-    if not args.tol > 0:
-        raise ValueError(f"--tol must be > 0, got {args.tol:g}")
-    check_writable(args.out)
-    pipe = Pipeline.load(args.checkpoint, args.device)
-    image = read_image(args.image, _data_shape(pipe))
-    settings = _inversion_settings(args)
-    z, report = invert(pipe, image, method=args.method, tol=args.tol, max_iter=args.max_iter, **settings)
-    back = reconstruct(pipe, z, **settings)
-    rms = (back - image).square().mean().sqrt().item()
-    record = {"model": pipe.source, "step": pipe.step, "image": str(args.image), "method": args.method,
-              **{k: v for k, v in settings.items() if k != "prompts"}, "prompt": args.prompt,
-              "round_trip_rms": rms, "max_step_residual": max(report.residuals) if report else None}
-    write_atomic(args.out, lambda tmp: np.savez(tmp, z=z.numpy(), settings=json.dumps(record)))
-    if args.reconstruction is not None:
-        write_samples(pipe.modality, back, args.reconstruction, record)
-    psnr = 10 * math.log10(4 / max(rms * rms, 1e-30))  # data in [-1, 1]: peak-to-peak 2
-    print(f"wrote {args.out}: x_T of {args.image} by {args.method} inversion, {args.steps} {args.sampler} steps; "
-          f"round trip RMS {rms:.3g} (PSNR {psnr:.1f} dB)")
-    return 0
-
-
-def cmd_interpolate(args) -> int:
-    if args.out.suffix not in (".png", ".npz") or args.frames < 2:
-        raise ValueError(f"--out must end in .png or .npz and --frames be >= 2, got {args.out}, {args.frames}")
-    check_writable(args.out)
-    pipe = Pipeline.load(args.checkpoint, args.device)
-    shape = _data_shape(pipe)
-    z0, z1 = (_inverted(pipe, path, args, shape) for path in (args.start, args.end))
-    x = interpolate(pipe, z0, z1, args.frames, **_inversion_settings(args))
-    record = {"model": pipe.source, "step": pipe.step, "start": str(args.start), "end": str(args.end),
-              **{k: v for k, v in _inversion_settings(args).items() if k != "prompts"}, "prompt": args.prompt}
-    write_samples(pipe.modality, x, args.out, record, columns=args.frames)
-    print(f"wrote {args.out} ({args.frames} frames from {args.start} to {args.end})")
-    return 0
-
-
-def _data_shape(pipe) -> tuple[int, ...]:
-    """The shape of one sample in data space (a latent model's decoded images)."""
-    return tuple(pipe.decode(torch.zeros(1, *pipe.interface.sample_shape, device=pipe.device)).shape[1:])
 
 
 def _add_export(sub, fmt) -> None:
@@ -523,14 +283,14 @@ def _add_train_features(sub, fmt) -> None:
                        "torch build and --threads give the same bytes (the packaged files: --threads 2).")
     p.add_argument("--data", default=defaults.data, help="mnist, fashion-mnist, emoji or folder")
     p.add_argument("--path", default=None, help="folder: the image folder, one subfolder per class")
-    p.add_argument("--image-size", type=_positive_int, default=None, help="None: the data set's own")
-    p.add_argument("--epochs", type=_positive_int, default=None,
+    p.add_argument("--image-size", type=positive_int, default=None, help="None: the data set's own")
+    p.add_argument("--epochs", type=positive_int, default=None,
                    help=f"None: {FEATURE_EPOCHS['mnist']} for mnist's 4,500 images, {FEATURE_EPOCHS['emoji']} for "
                    f"the 1,225 emoji, {defaults.epochs} otherwise")
-    p.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size, help="images per step")
-    p.add_argument("--lr", type=_finite, default=defaults.lr, help="Adam learning rate")
+    p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="images per step")
+    p.add_argument("--lr", type=finite, default=defaults.lr, help="Adam learning rate")
     p.add_argument("--seed", type=int, default=defaults.seed, help="seed of the initialisation and the batches")
-    p.add_argument("--threads", type=_positive_int, default=2, help="torch threads (part of what makes the bits)")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch threads (part of what makes the bits)")
     p.add_argument("--out", type=Path, default=None,
                    help="the .safetensors to write; None: the packaged file of a built-in data set (for re-creating it)")
     p.add_argument("--check", action="store_true", help="train again and compare with --out bit for bit")
@@ -570,7 +330,7 @@ def _add_demo(sub, fmt) -> None:
                        "EDM recipe) on the 4,500 training digits of MNIST-5k, which installs with unnoise, then "
                        "sample a grid with Heun's method and print where the files are.")
     p.add_argument("--out", default="runs/demo", help="run folder")
-    p.add_argument("--minutes", type=_finite, default=None, help="training time; None: the config's (about 4)")
+    p.add_argument("--minutes", type=finite, default=None, help="training time; None: the config's (about 4)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N; None: cuda when present, else cpu")
 
 
@@ -589,36 +349,36 @@ def _add_eval(sub, fmt) -> None:
                    help="comma-separated: fd, kid, pr (precision/recall, k = 3), acc (class accuracy of "
                    "conditional samples), nn (nearest training image), nll (ODE), vlb (variational bound), "
                    "straightness (S of the probability-flow paths, Liu et al. 2022: 0 for straight lines)")
-    p.add_argument("--n", type=_positive_int, default=10000, help="generated samples for the sample metrics")
+    p.add_argument("--n", type=positive_int, default=10000, help="generated samples for the sample metrics")
     p.add_argument("--sampler", default=None, help="sampler name; None: the run's [sample] sampler")
-    p.add_argument("--steps", type=_positive_int, default=None, help="sampler steps; None: the run's")
+    p.add_argument("--steps", type=positive_int, default=None, help="sampler steps; None: the run's")
     p.add_argument("--spacing", choices=SPACINGS, default=None, help="time-grid spacing; None: the run's")
-    p.add_argument("--guidance", type=_finite, default=None,
+    p.add_argument("--guidance", type=finite, default=None,
                    help="classifier-free guidance scale; None: the run's [sample] guidance")
     p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     p.add_argument("--classifier", type=Path, default=None,
                    help="a noise-aware classifier run (unnoise train fashion-classifier) for classifier guidance "
                    "of the samples (not used by --sweep or on text models)")
-    p.add_argument("--classifier-scale", type=_finite, default=1.0,
+    p.add_argument("--classifier-scale", type=finite, default=1.0,
                    help="classifier guidance scale (with --classifier; --guidance-scales sets it per point)")
-    p.add_argument("--guidance-scales", type=_floats, default=None,
+    p.add_argument("--guidance-scales", type=floats, default=None,
                    help="comma-separated scales: FD, precision/recall and class accuracy at each, for "
                    "classifier-free guidance, or classifier guidance with --classifier; writes "
                    "guidance-<kind>.json and guidance.png (both kinds in one plot once both ran). On a "
                    "Fashion-MNIST text model: the share of samples of the prompted class, for training "
                    "captions and held-out paraphrases (prompts.json, prompts.png)")
-    p.add_argument("--per-prompt", type=_positive_int, default=20,
+    p.add_argument("--per-prompt", type=positive_int, default=20,
                    help="--guidance-scales on a text model: samples per prompt (50 prompts)")
-    p.add_argument("--batch-size", type=_positive_int, default=500, help="samples (or test images) per batch")
-    p.add_argument("--nll-n", type=_positive_int, default=256, help="test images for nll and vlb")
-    p.add_argument("--path-n", type=_positive_int, default=256, help="straightness: trajectories from noise")
-    p.add_argument("--path-steps", type=_positive_int, default=100,
+    p.add_argument("--batch-size", type=positive_int, default=500, help="samples (or test images) per batch")
+    p.add_argument("--nll-n", type=positive_int, default=256, help="test images for nll and vlb")
+    p.add_argument("--path-n", type=positive_int, default=256, help="straightness: trajectories from noise")
+    p.add_argument("--path-steps", type=positive_int, default=100,
                    help="straightness: DDIM steps of each trajectory, uniform in t (>= 2)")
     p.add_argument("--trace", choices=["exact", "rademacher", "gaussian"], default="rademacher",
                    help="nll: the divergence exactly (D backward passes) or by Hutchinson's estimator")
-    p.add_argument("--rtol", type=_finite, default=1e-5, help="nll: relative tolerance of the dopri5 solve")
-    p.add_argument("--atol", type=_finite, default=1e-5, help="nll: absolute tolerance of the dopri5 solve")
-    p.add_argument("--vlb-steps", type=_positive_int, default=None,
+    p.add_argument("--rtol", type=finite, default=1e-5, help="nll: relative tolerance of the dopri5 solve")
+    p.add_argument("--atol", type=finite, default=1e-5, help="nll: absolute tolerance of the dopri5 solve")
+    p.add_argument("--vlb-steps", type=positive_int, default=None,
                    help="vlb: T; None: the schedule's own (1000 for DDPM), else 1000")
     p.add_argument("--reference", choices=["test", "train", "all"], default=None,
                    help="the split the sample metrics compare with; None: the held-out split (test), or the "
@@ -629,7 +389,7 @@ def _add_eval(sub, fmt) -> None:
     p.add_argument("--sweep", action="store_true",
                    help="every sampler at each NFE budget (FD and KID of --n samples each)")
     p.add_argument("--samplers", default=None, help="--sweep: comma-separated sampler names; None: all")
-    p.add_argument("--budgets", type=_int_list, default=None,
+    p.add_argument("--budgets", type=int_list, default=None,
                    help="--sweep: comma-separated NFE budgets; None: 1,2,3,4,6,8,10,15,20,30,50,100")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N; None: cuda when present, else cpu")
 

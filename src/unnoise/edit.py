@@ -19,14 +19,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from unnoise.grids import time_grid
 from unnoise.latent import PixelSpace
-from unnoise.noise import per_sample_generators, randn_like
+from unnoise.noise import derived_seed, per_sample_generators, randn_like
 from unnoise.pipeline import BatchStep, Pipeline
 from unnoise.samplers import InversionReport, ddim_invert, fixed_point_invert, slerp
 from unnoise.schedules import Schedule
@@ -36,26 +35,28 @@ INPAINT_SAMPLER = "ddpm"  # Lugmayr et al. 2022 Alg. 1 draws x_{t-1} of the unkn
 JUMP_STREAM = 2  # x_T and the noise of RePaint's jumps back up: apart from the samplers' (0) and add_noise's (1)
 
 
-def sdedit(pipe: Pipeline, images: Tensor, strength: float, *, seed: int = 0, **options: Any) -> Tensor:
+def sdedit(pipe: Pipeline, images: Tensor, strength: float, *, seed: int = 0, first: int = 0,
+           **options: Any) -> Tensor:
     """SDEdit (Meng et al. 2022, §3, Alg. 1): noise the guide to t0 = strength by q(x_t0 | x0), then
     solve back to t = 0 with any sampler; `steps` are those from t0 down. strength near 0 keeps the
     guide, 1 ignores it."""
     if not (isinstance(strength, (int, float)) and 0 < strength <= 1):
         raise ValueError(f"strength must lie in (0, 1], got {strength!r}")
-    x = pipe.add_noise(_encoded(pipe, images), float(strength), seed)
-    return pipe.sample(len(images), x=x, t_start=float(strength), seed=seed, **options)
+    x = pipe.add_noise(_encoded(pipe, images), float(strength), seed, first=first)
+    return pipe.sample(len(images), x=x, t_start=float(strength), seed=seed, first=first, **options)
 
 
 def repaint_schedule(steps: int, jump: int, resample: int) -> list[int]:
     """The grid indices RePaint visits (0 = the noisiest time, steps = t 0), Lugmayr et al. 2022, Alg. 1
-    with the jumps of §4.2: one index down per network call; on arriving (downwards) at an index b
-    steps above the bottom with b a multiple of `jump` and b + jump <= steps, go back up `jump`
-    indices, resample - 1 times per such index, so every such stretch is walked `resample` times.
+    with the jumps of §4.2 and their code's schedule: one index down per network call; on arriving
+    (downwards) at the index b steps above t = 0 with b = 1, 1 + jump, 1 + 2 jump, ... <= steps - jump,
+    go back up `jump` indices, resample - 1 times per such index, so every such stretch is walked
+    `resample` times. Never from t = 0 itself (Alg. 1's "if t > 1"), never to above the top.
     resample = 1 is the replacement method."""
     for name, value in (("steps", steps), ("jump", jump), ("resample", resample)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
-    left = {steps - b: resample - 1 for b in range(0, steps - jump + 1, jump)}
+    left = {steps - b: resample - 1 for b in range(1, steps - jump + 1, jump)}  # b = 1, 1 + j, ... <= steps - j
     path, i, descended = [0], 0, False
     while True:
         if descended and left.get(i, 0):
@@ -86,14 +87,14 @@ def inpaint(pipe: Pipeline, images: Tensor, keep: Tensor, *, resample: int = 1, 
     callback = _replace_known(pipe, z, keep_model, first)
     gens = per_sample_generators(seed, len(z), start=first, stream=JUMP_STREAM)  # x_T and the jumps' noise
     x = pipe.schedule.sigma(times[0].item()).item() * randn_like(z, gens)
-    for k, (lo, hi) in enumerate(_runs(path)):
-        if hi > lo:  # down the grid: the sampler, the known part replaced after each step
-            x = pipe.sample(len(z), x=x, times=times[lo:hi + 1], sampler=s.sampler, seed=_segment_seed(seed, k),
+    for k, (start, end) in enumerate(_runs(path)):
+        if end > start:  # down the grid: the sampler, the known part replaced after each step
+            x = pipe.sample(len(z), x=x, times=times[start:end + 1], sampler=s.sampler, seed=derived_seed(seed, k),
                             callback=callback, decode=False, first=first, **options).to(z)
-        else:  # back up: x_hi ~ q(x_hi | x_lo) for the whole x
-            x = _noise_up(pipe.schedule, x, times[lo].item(), times[hi].item(), gens)
+        else:  # back up: x_end ~ q(x_end | x_start) for the whole x
+            x = _noise_up(pipe.schedule, x, times[start].item(), times[end].item(), gens)
     x = pipe.decode(x).cpu()
-    return x if isinstance(pipe.space, PixelSpace) else torch.where(keep_data, images, x)
+    return x if isinstance(pipe.space, PixelSpace) else torch.where(keep_data.cpu(), images.cpu().to(x), x)
 
 
 def invert(pipe: Pipeline, images: Tensor, *, method: str = "exact", sampler: str = "ddim", steps: int | None = None,
@@ -106,7 +107,9 @@ def invert(pipe: Pipeline, images: Tensor, *, method: str = "exact", sampler: st
     prompts, guidance, ... as `Pipeline.sample` takes them. Returns (x_T, the exact solve's report)."""
     if method not in INVERSIONS:
         raise ValueError(f"method must be one of {', '.join(INVERSIONS)}, got {method!r}")
-    z = _encoded(pipe, images)
+    if method == "ddim" and sampler != "ddim":
+        raise ValueError(f"DDIM inversion inverts the ddim sampler; for {sampler} use the exact method")
+    z = _encoded(pipe, images).to(next(pipe.denoiser.net.parameters()).dtype)
     s = pipe.settings(sampler=sampler, steps=steps, spacing=spacing)
     times = time_grid(pipe.schedule, s.steps, s.spacing)
     denoise, cond = pipe.conditioned(len(z), **_unconditional_by_default(pipe, condition))
@@ -139,8 +142,8 @@ def _unconditional_by_default(pipe: Pipeline, condition: dict) -> dict:
     """A class-conditional model asked for no class: its unconditional branch (guidance 0, a single
     call of the null label), so that inversion and its round trip need no label."""
     asked = any(condition.get(k) is not None for k in ("label", "labels", "prompts", "guidance"))
-    if pipe.interface.num_classes and not pipe.interface.text and not asked:
-        return {**condition, "label": 0, "guidance": 0.0}
+    if pipe.interface.num_classes and not pipe.interface.text and not asked:  # 0 * (cond - uncond), everywhere
+        return {**condition, "label": 0, "guidance": 0.0, "guidance_rescale": 0.0, "guidance_interval": (0.0, 1.0)}
     return condition
 
 
@@ -153,11 +156,6 @@ def _runs(path: list[int]) -> list[tuple[int, int]]:
             runs.append((path[start], path[j]))
             start = j
     return runs
-
-
-def _segment_seed(seed: int, k: int) -> int:
-    """Descent k's seed for the sampler's own noise: independent of the other descents'."""
-    return int(np.random.SeedSequence([seed, k]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def _replace_known(pipe: Pipeline, z: Tensor, keep: Tensor, first: int):

@@ -27,6 +27,12 @@ def per_sample_generators(seed: int, n: int, start: int = 0, stream: int = 0) ->
     return [torch.Generator().manual_seed(int(s)) for s in seeds]
 
 
+def derived_seed(seed: int, *keys: int) -> int:
+    """A seed of its own for part `keys` of the work of run `seed` (SeedSequence-mixed, so that it
+    meets no other run's seed or part), for draws that must not repeat the run's own noise."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1, np.uint64)[0] >> 1)
+
+
 def randn_like(x: Tensor, generator: Generators = None) -> Tensor:
     """Standard normal noise shaped like x, from one generator, one per sample, or torch's global one."""
     if generator is None:

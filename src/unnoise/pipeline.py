@@ -168,7 +168,7 @@ class Pipeline:
         """x_t = alpha(t) x0 + sigma(t) eps ~ q(x_t | x0); eps of sample i from its own generator of
         (seed, first + i), a stream apart from the one `sample` draws from with the same seed."""
         eps = randn_like(x0, per_sample_generators(seed, len(x0), start=first, stream=NOISING_STREAM))
-        return self.schedule.alpha(t).item() * x0 + self.schedule.sigma(t).item() * eps
+        return self.schedule.noised(x0, t, eps)
 
     # ---- sampling -----------------------------------------------------------------------------
 

@@ -43,6 +43,14 @@ class Schedule:
     def sigma(self, t: TimeLike) -> Tensor:
         return self.sigma_fn(_as_f64(t))
 
+    def noised(self, x0: Tensor, t: TimeLike, eps: Tensor) -> Tensor:
+        """x_t = alpha(t) x0 + sigma(t) eps, a draw of q(x_t | x0) (t a number, or one time per example),
+        in x0's dtype."""
+        t = _as_f64(t)
+        shape = (-1,) + (1,) * (x0.ndim - 1) if t.ndim else ()
+        a, s = (v.to(x0.device, x0.dtype).reshape(shape) for v in (self.alpha(t), self.sigma(t)))
+        return a * x0 + s * eps
+
     def log_snr(self, t: TimeLike) -> Tensor:
         """2 log(alpha / sigma): +inf at t = 0, decreasing in t."""
         t = _as_f64(t)

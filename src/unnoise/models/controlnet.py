@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from unnoise.conditioning import as_condition
 from unnoise.models.embeddings import Cond, zero_
 from unnoise.models.interface import ModelInterface
-from unnoise.models.unet import UNet, UNetConfig, _DownPath, conv_nd, unet_small
+from unnoise.models.unet import UNet, UNetConfig, UNetEncoder, conv_nd, unet_small
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class ControlNet(nn.Module):
         super().__init__()
         self.config = config
         self.base = UNet(config.unet).requires_grad_(False)
-        self.copy = _DownPath(config.unet)  # the trainable copy of the encoder and middle (loaded by the objective)
+        self.copy = UNetEncoder(config.unet)  # the trainable copy of the encoder and middle (loaded by the objective)
         self.hint = HintEncoder(config.hint_channels, config.hint_width, config.base_channels)
         self.zero_skips = nn.ModuleList(zero_(conv_nd(2, w, w, 1)) for w in self.copy.skip_widths)
         self.zero_middle = zero_(conv_nd(2, self.copy.channels, self.copy.channels, 1))
@@ -102,15 +102,7 @@ class ControlNet(nn.Module):
 
     def _control(self, x: Tensor, t: Tensor, cond: Cond, hint: Tensor) -> tuple[list[Tensor], Tensor]:
         """The copy's features through their zero convolutions: one residual per skip, one for the middle."""
-        c = self.copy
-        emb, context = c.embed(t, cond, x.shape[0])
-        h = c.input(x) + self.hint(hint)
-        features = [h]
-        for step in c.down:
-            h = step(h, emb, context)
-            features.append(h)
-        for step in c.middle:
-            h = step(h, emb, context)
+        h, features, _, _ = self.copy.encode(x, t, cond, extra=self.hint(hint))
         return [z(f) for z, f in zip(self.zero_skips, features, strict=True)], self.zero_middle(h)
 
 

@@ -209,8 +209,9 @@ class Step(nn.Module):
         return x
 
 
-class _DownPath(nn.Module):
-    """What the U-Net and the noise-aware classifier share: embedding, input conv, down path, middle."""
+class UNetEncoder(nn.Module):
+    """What the U-Net, the noise-aware classifier and a ControlNet's trainable copy share: embedding,
+    input conv, down path, middle."""
 
     def __init__(self, config: UNetConfig):
         super().__init__()
@@ -239,8 +240,10 @@ class _DownPath(nn.Module):
         attn = AttentionBlock(out_ch, _heads(out_ch, c.head_channels), c.context_dim) if attend else None
         return Step(ResBlock(in_ch, out_ch, self.emb_dim, c.dropout, dims=c.dims), attn, resample)
 
-    def encode(self, x: Tensor, t: Tensor, cond: Cond) -> tuple[Tensor, list[Tensor], Tensor, Context | None]:
-        """-> lowest-resolution features, the skips, the embedding and the context."""
+    def encode(self, x: Tensor, t: Tensor, cond: Cond,
+               extra: Tensor | None = None) -> tuple[Tensor, list[Tensor], Tensor, Context | None]:
+        """-> lowest-resolution features, the skips, the embedding and the context. extra: features
+        (B, base_channels, H, W) added after the input convolution (a ControlNet's encoded hint)."""
         c = self.config
         check_images(x, c.in_channels, c.downsampling, f"the U-Net halves them {len(c.channel_mult) - 1} times",
                      dims=c.dims)
@@ -248,6 +251,8 @@ class _DownPath(nn.Module):
         if c.cond_channels:  # super-resolution: the (upsampled) low-resolution image as extra channels
             x = torch.cat([x, _image_condition(cond, x, c.cond_channels)], dim=1)
         h = self.input(x)  # (B, base, H, W) or (B, base, L)
+        if extra is not None:
+            h = h + extra
         skips = [h]
         for step in self.down:
             h = step(h, emb, context)  # down to (B, base * mult[-1], H / f, W / f), f = c.downsampling
@@ -257,7 +262,7 @@ class _DownPath(nn.Module):
         return h, skips, emb, context
 
 
-class UNet(_DownPath):
+class UNet(UNetEncoder):
     """forward(x, t, cond=None) -> (B, out_channels, H, W), or (B, out_channels, L) for dims = 1; see the
     module docstring for the layout."""
 
@@ -286,7 +291,7 @@ class UNet(_DownPath):
         return self.out(h)  # (B, out_channels, H, W) or (B, out_channels, L)
 
 
-class UNetClassifier(_DownPath):
+class UNetClassifier(UNetEncoder):
     """forward(x, t) -> (B, out_channels) logits: the down path and middle, read out (head = "logits")."""
 
     def __init__(self, config: UNetConfig):

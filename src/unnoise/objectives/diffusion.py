@@ -66,6 +66,8 @@ class DiffusionObjective(ObjectiveBase):
         self.config, self.dataset = config, dataset
         self.hints = _hints(config, dataset)
         self.network = build_model(config.model).to(run.device, run.dtype)
+        if isinstance(config.model, ControlNetConfig) and not config.train.init and run.resume is None:
+            raise ValueError("a ControlNet controls a trained U-Net: name its run in [train] init")
         if config.train.init and run.resume is None:  # on resume the checkpoint holds the weights
             initialise(self.network, config)
         self.bank = _caption_bank(config, dataset, run.device)  # every caption encoded once
@@ -91,9 +93,8 @@ class DiffusionObjective(ObjectiveBase):
         if top == 0:
             return {"hint": hint, "hint_noise": None}
         s = torch.rand(len(index), generator=generator, dtype=torch.float64) * top
-        shape = (-1,) + (1,) * (hint.ndim - 1)
-        a, sigma = self.schedule.alpha(s).float().view(shape), self.schedule.sigma(s).float().view(shape)
-        return {"hint": a * hint + sigma * torch.randn(hint.shape, generator=generator), "hint_noise": s.float()}
+        noised = self.schedule.noised(hint, s, torch.randn(hint.shape, generator=generator))
+        return {"hint": noised, "hint_noise": s.float()}
 
     def with_condition(self, batch: Batch, index: Tensor, labels: Tensor, generator: torch.Generator) -> Batch:
         """The batch with its (dropped) labels and caption ids: a conditional model's."""
