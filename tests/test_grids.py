@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from unnoise.grids import SPACINGS, time_grid
+from unnoise.grids import SPACINGS, time_at, time_grid
 from unnoise.schedules import PRESETS, get_schedule
 
 
@@ -62,3 +62,18 @@ def test_impossible_requests_are_refused():
         time_grid(get_schedule("flow"), 10, "karras")
     with pytest.raises(ValueError, match="t_max"):
         time_grid(s, 10, t_max=1.5)
+
+
+@pytest.mark.parametrize("sname", ["edm", "ddpm", "vp"])
+@pytest.mark.parametrize("spacing", ["karras", "logsnr", "trailing"])
+def test_time_at_is_the_grids_own_interpolation(sname, spacing):
+    # fraction f of the way from the clean end is the grid point f of the way: the same quantity spaced evenly
+    schedule, steps = get_schedule(sname), 9
+    grid = time_grid(schedule, steps, spacing)
+    inner = range(1, steps - 1) if spacing != "trailing" else range(0, steps)
+    frac = (lambda k: 1 - k / (steps - 1)) if spacing != "trailing" else (lambda k: 1 - k / steps)
+    for k in inner:
+        assert abs(time_at(schedule, frac(k), spacing) - grid[k].item()) < 1e-9, (k, spacing)
+    assert time_at(schedule, 0.0, spacing) == 0.0 and time_at(schedule, 1.0, spacing) == 1.0
+    with pytest.raises(ValueError, match="fraction must lie in"):
+        time_at(schedule, 1.5, spacing)

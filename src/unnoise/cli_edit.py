@@ -23,14 +23,16 @@ def add_edit(sub, fmt) -> None:
     """unnoise edit"""
     p = sub.add_parser("edit", formatter_class=fmt, help="edit an image: SDEdit (image to image) or inpainting",
                        description="Edit an image with a trained model. sdedit (Meng et al. 2022): noise the image "
-                       "to t = --strength and sample back from there. inpaint: generate the region a mask or box "
-                       "marks and keep the rest, by the replacement method (--resample 1) or RePaint (Lugmayr et al. "
-                       "2022: --resample r > 1 walks every --jump steps r times). Writes --n edits as a grid.")
+                       "--strength of the way along the run's noise levels and sample back from there. inpaint: "
+                       "generate the region a mask or box marks and keep the rest, by the replacement method "
+                       "(--resample 1) or RePaint (Lugmayr et al. 2022: --resample r > 1 walks every --jump steps "
+                       "r times). Writes --n edits as a grid.")
     p.add_argument("checkpoint", type=Path, help="a checkpoint folder, or a run folder (its newest checkpoint)")
     p.add_argument("--image", type=Path, required=True, help="the image (resized to the model's size when it differs)")
     p.add_argument("--mode", choices=["sdedit", "inpaint"], default="sdedit", help="what to do")
     p.add_argument("--strength", type=finite, default=0.5,
-                   help="sdedit: the time t0 in (0, 1] the image is noised to (near 0 keeps it, 1 ignores it)")
+                   help="sdedit: how far along the run's noise levels (as its spacing spaces them) the image is "
+                   "noised, in (0, 1]: near 0 keeps it, 1 ignores it")
     p.add_argument("--mask", type=Path, default=None, help="inpaint: a mask image, white where pixels are generated")
     p.add_argument("--box", default=None, metavar="L,T,R,B",
                    help="inpaint: the region to generate, in pixels (right and bottom exclusive), instead of --mask")

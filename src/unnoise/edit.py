@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from unnoise.grids import time_grid
+from unnoise.grids import time_at, time_grid
 from unnoise.latent import PixelSpace
 from unnoise.noise import derived_seed, per_sample_generators, randn_like
 from unnoise.pipeline import BatchStep, Pipeline
@@ -37,13 +37,16 @@ JUMP_STREAM = 2  # x_T and the noise of RePaint's jumps back up: apart from the 
 
 def sdedit(pipe: Pipeline, images: Tensor, strength: float, *, seed: int = 0, first: int = 0,
            **options: Any) -> Tensor:
-    """SDEdit (Meng et al. 2022, §3, Alg. 1): noise the guide to t0 = strength by q(x_t0 | x0), then
-    solve back to t = 0 with any sampler; `steps` are those from t0 down. strength near 0 keeps the
-    guide, 1 ignores it."""
+    """SDEdit (Meng et al. 2022, §3, Alg. 1): noise the guide to t0 by q(x_t0 | x0), then solve back
+    to t = 0 with any sampler; `steps` are those from t0 down. t0 is `strength` of the way along the
+    run's noise levels as its spacing spaces them (`grids.time_at`: t0 = strength on a trailing grid,
+    as Meng et al.'s VP-SDE; on a karras grid the Karras interpolation of sigma). strength near 0
+    keeps the guide, 1 ignores it."""
     if not (isinstance(strength, (int, float)) and 0 < strength <= 1):
         raise ValueError(f"strength must lie in (0, 1], got {strength!r}")
-    x = pipe.add_noise(_encoded(pipe, images), float(strength), seed, first=first)
-    return pipe.sample(len(images), x=x, t_start=float(strength), seed=seed, first=first, **options)
+    t0 = time_at(pipe.schedule, float(strength), options.get("spacing") or pipe.defaults.spacing)
+    x = pipe.add_noise(_encoded(pipe, images), t0, seed, first=first)
+    return pipe.sample(len(images), x=x, t_start=t0, seed=seed, first=first, **options)
 
 
 def repaint_schedule(steps: int, jump: int, resample: int) -> list[int]:

@@ -67,6 +67,31 @@ def time_grid(schedule: Schedule, steps: int, spacing: str = "trailing", *, rho:
     return grid
 
 
+def time_at(schedule: Schedule, fraction: float, spacing: str = "trailing", *, rho: float = 7.0) -> float:
+    """The time `fraction` of the way from the clean end (0: t = 0) to the noisy end (1: t = 1) along
+    the quantity `spacing` spaces evenly: t itself for the index spacings (on a discrete schedule the
+    nearest multiple of 1 / T), sigma_tilde^(1/rho) for
+    karras, log-SNR for logsnr (between t_min and 1, or t_min and the noisiest finite level). A
+    "strength" that means the same share of the sampling path on every schedule (diffusers' img2img
+    strength, as a continuous number: on edm's karras grid 0.5 is sigma_tilde = 2.5, not t = 0.5)."""
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; choose from {', '.join(SPACINGS)}")
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"fraction must lie in [0, 1], got {fraction!r}")
+    if fraction in (0, 1) or spacing in ("trailing", "linspace", "leading"):
+        T = schedule.num_timesteps  # a discrete schedule's index spacings stay on its multiples of 1 / T
+        return float(fraction) if T is None or fraction == 0 else max(round(fraction * T), 1) / T
+    lam_hi, lam_lo = schedule.log_snr(schedule.t_min).item(), schedule.log_snr(1.0).item()
+    if not math.isfinite(lam_lo):  # alpha(1) = 0: the noisiest finite level the grids use (edm's sigma_max)
+        lam_lo = min(lam_hi - 1.0, -2 * math.log(80.0))
+    if spacing == "logsnr":
+        lam = lam_hi + fraction * (lam_lo - lam_hi)
+    else:
+        s_min, s_max = math.exp(-lam_hi / 2), math.exp(-lam_lo / 2)
+        lam = -2 * math.log((s_min ** (1 / rho) + fraction * (s_max ** (1 / rho) - s_min ** (1 / rho))) ** rho)
+    return min(max(schedule.t_from_log_snr(lam).item(), schedule.t_min), 1.0)
+
+
 def _noise_level_spacing(schedule: Schedule, steps: int, spacing: str, rho: float, t_max: float) -> Tensor:
     lam_hi, lam_lo = schedule.log_snr(schedule.t_min).item(), schedule.log_snr(t_max).item()
     if not (math.isfinite(lam_hi) and math.isfinite(lam_lo)):
