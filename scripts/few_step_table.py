@@ -5,6 +5,7 @@ at 20 and 35; the training cost of each from its log. Writes a markdown table, J
     python scripts/few_step_table.py --teacher runs/fashion-unet --cd runs/fashion-unet-cd \\
         --ct runs/fashion-ct --progressive runs/fashion-unet-progressive --flow runs/fashion-flow \\
         --reflow runs/fashion-flow-reflow --n 1000 --out docs/figures/few_step
+    python scripts/few_step_table.py --ct runs/fashion-ct --merge part.json ...   # rows added to an earlier part
 
 Every student is read as `unnoise eval` reads it (its own sampler); a progressive run is the folder
 of its rounds, each sampled at its own step count. Guidance 1 throughout (the conditional model).
@@ -41,7 +42,7 @@ def train_minutes(run: Path) -> float:
 def jobs(args) -> list[tuple[str, Path, int, dict]]:
     """(method, checkpoint, calls, eval settings) for every cell of the table."""
     out = [("teacher, DPM-Solver++(2M)", args.teacher, k, {"sampler": "dpmpp_2m", "steps": k, "spacing": "karras"})
-           for k in (*CALLS, 20, 35)]
+           for k in (*CALLS, 20, 35)] if args.teacher else []
     if args.flow:
         out += [("1-rectified flow, Euler", args.flow, k, {"sampler": "ddim", "steps": k, "spacing": "trailing"})
                 for k in CALLS]
@@ -57,11 +58,13 @@ def jobs(args) -> list[tuple[str, Path, int, dict]]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for name in ("teacher", "cd", "ct", "progressive", "flow", "reflow"):
-        p.add_argument(f"--{name}", type=Path, default=None, required=name == "teacher")
+        p.add_argument(f"--{name}", type=Path, default=None)
     p.add_argument("--n", type=int, default=1000, help="samples per cell")
+    p.add_argument("--merge", type=Path, default=None, help="the .json of an earlier run of this script: its rows "
+                   "come first (the table measured in parts)")
     p.add_argument("--out", type=Path, required=True, help="path stem of the .md, .json and .png written")
     args = p.parse_args()
-    rows = []
+    rows = json.loads(args.merge.read_text())["rows"] if args.merge else []
     for method, run, calls, settings in jobs(args):
         result, _ = evaluate(run, EvalOptions(metrics=("fd", "pr", "acc"), n=args.n, guidance=1.0, **settings))
         rows.append({"method": method, "run": str(run), "calls": calls, "nfe": result["nfe"],
