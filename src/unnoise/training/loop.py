@@ -72,31 +72,22 @@ def train(config: RunConfig, make_objective: Callable[[RunConfig, RunContext], O
         lr = tc.lr * min(1.0, (step + 1) / max(tc.warmup_steps, 1))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        # 2b. Forward, backward (gradients all-reduced under DDP), clipping, the finiteness check.
-        with torch.autocast(ddp.device.type, dtype=torch.bfloat16, enabled=tc.bf16):
-            result = objective.loss(net, batch, step)
-        optimizer.zero_grad(set_to_none=True)
-        result.loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
-        finite = bool(torch.isfinite(result.loss) and torch.isfinite(grad_norm))
+        # 2b. Forward, backward, clipping, the finiteness check, the optimiser step.
+        result, grad_norm, finite = _optimise(objective, net, model, optimizer, batch, step, tc, ddp.device.type)
         if finite:
             in_a_row = 0
-            optimizer.step()
             objective.after_step(batch, result, step)
             ema.update(model, ema_decay(step, tc.ema_decay, tc.ema_warmup))
             step += 1
             bar.update()
         else:  # skip: optimiser, EMA, learning-rate schedule and step counter stay as they were
             skipped, in_a_row = skipped + 1, in_a_row + 1
-            optimizer.zero_grad(set_to_none=True)
             _write(log, {"step": step, "skipped": skipped, "nonfinite": True})
         # 2c. Logs, pictures, checkpoints (rank 0 writes; the others only compute).
         if finite and (step % tc.log_every == 0 or step == tc.steps):  # averaged over ranks: every rank takes part
             now, loss = time.perf_counter(), ddp.mean(result.loss.detach()).item()
             rate, last_log = tc.log_every * tc.batch_size / max(now - last_log, 1e-9), now
-            _write(log, {"step": step, "loss": loss, **{k: float(torch.as_tensor(v).detach()) for k, v in
-                                                      result.logs.items()},
-                         "lr": lr, "grad_norm": grad_norm.item(), "skipped": skipped, "examples_per_s": round(rate, 2)})
+            _write(log, _log_record(step, loss, result, lr, grad_norm, skipped, rate))
             bar.set_postfix(loss=f"{loss:.4f}")
         if finite and ddp.main and tc.sample_every and step % tc.sample_every == 0:
             with torch.random.fork_rng():  # pictures leave the training's random state as it was
@@ -116,15 +107,47 @@ def train(config: RunConfig, make_objective: Callable[[RunConfig, RunContext], O
     # 3. What the run made.
     summary = TrainSummary(step, step - first_step, skipped, stopped, time.perf_counter() - started, str(out),
                            [str(p) for p in list_checkpoints(out / "checkpoints")])
+    _wrap_up(summary, log, objective, ema, ddp, stuck=in_a_row >= tc.max_nonfinite, lr=tc.lr)
+    return summary
+
+
+def _wrap_up(summary: TrainSummary, log, objective: Objective, ema: EMA, ddp, stuck: bool, lr: float) -> None:
+    """Rank 0 closes the log, draws the loss and writes the final report; every rank waits for it
+    (no rank tears down early); a run stopped by non-finite steps is an error."""
+    out = Path(summary.out)
     if log:
         log.close()
         plot_loss(out / "log.jsonl", out / "loss.png")
-        summary.report = objective.report(ema.shadow, step, final=True)
-    ddp.barrier()  # the run is over for every rank once rank 0 has written it: no rank tears down early
-    if in_a_row >= tc.max_nonfinite:
-        raise TrainingStopped(f"training stopped at step {step}: {stopped} (learning rate {tc.lr:g}; try a lower "
-                              f"one, gradient clipping or bf16 off); step {step} is saved in {out}/checkpoints")
-    return summary
+        summary.report = objective.report(ema.shadow, summary.step, final=True)
+    ddp.barrier()
+    if stuck:
+        raise TrainingStopped(f"training stopped at step {summary.step}: {summary.stopped} (learning rate {lr:g}; "
+                              f"try a lower one, gradient clipping or bf16 off); step {summary.step} is saved in "
+                              f"{out}/checkpoints")
+
+
+def _optimise(objective: Objective, net: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+              batch: Batch, step: int, tc, device_type: str):
+    """Forward, backward (gradients all-reduced under DDP), clipping and the finiteness check; the
+    optimiser steps only on a finite loss and gradient norm. Returns (result, grad_norm, finite)."""
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=tc.bf16):
+        result = objective.loss(net, batch, step)
+    optimizer.zero_grad(set_to_none=True)
+    result.loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
+    finite = bool(torch.isfinite(result.loss) and torch.isfinite(grad_norm))
+    if finite:
+        optimizer.step()
+    else:
+        optimizer.zero_grad(set_to_none=True)
+    return result, grad_norm, finite
+
+
+def _log_record(step: int, loss: float, result, lr: float, grad_norm, skipped: int, rate: float) -> dict:
+    """One line of log.jsonl: the loss (averaged over ranks), the objective's own logs, the schedule."""
+    logs = {k: float(torch.as_tensor(v).detach()) for k, v in result.logs.items()}
+    return {"step": step, "loss": loss, **logs, "lr": lr, "grad_norm": grad_norm.item(), "skipped": skipped,
+            "examples_per_s": round(rate, 2)}
 
 
 def _prepare(config: RunConfig, make_objective: Callable, resume: str | None, device: str | None, quiet: bool):
