@@ -1,4 +1,4 @@
-"""The `unnoise` command line: `unnoise train | distill | sample | edit | invert | interpolate | eval | ...`.
+"""The `unnoise` command line: `unnoise train | distill | sample | edit | invert | interpolate | eval | serve | ...`.
 
 Every option is listed with its default by `unnoise <command> --help`.
 """
@@ -31,6 +31,7 @@ from unnoise.cli_edit import (
     cmd_interpolate,
     cmd_invert,
 )
+from unnoise.cli_serve import add_serve, cmd_serve
 from unnoise.conditioning import Condition
 from unnoise.config import load_config
 from unnoise.convergence import Report, format_report, measure, report_ok
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"unnoise {version('unnoise')}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_samplers, _add_train, _add_distill, _add_sample, add_edit, add_invert, add_interpolate,
-                _add_demo, _add_eval, _add_export, _add_train_features, _add_list):
+                _add_demo, _add_eval, _add_export, _add_train_features, _add_list, add_serve):
         add(sub, fmt)
     return parser
 
@@ -627,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"samplers": cmd_samplers, "demo": cmd_demo, "train": cmd_train, "distill": cmd_distill,
                 "sample": cmd_sample, "edit": cmd_edit, "invert": cmd_invert, "interpolate": cmd_interpolate,
                 "eval": cmd_eval, "train-autoencoder": cmd_train, "export": cmd_export,
-                "train-features": cmd_train_features, "list": cmd_list}
+                "train-features": cmd_train_features, "list": cmd_list, "serve": cmd_serve}
     try:
         return commands[args.command](args)
     except ValueError as err:  # bad values found past argument parsing: one line, no traceback

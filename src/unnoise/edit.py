@@ -16,7 +16,9 @@ only where every pixel it covers is known, and the known pixels are pasted back 
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -81,13 +83,14 @@ def inpaint(pipe: Pipeline, images: Tensor, keep: Tensor, *, resample: int = 1, 
     from the lower time s, `jump` grid steps at a time, so the generated part is harmonised with the
     known part (jump 10 as in the paper's experiments). sampler: None = ddpm (Alg. 1's ancestral step);
     steps, spacing: the grid of the whole
-    descent (None: the run's). The network calls are those of `repaint_schedule`'s descents."""
+    descent (None: the run's). The network calls are those of `repaint_schedule`'s descents. A
+    `callback` in options sees every step after the known part is replaced (and may replace x too)."""
     z = _encoded(pipe, images)
     keep_model, keep_data = _checked_keep(pipe, images, keep)
     s = pipe.settings(sampler=sampler or INPAINT_SAMPLER, steps=steps, spacing=spacing)  # checked before work
     times = time_grid(pipe.schedule, s.steps, s.spacing)
     path = repaint_schedule(len(times) - 1, jump, resample)
-    callback = _replace_known(pipe, z, keep_model, first)
+    callback = _replace_known(pipe, z, keep_model, first, options.pop("callback", None))
     gens = per_sample_generators(seed, len(z), start=first, stream=JUMP_STREAM)  # x_T and the jumps' noise
     x = pipe.schedule.sigma(times[0].item()).item() * randn_like(z, gens)
     for k, (start, end) in enumerate(_runs(path)):
@@ -161,8 +164,9 @@ def _runs(path: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
-def _replace_known(pipe: Pipeline, z: Tensor, keep: Tensor, first: int):
-    """The callback that sets the known part of x_t to alpha z + sigma eps after each step (z itself at t = 0)."""
+def _replace_known(pipe: Pipeline, z: Tensor, keep: Tensor, first: int, then: Callable | None = None):
+    """The callback that sets the known part of x_t to alpha z + sigma eps after each step (z itself at
+    t = 0), then calls `then` (a caller's own callback) with that x."""
 
     def replace(b: BatchStep) -> Tensor:
         x, t = b.step.x, b.step.t_next
@@ -171,7 +175,11 @@ def _replace_known(pipe: Pipeline, z: Tensor, keep: Tensor, first: int):
         known = z[rows].to(x) * a
         if s > 0:
             known = known + s * randn_like(x, b.generators)
-        return torch.where(keep[rows], known, x)
+        x = torch.where(keep[rows], known, x)
+        if then is None:
+            return x
+        again = then(dataclasses.replace(b, step=dataclasses.replace(b.step, x=x)))
+        return x if again is None else again
 
     return replace
 

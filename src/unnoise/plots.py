@@ -86,10 +86,9 @@ def plot_signals(signals: Tensor, path: str | os.PathLike, columns: int | None =
     return _save(fig, path, metadata)
 
 
-def save_image_grid(images: Tensor, path: str | os.PathLike, columns: int | None = None,
-                    metadata: dict[str, str] | None = None, gap: int = 1) -> Path:
-    """Images (N, C, H, W) in [-1, 1] tiled into one PNG (grey for C = 1, RGB for C = 3) with `gap`
-    black pixels between and around them; metadata: PNG text chunks (iTXt where not Latin-1)."""
+def image_grid(images: Tensor, columns: int | None = None, gap: int = 1) -> Image.Image:
+    """Images (N, C, H, W) in [-1, 1] tiled into one picture (grey for C = 1, RGB for C = 3) with
+    `gap` black pixels between and around them."""
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"expected images of shape (N, 1 or 3, H, W), got {tuple(images.shape)}")
     n, c, h, w = images.shape
@@ -100,7 +99,13 @@ def save_image_grid(images: Tensor, path: str | os.PathLike, columns: int | None
     for k in range(n):
         top, left = (gap + i * (size + gap) for i, size in zip(divmod(k, columns), (h, w)))
         grid[top:top + h, left:left + w] = pixels[k].transpose(1, 2, 0)
-    image = Image.fromarray(grid[..., 0] if c == 1 else grid)
+    return Image.fromarray(grid[..., 0] if c == 1 else grid)
+
+
+def save_image_grid(images: Tensor, path: str | os.PathLike, columns: int | None = None,
+                    metadata: dict[str, str] | None = None, gap: int = 1) -> Path:
+    """`image_grid` as a PNG file; metadata: PNG text chunks (iTXt where not Latin-1)."""
+    image = image_grid(images, columns, gap)
     info = PngInfo()
     for key, value in (metadata or {}).items():
         info.add_text(key, value)  # Pillow writes iTXt for text outside Latin-1

@@ -1,0 +1,189 @@
+"""The HTTP API and the page (FastAPI; OpenAPI docs at /docs).
+
+    POST /api/jobs                   a JobRequest -> 202 {id, position, total}; 422 naming the field; 429 queue full
+    GET  /api/jobs                   the jobs kept, newest first (?state=done: the gallery)
+    GET  /api/jobs/{id}              state, position in the queue, progress, settings, error
+    GET  /api/jobs/{id}/events       server-sent events: queued, started, step (progress; a preview PNG
+                                     every few steps), then done, cancelled or failed
+    POST /api/jobs/{id}/cancel       stops it: a queued job at once, a running one within one step
+    GET  /api/jobs/{id}/result.png   the samples with their settings in PNG text chunks (also .npz)
+    GET  /api/models                 what is loaded: conditioning, defaults, shape, price, samplers
+    GET  /                           the page
+
+With a token every /api call needs `Authorization: Bearer <token>`, or `?token=<token>` where a
+browser cannot set headers (EventSource, <img src>).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from contextlib import asynccontextmanager
+from importlib.resources import files
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+
+from unnoise.samplers import SAMPLERS
+from unnoise.serve.jobs import FINISHED, Job, JobQueue, QueueFull
+from unnoise.serve.models import ServedModel
+from unnoise.serve.requests import JobRequest, Limits, RequestError, check
+from unnoise.serve.work import run_plan
+
+PAGE = files("unnoise.serve") / "page"
+POLL_SECONDS = 0.02  # how often an event stream looks for new events
+KEEPALIVE_SECONDS = 15.0  # a comment line this often keeps proxies from closing a quiet stream
+
+
+def create_app(models: dict[str, ServedModel], out_dir: Path, limits: Limits = Limits(),
+               token: str | None = None) -> FastAPI:
+    """The app over loaded models; results are written to out_dir. token: required of every API call."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def forget(job: Job) -> None:
+        for suffix in ("png", "npz"):
+            (out_dir / f"{job.id}.{suffix}").unlink(missing_ok=True)
+
+    queue = JobQueue(lambda job, emit: run_plan(job, emit, out_dir, limits.max_seconds), limits.max_queued,
+                     limits.keep, forget)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        queue.close()
+
+    app = FastAPI(title="unnoise", summary="Sample and edit with diffusion models, and watch them denoise.",
+                  lifespan=lifespan)
+    app.state.queue, app.state.models, app.state.limits = queue, models, limits
+    auth = [Depends(_bearer(token))]
+
+    @app.exception_handler(RequestError)
+    async def refused(request: Request, err: RequestError) -> JSONResponse:
+        loc = ["body", err.field] if err.field else ["body"]
+        return JSONResponse({"detail": [{"loc": loc, "msg": str(err), "type": "value_error"}]}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        # FastAPI's own answer echoes the input, which may be NaN (not JSON) or a whole uploaded image
+        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in err.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    _job_routes(app, queue, models, limits, auth, out_dir)
+
+    @app.get("/api/models", dependencies=auth)
+    def list_models() -> dict:
+        return {"models": [m.describe() for m in models.values()], "samplers": list(SAMPLERS),
+                "limits": {k: getattr(limits, k) for k in ("max_n", "max_steps", "max_gflop", "max_prompt_chars")},
+                "token_required": token is not None}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse(PAGE.joinpath("index.html").read_text(encoding="utf-8"))
+
+    app.mount("/static", StaticFiles(directory=str(PAGE)), name="static")
+    return app
+
+
+def _bearer(token: str | None):
+    """The dependency that checks the token (constant-time), from the header or the query."""
+
+    def check_token(request: Request) -> None:
+        if token is None:
+            return
+        header = request.headers.get("authorization", "")
+        given = header[7:] if header.lower().startswith("bearer ") else request.query_params.get("token", "")
+        if not secrets.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, "a valid token is required (Authorization: Bearer <token>)",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    return check_token
+
+
+def _job_routes(app: FastAPI, queue: JobQueue, models: dict[str, ServedModel], limits: Limits, auth: list,
+                out_dir: Path) -> None:
+    def found(job_id: str) -> Job:
+        job = queue.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id!r} (unknown, or forgotten after {limits.keep} newer ones)")
+        return job
+
+    @app.post("/api/jobs", status_code=202, dependencies=auth)
+    def submit(request: JobRequest) -> dict:
+        plan = check(request, models, limits)
+        try:
+            job = queue.submit(plan, plan.calls)
+        except QueueFull as err:
+            raise HTTPException(429, str(err), headers={"Retry-After": "5"}) from None
+        return {"id": job.id, "position": queue.position(job), "total": job.total}
+
+    @app.get("/api/jobs", dependencies=auth)
+    def jobs(state: str | None = None) -> dict:
+        return {"jobs": [_status(queue, j) for j in reversed(queue.all()) if state is None or j.state == state]}
+
+    @app.get("/api/jobs/{job_id}", dependencies=auth)
+    def status(job_id: str) -> dict:
+        return _status(queue, found(job_id))
+
+    @app.post("/api/jobs/{job_id}/cancel", dependencies=auth)
+    def cancel(job_id: str) -> dict:
+        job = found(job_id)
+        queue.cancel(job)
+        return _status(queue, job)
+
+    @app.get("/api/jobs/{job_id}/events", dependencies=auth)
+    async def events(job_id: str, request: Request) -> StreamingResponse:
+        job = found(job_id)
+        last = request.headers.get("last-event-id", "-1")
+        start = int(last) + 1 if last.lstrip("-").isdigit() else 0
+        return StreamingResponse(_stream(job, request, start), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    @app.get("/api/jobs/{job_id}/result.{suffix}", dependencies=auth)
+    def result(job_id: str, suffix: str) -> FileResponse:
+        job = found(job_id)
+        if suffix not in ("png", "npz"):
+            raise HTTPException(404, f"results are result.png and result.npz, not result.{suffix}")
+        if job.state != "done":
+            raise HTTPException(409, f"job {job_id} is {job.state}: it has no result")
+        if not Path(job.result[suffix]).is_file():
+            raise HTTPException(410, f"job {job_id}'s {suffix} file is gone from the results folder")
+        media = "image/png" if suffix == "png" else "application/octet-stream"
+        return FileResponse(job.result[suffix], media_type=media, filename=f"unnoise-{job_id}.{suffix}")
+
+
+def _status(queue: JobQueue, job: Job) -> dict:
+    plan = job.request
+    asked = plan.request.model_dump(exclude={"image", "mask"}) | {"model": plan.model.name}
+    out = {"id": job.id, "state": job.state, "position": queue.position(job), "progress": job.progress,
+           "total": job.total, "created": job.created, "request": asked}
+    if job.state == "done":
+        out |= {"settings": job.result["settings"], "result": f"/api/jobs/{job.id}/result.png"}
+    if job.error:
+        out["error"] = job.error
+    return out
+
+
+async def _stream(job: Job, request: Request, start: int):
+    """The job's events from index `start`, as server-sent events with their index as id, ending
+    after the job's last event; a comment line keeps a quiet stream open."""
+    sent, quiet = start, 0.0
+    while True:
+        new = job.events[sent:]  # appended under the queue's lock; a slice of a list is read whole
+        for event in new:
+            yield f"id: {sent}\ndata: {json.dumps(event)}\n\n"
+            sent += 1
+            if event["type"] in FINISHED:
+                return
+        if new:
+            quiet = 0.0
+        elif quiet >= KEEPALIVE_SECONDS:
+            yield ": keep-alive\n\n"
+            quiet = 0.0
+        if await request.is_disconnected():
+            return
+        await asyncio.sleep(POLL_SECONDS)
+        quiet += POLL_SECONDS
