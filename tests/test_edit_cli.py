@@ -9,23 +9,12 @@ import torch
 from PIL import Image
 
 from unnoise.cli import main
-from unnoise.config import load_config
 from unnoise.inputs import box_mask, read_image, read_mask
-from unnoise.training.loop import train
-
-TREE = {
-    "data": {"name": "mnist"},
-    "model": {"preset": "unet_tiny", "image_size": 28, "in_channels": 1, "out_channels": 1, "num_classes": 10},
-    "train": {"steps": 5, "batch_size": 8, "log_every": 5, "checkpoint_every": 5, "label_dropout": 0.1},
-    "sample": {"sampler": "heun", "steps": 3, "n": 4, "guidance": 1.0},
-}
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("edit") / "run"
-    train(load_config(None, tree={**TREE, "out": str(out)}), quiet=True)
-    return out
+def run(tiny_mnist_run):
+    return tiny_mnist_run
 
 
 @pytest.fixture

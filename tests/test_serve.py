@@ -17,24 +17,14 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from unnoise.config import load_config
+from unnoise.cli import main
 from unnoise.pipeline import Pipeline
 from unnoise.serve import Limits, create_app, load_models
-from unnoise.training.loop import train
-
-TREE = {
-    "data": {"name": "mnist"},
-    "model": {"preset": "unet_tiny", "image_size": 28, "in_channels": 1, "out_channels": 1, "num_classes": 10},
-    "train": {"steps": 5, "batch_size": 8, "log_every": 5, "checkpoint_every": 5, "label_dropout": 0.1},
-    "sample": {"sampler": "heun", "steps": 3, "n": 4, "guidance": 1.0},
-}
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("serve") / "tiny"
-    train(load_config(None, tree={**TREE, "out": str(out)}), quiet=True)
-    return out
+def run(tiny_mnist_run):
+    return tiny_mnist_run
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +63,7 @@ def test_models_say_what_they_take(models, tmp_path):
         info = c.get("/api/models").json()
     (m,) = info["models"]
     assert m["name"] == "tiny" and m["classes"] == 10 and not m["text"] and m["shape"] == [1, 28, 28]
+    assert m["class_names"] == [str(d) for d in range(10)] and m["editable"] and not m["latent"]
     assert m["defaults"] == {"sampler": "heun", "steps": 3, "spacing": "karras", "guidance": 1.0, "prompts": []}
     assert m["gflop_per_call"] > 0 and "dpmpp_2m" in info["samplers"] and info["limits"]["max_n"] == 16
 
@@ -259,6 +250,11 @@ def test_late_readers_and_reconnects_miss_nothing(models, tmp_path):
         with c.stream("GET", f"/api/jobs/{job}/events", headers={"Last-Event-ID": "2"}) as s:
             rest = [json.loads(line[5:]) for line in s.iter_lines() if line.startswith("data:")]
     assert rest == whole[3:] and whole[-1]["type"] == "done"
+    for last in ("-5", "99", "x"):  # out of range or not an id: from the start, or nothing past the end
+        with c.stream("GET", f"/api/jobs/{job}/events", headers={"Last-Event-ID": last}) as s:
+            got = [json.loads(line[5:]) for line in s.iter_lines() if line.startswith("data:")]
+        assert got == ([] if last == "99" else whole)
+    assert [e for e in whole if "preview" in e] == [whole[-2]]  # a finished job keeps its last preview only
 
 
 def free_port() -> int:
@@ -294,11 +290,10 @@ def test_the_command_serves_on_loopback(run, tmp_path):
 
 @pytest.mark.parametrize("args, words", [(["--host", "0.0.0.0"], "give --token"), (["--max-gflop", "0"], "> 0"),
                                          (["--port", "70000"], "0..65535")])
-def test_the_command_refuses_before_loading(tmp_path, args, words):
-    done = subprocess.run([sys.executable, "-m", "unnoise.cli", "serve", str(tmp_path / "missing"), *args],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
+def test_the_command_refuses_before_loading(tmp_path, capsys, args, words):
+    assert main(["serve", str(tmp_path / "missing"), *args]) == 2  # the run is not even looked for
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1
 
 
 def test_work_is_priced_by_calls_samples_and_guidance(models, tmp_path):

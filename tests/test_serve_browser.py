@@ -24,15 +24,6 @@ import pytest
 from PIL import Image
 from playwright.sync_api import sync_playwright
 
-from unnoise.config import load_config
-from unnoise.training.loop import train
-
-TREE = {
-    "data": {"name": "mnist"},
-    "model": {"preset": "unet_tiny", "image_size": 28, "in_channels": 1, "out_channels": 1, "num_classes": 10},
-    "train": {"steps": 5, "batch_size": 8, "log_every": 5, "checkpoint_every": 5, "label_dropout": 0.1},
-    "sample": {"sampler": "heun", "steps": 3, "n": 4, "guidance": 1.0},
-}
 CHROMIUM = [os.environ.get("UNNOISE_CHROMIUM", ""), "/usr/lib/chromium/chromium", "/usr/bin/chromium"]
 TOKEN = "s3cret-token"
 WAIT_MS = 20_000  # the longest the page may take for anything (a job here takes well under a second or two)
@@ -95,11 +86,10 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
+def servers(tiny_mnist_run, tmp_path_factory):
     """The same tiny model served twice: without a token, and with one (both started at once)."""
-    root = tmp_path_factory.mktemp("serve-browser")
-    train(load_config(None, tree={**TREE, "out": str(root / "run")}), quiet=True)
-    started = {"open": Server(root / "run", root / "out"), "token": Server(root / "run", root / "out-token", TOKEN)}
+    root, run = tmp_path_factory.mktemp("serve-browser"), tiny_mnist_run
+    started = {"open": Server(run, root / "out"), "token": Server(run, root / "out-token", TOKEN)}
     try:
         for server in started.values():
             server.wait_ready()
@@ -168,7 +158,7 @@ def _job(server, job_id: str) -> dict:
 
 def test_the_page_loads_its_models_and_samplers(servers, page):
     _open(page, servers["open"])
-    assert page.locator("#model option").all_text_contents() == ["run (step 5)"]
+    assert page.locator("#model option").all_text_contents() == ["tiny (step 5)"]
     samplers = page.locator("#sampler option").all_text_contents()
     assert {"ddpm", "ddim", "heun", "dpmpp_2m"} <= set(samplers)
     assert page.input_value("#sampler") == "heun" and page.input_value("#steps") == "3"  # the run's defaults
@@ -232,7 +222,7 @@ def test_the_gallery_shows_finished_jobs(servers, page):
         page.wait_for_function("id => { const img = document.querySelector(`#gallery .card[data-job='${id}'] img`);"
                                " return img && img.complete && img.naturalWidth > 0; }", arg=job_id)
         text = card.locator("pre").text_content()
-        assert "dpmpp_2m, 7 steps" in text and "seed 41, n 3" in text and "run · sample" in text, text
+        assert "dpmpp_2m, 7 steps" in text and "seed 41, n 3" in text and "tiny · sample" in text, text
     assert page.locator("#gallery .card").first.get_attribute("data-job") == job_id  # newest first
     assert page.problems == []
 

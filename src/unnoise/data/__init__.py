@@ -28,8 +28,8 @@ import math
 from dataclasses import dataclass
 
 from unnoise.data.captions import Captions
-from unnoise.data.digits import digits_8x8, mnist_5k
-from unnoise.data.emoji import EmojiSet, emoji_set
+from unnoise.data.digits import DIGIT_NAMES, digits_8x8, mnist_5k
+from unnoise.data.emoji import EMOJI_GROUPS, EmojiSet, emoji_set
 from unnoise.data.fashion import FASHION_CLASSES, FASHION_HELDOUT_PROMPTS, fashion_mnist, read_idx
 from unnoise.data.folder import BACKGROUNDS, DEFAULT_MAX_PIXELS, LABEL_MODES, FolderSet, load_folder
 from unnoise.data.hints import HINTS
@@ -147,6 +147,16 @@ _SET_CLASS = {"moons": PointSet, "swiss-roll": PointSet, "gaussians": PointSet, 
 def modality_of(config: DataConfig) -> str:
     """What a sample of this data set is (unnoise.modality): "image", "points" or "signal"."""
     return _SET_CLASS.get(config.name, ImageSet).modality
+
+
+_CLASS_NAMES = {"mnist": DIGIT_NAMES, "digits8x8": DIGIT_NAMES, "fashion-mnist": FASHION_CLASSES,
+                "emoji": EMOJI_GROUPS}
+
+
+def class_names_of(config: DataConfig) -> list[str]:
+    """The names of a built-in set's classes, known without loading it ([] for the others: an image
+    folder's come from its subfolders, read when it loads)."""
+    return list(_CLASS_NAMES.get(config.name, ()))
 
 
 _NATIVE_SIZE = {"mnist": 28, "fashion-mnist": 28, "digits8x8": 8}  # the built-in sets that fit = "pad" grows

@@ -35,8 +35,9 @@ from unnoise.serve.requests import JobRequest, Limits, RequestError, check
 from unnoise.serve.work import run_plan
 
 PAGE = files("unnoise.serve") / "page"
-POLL_SECONDS = 0.02  # how often an event stream looks for new events
 KEEPALIVE_SECONDS = 15.0  # a comment line this often keeps proxies from closing a quiet stream
+Readers = dict[str, set[asyncio.Event]]  # job id -> the wake-up events of the streams that follow it
+RECHECK_SECONDS = 1.0  # a stream looks for new events this often even unwoken (before the app's start-up ran)
 
 
 def create_app(models: dict[str, ServedModel], out_dir: Path, limits: Limits = Limits(),
@@ -50,10 +51,21 @@ def create_app(models: dict[str, ServedModel], out_dir: Path, limits: Limits = L
 
     queue = JobQueue(lambda job, emit: run_plan(job, emit, out_dir, limits.max_seconds), limits.max_queued,
                      limits.keep, forget)
+    readers: Readers = {}  # touched on the event loop only
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        loop = asyncio.get_running_loop()  # the worker's events wake the streams that follow the job, on this loop
+
+        def notify(job: Job) -> None:
+            try:
+                loop.call_soon_threadsafe(_wake, readers, job)
+            except RuntimeError:  # the loop has closed: the server is stopping
+                pass
+
+        queue.on_event = notify
         yield
+        queue.on_event = None
         queue.close()
 
     app = FastAPI(title="unnoise", summary="Sample and edit with diffusion models, and watch them denoise.",
@@ -72,7 +84,7 @@ def create_app(models: dict[str, ServedModel], out_dir: Path, limits: Limits = L
         detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in err.errors()]
         return JSONResponse({"detail": detail}, status_code=422)
 
-    _job_routes(app, queue, models, limits, auth, out_dir)
+    _job_routes(app, queue, models, limits, auth, readers)
 
     @app.get("/api/models", dependencies=auth)
     def list_models() -> dict:
@@ -104,7 +116,7 @@ def _bearer(token: str | None):
 
 
 def _job_routes(app: FastAPI, queue: JobQueue, models: dict[str, ServedModel], limits: Limits, auth: list,
-                out_dir: Path) -> None:
+                readers: Readers) -> None:
     def found(job_id: str) -> Job:
         job = queue.get(job_id)
         if job is None:
@@ -137,9 +149,9 @@ def _job_routes(app: FastAPI, queue: JobQueue, models: dict[str, ServedModel], l
     @app.get("/api/jobs/{job_id}/events", dependencies=auth)
     async def events(job_id: str, request: Request) -> StreamingResponse:
         job = found(job_id)
-        last = request.headers.get("last-event-id", "-1")
-        start = int(last) + 1 if last.lstrip("-").isdigit() else 0
-        return StreamingResponse(_stream(job, request, start), media_type="text/event-stream",
+        last = request.headers.get("last-event-id", "")
+        start = int(last) + 1 if last.isdigit() else 0
+        return StreamingResponse(_stream(job, start, readers), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     @app.get("/api/jobs/{job_id}/result.{suffix}", dependencies=auth)
@@ -167,23 +179,38 @@ def _status(queue: JobQueue, job: Job) -> dict:
     return out
 
 
-async def _stream(job: Job, request: Request, start: int):
+def _wake(readers: Readers, job: Job) -> None:
+    for ready in readers.get(job.id, ()):
+        ready.set()
+
+
+async def _stream(job: Job, start: int, readers: Readers):
     """The job's events from index `start`, as server-sent events with their index as id, ending
-    after the job's last event; a comment line keeps a quiet stream open."""
-    sent, quiet = start, 0.0
-    while True:
-        new = job.events[sent:]  # appended under the queue's lock; a slice of a list is read whole
-        for event in new:
-            yield f"id: {sent}\ndata: {json.dumps(event)}\n\n"
-            sent += 1
-            if event["type"] in FINISHED:
+    after the job's last event; woken by the worker (JobQueue.on_event) rather than polling; a
+    comment line keeps a quiet stream open. (Starlette ends it when the client goes.)"""
+    sent, ready = min(max(0, start), len(job.events)), asyncio.Event()
+    readers.setdefault(job.id, set()).add(ready)
+    try:
+        quiet = 0.0
+        while True:
+            ready.clear()
+            new = job.events[sent:]  # appended under the queue's lock; a slice of a list is read whole
+            for event in new:
+                yield f"id: {sent}\ndata: {json.dumps(event)}\n\n"
+                sent += 1
+                if event["type"] in FINISHED:
+                    return
+            if not new and job.state in FINISHED:  # a reader that asked to start past the end
                 return
-        if new:
-            quiet = 0.0
-        elif quiet >= KEEPALIVE_SECONDS:
-            yield ": keep-alive\n\n"
-            quiet = 0.0
-        if await request.is_disconnected():
-            return
-        await asyncio.sleep(POLL_SECONDS)
-        quiet += POLL_SECONDS
+            quiet = 0.0 if new else quiet
+            if quiet >= KEEPALIVE_SECONDS:
+                yield ": keep-alive\n\n"
+                quiet = 0.0
+            try:
+                await asyncio.wait_for(ready.wait(), RECHECK_SECONDS)
+            except TimeoutError:
+                quiet += RECHECK_SECONDS
+    finally:
+        readers[job.id].discard(ready)
+        if not readers[job.id]:
+            del readers[job.id]

@@ -55,6 +55,7 @@ class JobQueue:
     def __init__(self, run: Callable[[Job, Callable[[dict], None]], Any], max_queued: int = 16, keep: int = 256,
                  on_forget: Callable[[Job], None] | None = None):
         self._run, self.max_queued, self.keep, self._on_forget = run, max_queued, keep, on_forget
+        self.on_event: Callable[[Job], None] | None = None  # told of every new event (e.g. to wake its readers)
         self._jobs: OrderedDict[str, Job] = OrderedDict()  # every known job, oldest first
         self._waiting: deque[Job] = deque()
         self._changed = threading.Condition()
@@ -153,11 +154,16 @@ class JobQueue:
 
     def _finish(self, job: Job, state: str, event: dict) -> None:
         job.state, job.error = state, event.get("error", "")
+        shown = [e for e in job.events if "preview" in e]
+        for e in shown[:-1]:  # a kept job holds its last preview only: previews of large images add up
+            e.pop("preview")
         self._append(job, {"type": state, **event})
 
     def _append(self, job: Job, event: dict) -> None:
         job.events.append(event)
         self._changed.notify_all()
+        if self.on_event:
+            self.on_event(job)
 
     def _forget_old(self) -> None:
         done = [j for j in self._jobs.values() if j.state in FINISHED]

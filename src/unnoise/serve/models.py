@@ -12,6 +12,7 @@ from pathlib import Path
 
 from torch.utils.flop_counter import FlopCounterMode
 
+from unnoise.data import class_names_of
 from unnoise.pipeline import Pipeline
 
 
@@ -25,8 +26,10 @@ class ServedModel:
     def describe(self) -> dict:
         """What GET /api/models says of it: conditioning, samplers' defaults, shape, price."""
         pipe, d = self.pipe, self.pipe.defaults
+        class_names = class_names_of(pipe.config.data) if pipe.config and pipe.classes else []
         return {"name": self.name, "source": pipe.source, "step": pipe.step, "modality": pipe.modality,
                 "shape": list(self.data_shape), "classes": pipe.classes, "text": bool(pipe.interface.text),
+                "class_names": class_names[: pipe.classes] if len(class_names) >= pipe.classes else [],
                 "latent": self.data_shape != tuple(pipe.interface.sample_shape),
                 "editable": pipe.modality == "image",
                 "defaults": {"sampler": d.sampler, "steps": d.steps, "spacing": d.spacing, "guidance": d.guidance,

@@ -68,8 +68,10 @@ function modelChanged() {
   const m = models[$("model").value];
   if (!m) return;
   const labels = [option("", m.classes ? `each sample a class (i mod ${m.classes})` : "none")];
-  const names = m.class_names || [];  // optional: "0 T-shirt/top", ... when the server names the classes
-  for (let k = 0; k < m.classes; k++) labels.push(option(String(k), names[k] ? `${k} ${names[k]}` : String(k)));
+  const names = m.class_names || [];  // "9 Ankle boot" where the server names the classes (not "3 3")
+  for (let k = 0; k < m.classes; k++) {
+    labels.push(option(String(k), names[k] && names[k] !== String(k) ? `${k} ${names[k]}` : String(k)));
+  }
   $("label").replaceChildren(...labels);
   $("label-box").hidden = !m.classes || m.text;
   $("prompt-box").hidden = !m.text;
