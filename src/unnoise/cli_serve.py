@@ -25,7 +25,7 @@ def add_serve(sub, fmt) -> None:
                        "any other address needs --token.")
     p.add_argument("runs", nargs="+", type=Path, help="run or checkpoint folders (each served under its folder name)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind; not a loopback one without --token")
-    p.add_argument("--port", type=int, default=8000, help="port to bind (0: any free one)")
+    p.add_argument("--port", type=int, default=8000, help="port to bind")
     p.add_argument("--token", default=None, help="bearer token every API call must carry (required off loopback)")
     p.add_argument("--out", type=Path, default=None,
                    help="folder for the results (PNG and .npz per job), kept; None: a temporary folder removed at exit")
@@ -57,8 +57,8 @@ def cmd_serve(args) -> int:
     if not is_loopback(args.host) and not args.token:
         raise ValueError(f"--host {args.host} is not a loopback address: give --token, which every API call must "
                          "then carry")
-    if not 0 <= args.port <= 65535:
-        raise ValueError(f"--port must lie in 0..65535, got {args.port}")
+    if not 1 <= args.port <= 65535:
+        raise ValueError(f"--port must lie in 1..65535, got {args.port}")
     for name in ("max_gflop", "max_seconds"):
         if not getattr(args, name) > 0:
             raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
