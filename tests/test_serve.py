@@ -14,12 +14,17 @@ import time
 import httpx
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
+from test_super_resolution import SR  # a tiny 14 -> 28 model of the cascade tests
 
+from unnoise.cascade import super_resolve
 from unnoise.cli import main
+from unnoise.config import load_config
 from unnoise.pipeline import Pipeline
 from unnoise.serve import Limits, create_app, load_models
+from unnoise.training.loop import train
 
 
 @pytest.fixture(scope="module")
@@ -303,3 +308,32 @@ def test_work_is_priced_by_calls_samples_and_guidance(models, tmp_path):
         assert c.post("/api/jobs", json={"n": 10, "steps": 8}).status_code == 202
         r = c.post("/api/jobs", json={"n": 10, "steps": 8, "guidance": 2})
     assert r.status_code == 422 and f"{2 * 10 * 8 * gflop:.4g} GFLOP" in r.json()["detail"][0]["msg"]
+
+
+def test_a_super_resolution_model_takes_its_low_resolution_image_as_the_hint(tmp_path_factory, tmp_path):
+    run = tmp_path_factory.mktemp("serve-sr") / "sr"
+    train(load_config(None, tree={**SR, "out": str(run)}), quiet=True)
+    served = load_models([run])
+    low = np.random.default_rng(0).integers(0, 256, (14, 14), dtype=np.uint8)
+    ask = {"n": 2, "steps": 3, "label": 4, "seed": 9, "hint": png_url(low), "hint_noise": 0.1}
+    with client(served, tmp_path) as c:
+        described = c.get("/api/models").json()["models"][0]
+        job = c.post("/api/jobs", json=ask).json()["id"]
+        assert wait(c, job)["state"] == "done"
+        with np.load(io.BytesIO(c.get(f"/api/jobs/{job}/result.npz").content)) as f:
+            samples, record = f["samples"], json.loads(str(f["settings"]))
+        missing = c.post("/api/jobs", json={"steps": 2}).json()["detail"][0]
+    assert described["hint"] == "lowres" and described["hint_shape"] == [1, 14, 14]
+    as_read = torch.from_numpy(low).float().div(127.5).sub(1)[None, None]  # as unnoise.inputs reads pixels
+    bare = super_resolve(Pipeline.load(run), as_read.expand(2, 1, 14, 14), hint_noise=0.1, seed=9, label=4, steps=3,
+                         batch_size=2)
+    assert np.array_equal(samples, bare.numpy()) and record["hint"] == "lowres" and record["hint_noise"] == 0.1
+    assert missing["loc"] == ["body", "hint"] and "give hint" in missing["msg"]
+
+
+def test_hints_only_for_models_that_read_them(models, tmp_path):
+    with client(models, tmp_path) as c:
+        given = c.post("/api/jobs", json={"hint": DIGIT}).json()["detail"][0]
+        level = c.post("/api/jobs", json={"hint_noise": 0.2}).json()["detail"][0]
+    assert given["loc"] == ["body", "hint"] and "reads no hint image" in given["msg"]
+    assert level["loc"] == ["body", "hint_noise"] and "super-resolution models" in level["msg"]

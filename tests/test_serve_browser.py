@@ -23,6 +23,10 @@ import numpy as np
 import pytest
 from PIL import Image
 from playwright.sync_api import sync_playwright
+from test_super_resolution import SR  # a tiny 14 -> 28 model of the cascade tests
+
+from unnoise.config import load_config
+from unnoise.training.loop import train
 
 CHROMIUM = [os.environ.get("UNNOISE_CHROMIUM", ""), "/usr/lib/chromium/chromium", "/usr/bin/chromium"]
 TOKEN = "s3cret-token"
@@ -304,3 +308,28 @@ def test_the_page_asks_for_the_token(servers, page):
     assert page.evaluate("document.getElementById('preview').naturalWidth") > 0
     # the only errors: the browser's note of the first, refused, call
     assert all("401" in p for p in page.problems) and page.problems, page.problems
+
+
+def test_a_super_resolution_model_takes_its_low_resolution_image_from_the_page(tmp_path_factory, page, tmp_path):
+    root = tmp_path_factory.mktemp("serve-browser-sr")
+    train(load_config(None, tree={**SR, "out": str(root / "sr")}), quiet=True)
+    server = Server(root / "sr", root / "out")
+    try:
+        server.wait_ready()
+        low = np.random.default_rng(1).integers(0, 256, (14, 14), dtype=np.uint8)
+        (tmp_path / "low.png").write_bytes(_png(low))
+        _open(page, server)
+        assert page.is_visible("#hint-box") and page.is_visible("#hint-noise")
+        page.set_input_files("#hint-upload", str(tmp_path / "low.png"))
+        page.wait_for_function("document.getElementById('hint-canvas').getContext('2d')"
+                               ".getImageData(0, 0, 14, 14).data.some((v, i) => i % 4 === 0 && v > 0)")
+        page.fill("#hint-noise", "0.05")
+        page.fill("#steps", "3")
+        with page.expect_request(lambda r: r.url.endswith("/api/jobs") and r.method == "POST") as sent:
+            job_id = _submit(page)
+        assert _wait_status(page, "done", "cancelled") == "done"
+        body, job = sent.value.post_data_json, _job(server, job_id)
+    finally:
+        server.stop()
+    assert np.array_equal(_decoded(body["hint"]), low) and body["hint_noise"] == 0.05
+    assert job["settings"]["hint"] == "lowres" and job["settings"]["hint_noise"] == 0.05 and not page.problems

@@ -4,6 +4,7 @@ resolution; a super-resolution model, trained on the data's own low-resolution c
 
     low, high = cascade(base, sr, 16, label=3, hint_noise=0.2)   # 14x14 -> 28x28
     high = super_resolve(sr, low)                                  # any low-resolution images
+    cond = hint_condition(controlnet, "edges.png", 8)              # one hint picture as 8 samples' condition
 
 Conditioning augmentation (§4.2): a super-resolution model trained with [loss] hint_noise = s_max saw
 its input noised to a level s ~ U(0, s_max), told s; at sampling the base's output is noised to a
@@ -13,13 +14,15 @@ model never saw in training (0: the input as it is).
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, BinaryIO
 
 import torch
 from torch import Tensor
 
 from unnoise.conditioning import Condition
 from unnoise.data.hints import upsample
+from unnoise.inputs import read_image
 from unnoise.noise import derived_seed
 from unnoise.pipeline import Pipeline
 
@@ -44,18 +47,40 @@ def _checked_level(hint_noise: float) -> float:
     return float(hint_noise)
 
 
-def super_resolve(sr: Pipeline, low: Tensor, *, hint_noise: float = 0.0, seed: int = 0, first: int = 0,
-                  **options: Any) -> Tensor:
-    """High-resolution samples given low-resolution images (n, C, h, w) in [-1, 1]; sample i draws from
-    (seed, first + i) as `Pipeline.sample` does; options (label, prompts, guidance, sampler, steps, ...)
-    go to it."""
+def sr_condition(sr: Pipeline, low: Tensor, *, hint_noise: float = 0.0, seed: int = 0, first: int = 0) -> Condition:
+    """The condition of a super-resolution model given low-resolution images (n, C, h, w) in [-1, 1]:
+    blown up, noised to level hint_noise by noise of (seed, first + i), the level given."""
     level = _checked_level(hint_noise)
     factor = sr_factor(sr, tuple(low.shape[1:]))
     hint = upsample(low.float().clamp(-1, 1), factor)  # the range the data's copies have
     if level > 0:
         hint = sr.add_noise(hint.to(sr.device), level, seed, first=first).cpu()
-    cond = Condition(image=hint, image_noise=torch.full((len(low),), level))
+    return Condition(image=hint, image_noise=torch.full((len(low),), level))
+
+
+def super_resolve(sr: Pipeline, low: Tensor, *, hint_noise: float = 0.0, seed: int = 0, first: int = 0,
+                  **options: Any) -> Tensor:
+    """High-resolution samples given low-resolution images (n, C, h, w) in [-1, 1]; sample i draws from
+    (seed, first + i) as `Pipeline.sample` does; options (label, prompts, guidance, sampler, steps, ...)
+    go to it."""
+    cond = sr_condition(sr, low, hint_noise=hint_noise, seed=seed, first=first)
     return sr.sample(len(low), cond=cond, seed=seed, first=first, **options)
+
+
+def hint_condition(pipe: Pipeline, source: str | os.PathLike | BinaryIO, n: int, *, hint_noise: float = 0.0,
+                   seed: int = 0) -> Condition:
+    """The condition of n samples of a model that reads a hint image, given one picture (a path or a
+    file object): a ControlNet's hint at the model's size (e.g. an edge map, white edges on black), or
+    a super-resolution model's low-resolution image at its low size (`sr_condition`)."""
+    channels, side = pipe.interface.hint_channels, pipe.interface.sample_shape[-1]
+    if not channels:
+        raise ValueError("a hint image was given, but this model reads none")
+    if pipe.config is not None and pipe.config.data.hint == "lowres":
+        low_side = side // pipe.config.data.hint_factor
+        low = read_image(source, (channels, low_side, low_side))
+        return sr_condition(pipe, low.expand(n, *low.shape[1:]), hint_noise=hint_noise, seed=seed)
+    shape = (channels, *pipe.interface.sample_shape[1:])
+    return Condition(image=read_image(source, shape).expand(n, *shape))
 
 
 def cascade(base: Pipeline, sr: Pipeline, n: int, *, hint_noise: float = 0.0, seed: int = 0,

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from unnoise.cascade import cascade, super_resolve
+from unnoise.cascade import cascade, hint_condition
 from unnoise.checkpoint import export_model, list_checkpoints, load_checkpoint, run_config
 from unnoise.cli_args import SEED_HELP, finite, floats, int_list, interval, option, positive_int, schedule_name
 from unnoise.cli_edit import (
@@ -32,7 +32,6 @@ from unnoise.cli_edit import (
     cmd_invert,
 )
 from unnoise.cli_serve import add_serve, cmd_serve
-from unnoise.conditioning import Condition
 from unnoise.config import load_config
 from unnoise.convergence import Report, format_report, measure, report_ok
 from unnoise.data import DATASET_NAMES
@@ -60,7 +59,6 @@ from unnoise.features import (
 )
 from unnoise.files import check_writable
 from unnoise.grids import SPACINGS, time_grid
-from unnoise.inputs import read_image
 from unnoise.modality import SINGLES
 from unnoise.models import MODEL_PRESETS
 from unnoise.oracle import GaussianMixture
@@ -533,24 +531,19 @@ def _draw(pipe, args, options: dict) -> torch.Tensor:
     model's given low-resolution images (--hint) or a base model's samples (--low, a cascade)."""
     channels, seed = pipe.interface.hint_channels, options.pop("seed")
     lowres = channels and pipe.config is not None and pipe.config.data.hint == "lowres"
-    if args.low is not None or (lowres and args.hint is not None):
-        if args.low is not None and args.hint is not None:
+    if args.low is not None:
+        if args.hint is not None:
             raise ValueError("give --low (a base run to sample) or --hint (low-resolution images), not both")
-        if args.low is not None:
-            condition = {k: options.pop(k) for k in ("label", "prompts")}
-            base = Pipeline.load(args.low, args.device)
-            return cascade(base, pipe, args.n, hint_noise=args.hint_noise, seed=seed, sr_options=options,
-                           **condition)[1]
-        side = pipe.interface.sample_shape[-1] // pipe.config.data.hint_factor
-        low = read_image(args.hint, (channels, side, side)).expand(args.n, channels, side, side)
-        return super_resolve(pipe, low, hint_noise=args.hint_noise, seed=seed, **options)
+        condition = {k: options.pop(k) for k in ("label", "prompts")}
+        base = Pipeline.load(args.low, args.device)
+        return cascade(base, pipe, args.n, hint_noise=args.hint_noise, seed=seed, sr_options=options,
+                       **condition)[1]
     if channels and args.hint is None:
         raise ValueError("this model reads a hint image (a ControlNet or super-resolution model): give --hint"
                          + (" or --low" if lowres else ""))
     if args.hint is not None and not channels:
         raise ValueError("--hint given, but this model reads no hint image")
-    shape = (channels, *pipe.interface.sample_shape[1:])
-    cond = Condition(image=read_image(args.hint, shape).expand(args.n, *shape)) if channels else None
+    cond = hint_condition(pipe, args.hint, args.n, hint_noise=args.hint_noise, seed=seed) if channels else None
     return pipe.sample(args.n, cond=cond, seed=seed, **options)
 
 

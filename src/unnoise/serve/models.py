@@ -10,8 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from unnoise.cascade import sr_condition
+from unnoise.conditioning import Condition
 from unnoise.data import class_names_of
 from unnoise.pipeline import Pipeline
 
@@ -22,6 +25,8 @@ class ServedModel:
     pipe: Pipeline
     gflop: float  # per sample and network call
     data_shape: tuple[int, ...]  # one sample as the client sees it (a latent model's decoded shape)
+    hint: str | None = None  # the hint image it reads: "edges" (any ControlNet hint), "lowres" or None
+    hint_shape: tuple[int, ...] = ()  # the picture a client gives as the hint (C, H, W)
 
     def describe(self) -> dict:
         """What GET /api/models says of it: conditioning, samplers' defaults, shape, price."""
@@ -31,7 +36,7 @@ class ServedModel:
                 "shape": list(self.data_shape), "classes": pipe.classes, "text": bool(pipe.interface.text),
                 "class_names": class_names[: pipe.classes] if len(class_names) >= pipe.classes else [],
                 "latent": self.data_shape != tuple(pipe.interface.sample_shape),
-                "editable": pipe.modality == "image",
+                "editable": pipe.modality == "image", "hint": self.hint, "hint_shape": list(self.hint_shape),
                 "defaults": {"sampler": d.sampler, "steps": d.steps, "spacing": d.spacing, "guidance": d.guidance,
                              "prompts": list(pipe.config.sample.prompts) if pipe.config and pipe.interface.text
                              else []},
@@ -39,16 +44,29 @@ class ServedModel:
 
 
 def load_model(run: str | Path, device: str | None = None, name: str | None = None) -> ServedModel:
-    """A run (or checkpoint) folder as a served model; models that need a hint image are refused."""
+    """A run (or checkpoint) folder as a served model, priced."""
     pipe = Pipeline.load(run, device)
-    if pipe.interface.hint_channels:
-        raise ValueError(f"{run} reads a hint image (a ControlNet or super-resolution model); the server does not "
-                         "take hint images")
+    hint, hint_shape = _hint_of(pipe)
     one = {"steps": 1, "sampler": "ddim", "guidance": 1.0, "progress": False}
+    if hint:  # a blank hint of the right shape: the price does not depend on its pixels
+        low = torch.zeros(1, *hint_shape)
+        one["cond"] = sr_condition(pipe, low) if hint == "lowres" else Condition(image=low)
     x = pipe.sample(1, **one)  # the first call also encodes a text model's default prompts
     with FlopCounterMode(display=False) as counter:
         pipe.sample(1, **one)
-    return ServedModel(name or _name(run), pipe, counter.get_total_flops() / 1e9, tuple(x.shape[1:]))
+    return ServedModel(name or _name(run), pipe, counter.get_total_flops() / 1e9, tuple(x.shape[1:]), hint,
+                       hint_shape)
+
+
+def _hint_of(pipe: Pipeline) -> tuple[str | None, tuple[int, ...]]:
+    """The kind of hint a model reads and the shape of the picture that gives it."""
+    channels, shape = pipe.interface.hint_channels, tuple(pipe.interface.sample_shape)
+    if not channels:
+        return None, ()
+    if pipe.config is not None and pipe.config.data.hint == "lowres":
+        side = shape[-1] // pipe.config.data.hint_factor
+        return "lowres", (channels, side, side)
+    return (pipe.config.data.hint if pipe.config is not None else "edges"), (channels, *shape[1:])
 
 
 def load_models(runs: list[str | Path], device: str | None = None) -> dict[str, ServedModel]:

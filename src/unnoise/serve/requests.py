@@ -24,6 +24,8 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from unnoise.cascade import hint_condition
+from unnoise.conditioning import Condition
 from unnoise.edit import INPAINT_SAMPLER, repaint_schedule
 from unnoise.inputs import read_image, read_mask
 from unnoise.samplers import SAMPLERS
@@ -72,6 +74,10 @@ class JobRequest(BaseModel):
     seed: int = Field(0, ge=0, lt=2**63, description="sample i draws its noise from (seed, i)")
     image: str | None = Field(None, description="sdedit, inpaint: a PNG or JPEG, base64 or a data: URL")
     mask: str | None = Field(None, description="inpaint: white where pixels are generated, black where kept")
+    hint: str | None = Field(None, description="a model that reads a hint image: a ControlNet's (e.g. an edge map, "
+                             "white edges on black) or a super-resolution model's low-resolution image")
+    hint_noise: float = Field(0.0, ge=0, le=1, allow_inf_nan=False,
+                              description="super-resolution: the level its low-resolution image is noised to")
     strength: float = Field(0.5, gt=0, le=1, allow_inf_nan=False, description="sdedit: how far the image is noised")
     resample: int = Field(1, ge=1, le=20, description="inpaint: RePaint's r (1: the replacement method)")
     jump: int = Field(10, ge=1, description="inpaint: RePaint's jump length, in steps")
@@ -85,6 +91,7 @@ class Plan:
     model: ServedModel
     request: JobRequest
     options: dict  # label, prompts, sampler, steps, guidance, seed for Pipeline.sample and the editors
+    cond: Condition | None  # n rows: the hint's, for a model that reads one
     image: Tensor | None  # (1, C, H, W) in [-1, 1]
     keep: Tensor | None  # (1, 1, H, W) bool: kept pixels
     calls: int  # network-call steps a batch takes (the progress total of one batch)
@@ -102,6 +109,7 @@ def check(request: JobRequest, models: dict[str, ServedModel], limits: Limits) -
     if request.steps is not None and request.steps > limits.max_steps:
         raise RequestError("steps", f"steps must be at most {limits.max_steps}, got {request.steps}")
     _check_condition(request, served, limits)
+    cond = _hint(request, served, limits)
     image, keep = _images(request, served, limits)
     sampler = request.sampler or (INPAINT_SAMPLER if request.mode == "inpaint" else None)
     try:
@@ -121,7 +129,7 @@ def check(request: JobRequest, models: dict[str, ServedModel], limits: Limits) -
                "seed": request.seed, "label": request.label,
                "prompts": [request.prompt] if request.prompt is not None else None}
     every = request.preview_every or max(1, math.ceil(calls / 20))
-    return Plan(served, request, options, image, keep, calls, every)
+    return Plan(served, request, options, cond, image, keep, calls, every)
 
 
 def _model(name: str | None, models: dict[str, ServedModel]) -> ServedModel:
@@ -146,6 +154,20 @@ def _check_condition(request: JobRequest, served: ServedModel, limits: Limits) -
             raise RequestError("prompt", f"model {served.name!r} takes no prompts")
 
 
+def _hint(request: JobRequest, served: ServedModel, limits: Limits) -> Condition | None:
+    """The condition a hint model reads, from the uploaded hint."""
+    pipe = served.pipe
+    if (request.hint is not None) != bool(pipe.interface.hint_channels):
+        raise RequestError("hint", f"model {served.name!r} " + ("reads a hint image: give hint" if request.hint is None
+                                                               else "reads no hint image"))
+    if request.hint_noise and served.hint != "lowres":
+        raise RequestError("hint_noise", f"hint_noise is for super-resolution models; {served.name!r} is not one")
+    if request.hint is None:
+        return None
+    return _read("hint", request.hint, lambda f: hint_condition(pipe, f, request.n, hint_noise=request.hint_noise,
+                                                                seed=request.seed), limits)
+
+
 def _images(request: JobRequest, served: ServedModel, limits: Limits) -> tuple[Tensor | None, Tensor | None]:
     """The uploaded image (and mask) at the model's size, as the mode needs them."""
     wanted = {"sample": (), "sdedit": ("image",), "inpaint": ("image", "mask")}[request.mode]
@@ -166,7 +188,7 @@ def _images(request: JobRequest, served: ServedModel, limits: Limits) -> tuple[T
     return image, keep
 
 
-def _read(field: str, text: str, read, limits: Limits) -> Tensor:
+def _read(field: str, text: str, read, limits: Limits):
     """An uploaded picture: base64 (optionally a data: URL), at most max_image_bytes and max_image_side."""
     if len(text) > limits.max_image_bytes:
         raise RequestError(field, f"{field} is {len(text)} bytes; at most {limits.max_image_bytes} are taken")

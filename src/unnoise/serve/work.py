@@ -31,6 +31,8 @@ def run_plan(job: Job, emit: Callable[[dict], None], out_dir: Path, max_seconds:
     pipe, req = plan.model.pipe, plan.request
     callback = _observer(job, plan, emit, time.monotonic() + max_seconds, max_seconds)
     options = {k: v for k, v in plan.options.items() if v is not None} | {"batch_size": req.n}
+    if plan.cond is not None:
+        options["cond"] = plan.cond
     extra: dict = {"mode": req.mode, "n": req.n}
     if req.mode == "sample":
         x = pipe.sample(req.n, callback=callback, progress=False, **options)
@@ -44,6 +46,8 @@ def run_plan(job: Job, emit: Callable[[dict], None], out_dir: Path, max_seconds:
     job.check_cancel()  # a cancel that came during the last step
     settings = pipe.settings(**{k: plan.options[k] for k in ("sampler", "steps", "guidance", "seed")})
     labels, prompts = pipe.per_sample(req.n, label=req.label, prompts=options.get("prompts"))
+    if plan.cond is not None:
+        extra |= {"hint": plan.model.hint} | ({"hint_noise": req.hint_noise} if plan.model.hint == "lowres" else {})
     record = sample_record(pipe, settings, **extra)
     paths = {suffix: write_samples(pipe.modality, x, out_dir / f"{job.id}.{suffix}", record, labels, prompts,
                                    classes=pipe.classes) for suffix in ("png", "npz")}

@@ -7,6 +7,7 @@ let models = {};          // name -> what GET /api/models says of it
 let current = null;       // { id, source: EventSource } of the job being watched
 let painted = false;      // whether the mask has any pixel marked
 let picture = null;       // the uploaded image (an Image), redrawn when the model's size changes
+let hintPicture = null;   // the uploaded hint (an Image), for models that read one
 let stroke = null;        // the last point of the brush stroke being painted
 let autoSampler = false;  // whether inpainting switched the sampler to ddpm (switched back when leaving it)
 
@@ -87,7 +88,44 @@ function modelChanged() {
   }
   painted = false;
   drawPicture();
+  hintChanged(m);
   modeChanged();
+}
+
+function hintChanged(m) {
+  // a ControlNet's hint at the model's size, or a super-resolution model's low-resolution image
+  $("hint-box").hidden = !m.hint;
+  if (!m.hint) return;
+  $("hint-what").textContent = m.hint === "lowres"
+    ? `the ${m.hint_shape[2]}x${m.hint_shape[1]} image to enlarge`
+    : `the ${m.hint} hint, ${m.hint_shape[2]}x${m.hint_shape[1]} (e.g. white edges on black)`;
+  $("hint-noise-box").hidden = m.hint !== "lowres";
+  $("hint-canvas").width = m.hint_shape[2];
+  $("hint-canvas").height = m.hint_shape[1];
+  drawHint();
+}
+
+function drawHint() {
+  const canvas = $("hint-canvas");
+  const ctx = canvas.getContext("2d");
+  ctx.fillStyle = "black";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  if (hintPicture) ctx.drawImage(hintPicture, 0, 0, canvas.width, canvas.height);
+}
+
+function uploadHint(file) {
+  const image = new Image();
+  image.onload = () => {
+    hintPicture = image;
+    drawHint();
+    URL.revokeObjectURL(image.src);
+    clearError();
+  };
+  image.onerror = () => {
+    URL.revokeObjectURL(image.src);
+    setStatus(`cannot read ${file.name} as an image`, true);
+  };
+  image.src = URL.createObjectURL(file);
 }
 
 function mode() { return document.querySelector("input[name=mode]:checked").value; }
@@ -181,6 +219,8 @@ function request() {
   if (m.text) body.prompt = $("prompt").value;
   if (body.mode !== "sample") body.image = $("image-canvas").toDataURL("image/png");
   if (body.mode === "sdedit") body.strength = Number($("strength").value);
+  if (m.hint) body.hint = $("hint-canvas").toDataURL("image/png");
+  if (m.hint === "lowres") body.hint_noise = Number($("hint-noise").value);
   if (body.mode === "inpaint") {
     body.mask = maskURL();
     body.resample = Number($("resample").value);
@@ -192,6 +232,7 @@ function request() {
 async function submit(event) {
   event.preventDefault();
   if (mode() !== "sample" && !picture) return setStatus("choose an image to edit first", true);
+  if (models[$("model").value]?.hint && !hintPicture) return setStatus("choose the hint image first", true);
   if (mode() === "inpaint" && !painted) return setStatus("paint the region to generate on the image first", true);
   try {
     const job = await api("/api/jobs", {
@@ -296,6 +337,7 @@ $("cancel").addEventListener("click", cancel);
 $("model").addEventListener("change", modelChanged);
 document.querySelectorAll("input[name=mode]").forEach((r) => r.addEventListener("change", modeChanged));
 $("upload").addEventListener("change", (e) => e.target.files[0] && upload(e.target.files[0]));
+$("hint-upload").addEventListener("change", (e) => e.target.files[0] && uploadHint(e.target.files[0]));
 $("mask-canvas").addEventListener("pointerdown", (e) => {
   stroke = null;
   e.currentTarget.setPointerCapture(e.pointerId);  // the stroke goes on when the pointer leaves the canvas
