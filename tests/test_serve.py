@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import zlib
 
 import httpx
 import numpy as np
@@ -168,13 +169,28 @@ def test_old_jobs_are_forgotten_with_their_files(models, tmp_path):
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == [f"{second}.npz", f"{second}.png"]
 
 
-DIGIT = png_url(np.zeros((28, 28), np.uint8))
+def bomb() -> str:
+    """A 100-byte PNG whose header claims 30000 x 30000 pixels (a decompression bomb)."""
+    raw = bytearray(base64.b64decode(png_url(np.zeros((1, 1), np.uint8)).split(",")[1]))
+    header = b"IHDR" + (30000).to_bytes(4, "big") * 2 + bytes(raw[24:29])
+    raw[12:29], raw[29:33] = header, zlib.crc32(header).to_bytes(4, "big")
+    return base64.b64encode(bytes(raw)).decode()
+
+
+def gif() -> str:
+    buffer = io.BytesIO()
+    Image.new("L", (28, 28)).save(buffer, format="GIF")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+DIGIT, BOMB, GIF = png_url(np.zeros((28, 28), np.uint8)), bomb(), gif()
 REFUSED = [  # (request, limits, the field named, words of the message)
     ({"n": 0}, {}, "n", "greater than or equal to 1"),
     ({"n": 17}, {}, "n", "at most 16"),
     ({"steps": 1001}, {}, "steps", "at most 1000"),
     ({"steps": 0}, {}, "steps", "greater than or equal to 1"),
     ({"n": 16, "steps": 1000, "guidance": 3}, {"max_gflop": 100}, "steps", "GFLOP"),
+    ({}, {"max_steps": 2}, "steps", "at most 2, got 3"),  # the model's default steps are bounded too
     ({"sampler": "dpm++"}, {}, "sampler", "unknown sampler"),
     ({"model": "other"}, {}, "model", "unknown model"),
     ({"label": 10}, {}, "label", "0..9"),
@@ -188,9 +204,11 @@ REFUSED = [  # (request, limits, the field named, words of the message)
     ({"mode": "inpaint", "image": DIGIT}, {}, "mask", "needs mask"),
     ({"mode": "sdedit", "image": DIGIT, "strength": 0}, {}, "strength", "greater than 0"),
     ({"mode": "sdedit", "image": "data:image/png;base64,%%%"}, {}, "image", "base64"),
-    ({"mode": "sdedit", "image": base64.b64encode(b"not a picture").decode()}, {}, "image", "not an image"),
+    ({"mode": "sdedit", "image": base64.b64encode(b"not a picture").decode()}, {}, "image", "not a PNG or JPEG"),
     ({"mode": "sdedit", "image": png_url(np.zeros((1, 3000), np.uint8))}, {}, "image", "at most 2048 a side"),
     ({"mode": "sdedit", "image": DIGIT}, {"max_image_bytes": 50}, "image", "at most 50"),
+    ({"mode": "sdedit", "image": BOMB}, {}, "image", "pixel limit"),
+    ({"mode": "sdedit", "image": GIF}, {}, "image", "not a PNG or JPEG"),
     ({"mode": "inpaint", "image": DIGIT, "mask": DIGIT}, {}, "mask", "marks no pixel"),
     ({"mode": "inpaint", "image": DIGIT, "mask": DIGIT, "resample": 0}, {}, "resample", "greater than or equal"),
     ({"steps": 3, "colour": "red"}, {}, "colour", "Extra inputs"),
@@ -255,10 +273,10 @@ def test_late_readers_and_reconnects_miss_nothing(models, tmp_path):
         with c.stream("GET", f"/api/jobs/{job}/events", headers={"Last-Event-ID": "2"}) as s:
             rest = [json.loads(line[5:]) for line in s.iter_lines() if line.startswith("data:")]
     assert rest == whole[3:] and whole[-1]["type"] == "done"
-    for last in ("-5", "99", "x"):  # out of range or not an id: from the start, or nothing past the end
+    for last in ("-5", "99", "x", "9" * 5000):  # not an id, or out of range: from the start, or nothing past the end
         with c.stream("GET", f"/api/jobs/{job}/events", headers={"Last-Event-ID": last}) as s:
             got = [json.loads(line[5:]) for line in s.iter_lines() if line.startswith("data:")]
-        assert got == ([] if last == "99" else whole)
+        assert got == ([] if last == "99" else whole), last[:8]
     assert [e for e in whole if "preview" in e] == [whole[-2]]  # a finished job keeps its last preview only
 
 
@@ -286,11 +304,13 @@ def test_the_command_serves_on_loopback(run, tmp_path):
             assert status["state"] in ("queued", "running") and time.monotonic() < deadline
             time.sleep(0.05)
         png = httpx.get(f"{base}{status['result']}")
+        rebound = httpx.get(f"{base}/api/models", headers={"Host": "evil.example"})  # DNS rebinding: refused
     finally:
         server.terminate()
         _, err = server.communicate(timeout=30)
     assert models["models"][0]["name"] == run.name and Image.open(io.BytesIO(png.content)).size[1] == 30
     assert "no token: loopback only" in err and (tmp_path / "out" / f"{job['id']}.png").is_file()
+    assert rebound.status_code == 400
 
 
 @pytest.mark.parametrize("args, words", [(["--host", "0.0.0.0"], "give --token"), (["--max-gflop", "0"], "> 0"),
@@ -337,3 +357,28 @@ def test_hints_only_for_models_that_read_them(models, tmp_path):
         level = c.post("/api/jobs", json={"hint_noise": 0.2}).json()["detail"][0]
     assert given["loc"] == ["body", "hint"] and "reads no hint image" in given["msg"]
     assert level["loc"] == ["body", "hint_noise"] and "super-resolution models" in level["msg"]
+
+
+def test_an_adaptive_solver_is_stopped_past_its_calls(models, tmp_path):
+    with client(models, tmp_path) as c:
+        job = c.post("/api/jobs", json={"sampler": "ode_adaptive", "steps": 2}).json()["id"]
+        status = wait(c, job)
+    assert status["state"] == "failed" and "more than 8 network calls" in status["error"]
+
+
+def test_bodies_past_the_bound_are_refused_unread(models, tmp_path):
+    with client(models, tmp_path, max_image_bytes=1000) as c:
+        body = b'{"image": "' + b"A" * 80_000 + b'"}'  # past 3 images of 1000 bytes and the fields
+        r = c.post("/api/jobs", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_cancelled_jobs_are_forgotten_past_keep_even_while_one_runs(models, tmp_path):
+    with client(models, tmp_path, keep=1) as c:
+        long = c.post("/api/jobs", json={"steps": 1000, "sampler": "ddim"}).json()["id"]
+        wait(c, long, ("running",))
+        for _ in range(5):
+            c.post(f"/api/jobs/{c.post('/api/jobs', json={'mode': 'sdedit', 'image': DIGIT}).json()['id']}/cancel")
+        kept = c.get("/api/jobs").json()["jobs"]
+        c.post(f"/api/jobs/{long}/cancel")
+    assert [j["state"] for j in kept] == ["cancelled", "running"] and "image" not in kept[0]["request"]

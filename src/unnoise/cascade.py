@@ -67,20 +67,30 @@ def super_resolve(sr: Pipeline, low: Tensor, *, hint_noise: float = 0.0, seed: i
     return sr.sample(len(low), cond=cond, seed=seed, first=first, **options)
 
 
+def hint_picture(pipe: Pipeline) -> tuple[str | None, tuple[int, ...]]:
+    """What hint a model reads ("lowres", else its [data] hint, e.g. "edges") and the shape (C, H, W)
+    of the picture that gives it: the low-resolution image, or the hint at the model's size."""
+    channels, shape = pipe.interface.hint_channels, tuple(pipe.interface.sample_shape)
+    if not channels:
+        return None, ()
+    if pipe.config is not None and pipe.config.data.hint == "lowres":
+        side = shape[-1] // pipe.config.data.hint_factor
+        return "lowres", (channels, side, side)
+    return (pipe.config.data.hint if pipe.config is not None else "image"), (channels, *shape[1:])
+
+
 def hint_condition(pipe: Pipeline, source: str | os.PathLike | BinaryIO, n: int, *, hint_noise: float = 0.0,
                    seed: int = 0) -> Condition:
     """The condition of n samples of a model that reads a hint image, given one picture (a path or a
-    file object): a ControlNet's hint at the model's size (e.g. an edge map, white edges on black), or
-    a super-resolution model's low-resolution image at its low size (`sr_condition`)."""
-    channels, side = pipe.interface.hint_channels, pipe.interface.sample_shape[-1]
-    if not channels:
+    file object) of `hint_picture`'s shape (resized to it): a ControlNet's hint (e.g. an edge map,
+    white edges on black), or a super-resolution model's low-resolution image (`sr_condition`)."""
+    kind, shape = hint_picture(pipe)
+    if kind is None:
         raise ValueError("a hint image was given, but this model reads none")
-    if pipe.config is not None and pipe.config.data.hint == "lowres":
-        low_side = side // pipe.config.data.hint_factor
-        low = read_image(source, (channels, low_side, low_side))
-        return sr_condition(pipe, low.expand(n, *low.shape[1:]), hint_noise=hint_noise, seed=seed)
-    shape = (channels, *pipe.interface.sample_shape[1:])
-    return Condition(image=read_image(source, shape).expand(n, *shape))
+    picture = read_image(source, shape).expand(n, *shape)
+    if kind == "lowres":
+        return sr_condition(pipe, picture, hint_noise=hint_noise, seed=seed)
+    return Condition(image=picture)
 
 
 def cascade(base: Pipeline, sr: Pipeline, n: int, *, hint_noise: float = 0.0, seed: int = 0,

@@ -66,12 +66,14 @@ def cmd_serve(args) -> int:
                     max_seconds=args.max_seconds, max_queued=args.max_queued, keep=args.keep)
     models = load_models(args.runs, args.device)
     out = args.out or Path(tempfile.mkdtemp(prefix="unnoise-serve-"))
-    app = create_app(models, out, limits, args.token)
+    hosts = None if args.token else ["127.0.0.1", "localhost", "::1", "[::1]", args.host]  # see create_app
+    app = create_app(models, out, limits, args.token, hosts)
     print(f"serving {', '.join(models)} on http://{args.host}:{args.port}/ "
           f"({'a token is required of every API call' if args.token else 'no token: loopback only'}); "
           f"results in {out}", file=sys.stderr, flush=True)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        # open event streams must not hold a stopping server for the jobs ahead of theirs
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
     finally:
         if args.out is None:
             shutil.rmtree(out, ignore_errors=True)

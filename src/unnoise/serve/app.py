@@ -25,6 +25,7 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -40,9 +41,11 @@ Readers = dict[str, set[asyncio.Event]]  # job id -> the wake-up events of the s
 RECHECK_SECONDS = 1.0  # a stream looks for new events this often even unwoken (before the app's start-up ran)
 
 
-def create_app(models: dict[str, ServedModel], out_dir: Path, limits: Limits = Limits(),
-               token: str | None = None) -> FastAPI:
-    """The app over loaded models; results are written to out_dir. token: required of every API call."""
+def create_app(models: dict[str, ServedModel], out_dir: Path, limits: Limits = Limits(), token: str | None = None,
+               hosts: list[str] | None = None) -> FastAPI:
+    """The app over loaded models; results are written to out_dir. token: required of every API call.
+    hosts: the Host headers answered (None: any); a server with no token answers its loopback names
+    only, so that a web page elsewhere cannot reach it by DNS rebinding."""
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def forget(job: Job) -> None:
@@ -69,7 +72,9 @@ def create_app(models: dict[str, ServedModel], out_dir: Path, limits: Limits = L
         queue.close()
 
     app = FastAPI(title="unnoise", summary="Sample and edit with diffusion models, and watch them denoise.",
-                  lifespan=lifespan)
+                  lifespan=lifespan, max_body_size=3 * limits.max_image_bytes + 2**16)  # image, mask, hint
+    if hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
     app.state.queue, app.state.models, app.state.limits = queue, models, limits
     auth = [Depends(_bearer(token))]
 
@@ -127,7 +132,7 @@ def _job_routes(app: FastAPI, queue: JobQueue, models: dict[str, ServedModel], l
     def submit(request: JobRequest) -> dict:
         plan = check(request, models, limits)
         try:
-            job = queue.submit(plan, plan.calls)
+            job = queue.submit(plan, plan.calls, _summary(plan))
         except QueueFull as err:
             raise HTTPException(429, str(err), headers={"Retry-After": "5"}) from None
         return {"id": job.id, "position": queue.position(job), "total": job.total}
@@ -150,7 +155,7 @@ def _job_routes(app: FastAPI, queue: JobQueue, models: dict[str, ServedModel], l
     async def events(job_id: str, request: Request) -> StreamingResponse:
         job = found(job_id)
         last = request.headers.get("last-event-id", "")
-        start = int(last) + 1 if last.isdigit() else 0
+        start = int(last) + 1 if last.isascii() and last.isdigit() and len(last) < 10 else 0
         return StreamingResponse(_stream(job, start, readers), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
@@ -167,11 +172,14 @@ def _job_routes(app: FastAPI, queue: JobQueue, models: dict[str, ServedModel], l
         return FileResponse(job.result[suffix], media_type=media, filename=f"unnoise-{job_id}.{suffix}")
 
 
+def _summary(plan) -> dict:
+    """What a job asked, as its status shows it: the uploads left out."""
+    return plan.request.model_dump(exclude={"image", "mask", "hint"}) | {"model": plan.model.name}
+
+
 def _status(queue: JobQueue, job: Job) -> dict:
-    plan = job.request
-    asked = plan.request.model_dump(exclude={"image", "mask"}) | {"model": plan.model.name}
     out = {"id": job.id, "state": job.state, "position": queue.position(job), "progress": job.progress,
-           "total": job.total, "created": job.created, "request": asked}
+           "total": job.total, "created": job.created, "request": job.summary}
     if job.state == "done":
         out |= {"settings": job.result["settings"], "result": f"/api/jobs/{job.id}/result.png"}
     if job.error:
@@ -186,8 +194,8 @@ def _wake(readers: Readers, job: Job) -> None:
 
 async def _stream(job: Job, start: int, readers: Readers):
     """The job's events from index `start`, as server-sent events with their index as id, ending
-    after the job's last event; woken by the worker (JobQueue.on_event) rather than polling; a
-    comment line keeps a quiet stream open. (Starlette ends it when the client goes.)"""
+    after the job's last event; woken by the worker (JobQueue.on_event), and unwoken once every
+    RECHECK_SECONDS; a comment line keeps a quiet stream open. (Starlette ends it when the client goes.)"""
     sent, ready = min(max(0, start), len(job.events)), asyncio.Event()
     readers.setdefault(job.id, set()).add(ready)
     try:
@@ -200,7 +208,7 @@ async def _stream(job: Job, start: int, readers: Readers):
                 sent += 1
                 if event["type"] in FINISHED:
                     return
-            if not new and job.state in FINISHED:  # a reader that asked to start past the end
+            if not new and job.events[-1]["type"] in FINISHED:  # a reader that asked to start past the end
                 return
             quiet = 0.0 if new else quiet
             if quiet >= KEEPALIVE_SECONDS:

@@ -10,6 +10,7 @@ callback, which checks `Job.cancel_requested` after every sampler step (`check_c
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FINISHED = ("done", "cancelled", "failed")
+log = logging.getLogger("unnoise.serve")
 
 
 class QueueFull(Exception):
@@ -31,7 +33,8 @@ class Cancelled(Exception):
 
 @dataclass
 class Job:
-    request: Any  # what was asked (a checked request; the runner reads it)
+    request: Any  # what was asked (a checked request; the runner reads it), dropped once finished
+    summary: dict = field(default_factory=dict)  # what was asked, as status answers show it (no uploads)
     id: str = field(default_factory=lambda: secrets.token_hex(8))
     state: str = "queued"  # queued, running, done, cancelled or failed
     progress: int = 0  # sampler steps done
@@ -41,6 +44,7 @@ class Job:
     created: float = field(default_factory=time.time)
     events: list[dict] = field(default_factory=list)
     cancel_requested: bool = False
+    shown: int | None = None  # the index of the event that holds the current preview
 
     def check_cancel(self) -> None:
         if self.cancel_requested:
@@ -59,18 +63,18 @@ class JobQueue:
         self._jobs: OrderedDict[str, Job] = OrderedDict()  # every known job, oldest first
         self._waiting: deque[Job] = deque()
         self._changed = threading.Condition()
-        self._stopping = False
+        self._stopping = False  # set by close: the worker takes no further job
         self._worker = threading.Thread(target=self._work, name="unnoise-jobs", daemon=True)
         self._worker.start()
 
     # ---- what clients do ------------------------------------------------------------------------
 
-    def submit(self, request: Any, total: int) -> Job:
+    def submit(self, request: Any, total: int, summary: dict | None = None) -> Job:
         """A new queued job for `request` of `total` steps; QueueFull when max_queued are waiting."""
         with self._changed:
             if len(self._waiting) >= self.max_queued:
                 raise QueueFull(f"the queue is full ({self.max_queued} jobs waiting); try again later")
-            job = Job(request, total=total)
+            job = Job(request, summary or {}, total=total)
             self._jobs[job.id] = job
             self._waiting.append(job)
             self._append(job, {"type": "queued", "position": len(self._waiting)})
@@ -91,6 +95,7 @@ class JobQueue:
             if job.state == "queued":
                 self._waiting.remove(job)
                 self._finish(job, "cancelled", {})
+                self._forget_old()  # a flood of submit-and-cancel is bounded by keep too
             elif job.state == "running":
                 job.cancel_requested = True
 
@@ -98,12 +103,6 @@ class JobQueue:
         """The jobs kept (waiting, running and finished), oldest first."""
         with self._changed:
             return list(self._jobs.values())
-
-    def events(self, job: Job, start: int, timeout: float) -> list[dict]:
-        """The job's events from index `start` on, waiting up to `timeout` s for one if there is none yet."""
-        with self._changed:
-            self._changed.wait_for(lambda: len(job.events) > start or self._stopping, timeout)
-            return job.events[start:]
 
     def close(self, timeout: float = 10.0) -> None:
         """Cancel everything and stop the worker (the running job stops within one step)."""
@@ -135,6 +134,10 @@ class JobQueue:
             with self._changed:
                 if event.get("type") == "step":
                     job.progress = event["step"]
+                if "preview" in event:  # a job holds its newest preview only: previews of large images add up
+                    if job.shown is not None:
+                        job.events[job.shown].pop("preview", None)
+                    job.shown = len(job.events)
                 self._append(job, event)
 
         try:
@@ -153,10 +156,7 @@ class JobQueue:
             self._forget_old()
 
     def _finish(self, job: Job, state: str, event: dict) -> None:
-        job.state, job.error = state, event.get("error", "")
-        shown = [e for e in job.events if "preview" in e]
-        for e in shown[:-1]:  # a kept job holds its last preview only: previews of large images add up
-            e.pop("preview")
+        job.state, job.error, job.request = state, event.get("error", ""), None  # the uploads go with the request
         self._append(job, {"type": state, **event})
 
     def _append(self, job: Job, event: dict) -> None:
@@ -170,4 +170,7 @@ class JobQueue:
         for job in done[: max(0, len(done) - self.keep)]:
             del self._jobs[job.id]
             if self._on_forget:
-                self._on_forget(job)
+                try:
+                    self._on_forget(job)
+                except OSError as err:  # a file that cannot go must not stop the worker
+                    log.warning("could not forget job %s: %s", job.id, err)

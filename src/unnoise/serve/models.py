@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from unnoise.cascade import sr_condition
+from unnoise.cascade import hint_picture, sr_condition
 from unnoise.conditioning import Condition
 from unnoise.data import class_names_of
 from unnoise.pipeline import Pipeline
@@ -46,7 +46,7 @@ class ServedModel:
 def load_model(run: str | Path, device: str | None = None, name: str | None = None) -> ServedModel:
     """A run (or checkpoint) folder as a served model, priced."""
     pipe = Pipeline.load(run, device)
-    hint, hint_shape = _hint_of(pipe)
+    hint, hint_shape = hint_picture(pipe)
     one = {"steps": 1, "sampler": "ddim", "guidance": 1.0, "progress": False}
     if hint:  # a blank hint of the right shape: the price does not depend on its pixels
         low = torch.zeros(1, *hint_shape)
@@ -56,17 +56,6 @@ def load_model(run: str | Path, device: str | None = None, name: str | None = No
         pipe.sample(1, **one)
     return ServedModel(name or _name(run), pipe, counter.get_total_flops() / 1e9, tuple(x.shape[1:]), hint,
                        hint_shape)
-
-
-def _hint_of(pipe: Pipeline) -> tuple[str | None, tuple[int, ...]]:
-    """The kind of hint a model reads and the shape of the picture that gives it."""
-    channels, shape = pipe.interface.hint_channels, tuple(pipe.interface.sample_shape)
-    if not channels:
-        return None, ()
-    if pipe.config is not None and pipe.config.data.hint == "lowres":
-        side = shape[-1] // pipe.config.data.hint_factor
-        return "lowres", (channels, side, side)
-    return (pipe.config.data.hint if pipe.config is not None else "edges"), (channels, *shape[1:])
 
 
 def load_models(runs: list[str | Path], device: str | None = None) -> dict[str, ServedModel]:

@@ -7,8 +7,9 @@ request raises `RequestError`, naming the field; the API answers 422 with it.
 
 Work is bounded by `Limits.max_gflop`: n x calls x (2 with classifier-free guidance) x the model's
 GFLOP per sample and network call (counted once at load), where calls are the sampler steps, RePaint's
-resampled descents included. A sampler that calls the network several times a step (heun, pc, an
-adaptive solver) costs more than that count; `Limits.max_seconds` stops any job past its time.
+resampled descents included. A sampler may call the network more than once a step (heun and pc
+twice); a running job that calls it more than CALLS_PER_STEP times per priced step (an adaptive
+solver) is stopped, as is a job past `Limits.max_seconds`.
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ from unnoise.cascade import hint_condition
 from unnoise.conditioning import Condition
 from unnoise.edit import INPAINT_SAMPLER, repaint_schedule
 from unnoise.inputs import read_image, read_mask
+from unnoise.pipeline import Settings
 from unnoise.samplers import SAMPLERS
 from unnoise.serve.models import ServedModel
 
 MODES = ("sample", "sdedit", "inpaint")
+CALLS_PER_STEP = 4  # network calls a running job may make per priced step before it is stopped
+MAX_PREVIEWS = 100  # previews a job sends at most, whatever preview_every asks
 
 
 class RequestError(ValueError):
@@ -94,6 +98,7 @@ class Plan:
     cond: Condition | None  # n rows: the hint's, for a model that reads one
     image: Tensor | None  # (1, C, H, W) in [-1, 1]
     keep: Tensor | None  # (1, 1, H, W) bool: kept pixels
+    settings: Settings  # the pipeline's settings of the job
     calls: int  # network-call steps a batch takes (the progress total of one batch)
     preview_every: int
 
@@ -106,8 +111,6 @@ def check(request: JobRequest, models: dict[str, ServedModel], limits: Limits) -
         raise RequestError("n", f"n must be at most {limits.max_n}, got {request.n}")
     if request.sampler is not None and request.sampler not in SAMPLERS:
         raise RequestError("sampler", f"unknown sampler {request.sampler!r}; choose from {', '.join(SAMPLERS)}")
-    if request.steps is not None and request.steps > limits.max_steps:
-        raise RequestError("steps", f"steps must be at most {limits.max_steps}, got {request.steps}")
     _check_condition(request, served, limits)
     cond = _hint(request, served, limits)
     image, keep = _images(request, served, limits)
@@ -116,6 +119,18 @@ def check(request: JobRequest, models: dict[str, ServedModel], limits: Limits) -
         settings = pipe.settings(sampler=sampler, steps=request.steps, guidance=request.guidance, seed=request.seed)
     except ValueError as err:
         raise RequestError("guidance" if "guidance" in str(err) else None, str(err)) from None
+    if settings.steps > limits.max_steps:  # asked for, or the model's default
+        raise RequestError("steps", f"steps must be at most {limits.max_steps}, got {settings.steps}")
+    calls = _priced_calls(request, served, settings, limits)
+    options = {"sampler": settings.sampler, "steps": settings.steps, "guidance": request.guidance,
+               "seed": request.seed, "label": request.label,
+               "prompts": [request.prompt] if request.prompt is not None else None}
+    every = max(request.preview_every or math.ceil(calls / 20), math.ceil(calls / MAX_PREVIEWS))
+    return Plan(served, request, options, cond, image, keep, settings, calls, every)
+
+
+def _priced_calls(request: JobRequest, served: ServedModel, settings: Settings, limits: Limits) -> int:
+    """The network-call steps of a job (RePaint's descents included), checked against the work bound."""
     calls = settings.steps
     if request.mode == "inpaint":
         path = repaint_schedule(settings.steps, request.jump, request.resample)
@@ -125,11 +140,7 @@ def check(request: JobRequest, models: dict[str, ServedModel], limits: Limits) -
         raise RequestError("steps", f"this job would cost {gflop:.4g} GFLOP (n {request.n} x {calls} network calls "
                            f"x {served.gflop:.3g} GFLOP{' x 2 for guidance' if settings.guidance != 1 else ''}); "
                            f"the limit is {limits.max_gflop:g}: ask for fewer samples or steps")
-    options = {"sampler": settings.sampler, "steps": settings.steps, "guidance": request.guidance,
-               "seed": request.seed, "label": request.label,
-               "prompts": [request.prompt] if request.prompt is not None else None}
-    every = request.preview_every or max(1, math.ceil(calls / 20))
-    return Plan(served, request, options, cond, image, keep, calls, every)
+    return calls
 
 
 def _model(name: str | None, models: dict[str, ServedModel]) -> ServedModel:
@@ -198,10 +209,10 @@ def _read(field: str, text: str, read, limits: Limits):
     except (binascii.Error, ValueError):
         raise RequestError(field, f"{field} must be a base64 PNG or JPEG (or a data: URL of one)") from None
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data), formats=["PNG", "JPEG"]) as im:
             size = im.size
-    except (UnidentifiedImageError, OSError):
-        raise RequestError(field, f"{field} is not an image Pillow can read") from None
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError):
+        raise RequestError(field, f"{field} is not a PNG or JPEG Pillow reads within its pixel limit") from None
     if max(size) > limits.max_image_side:
         raise RequestError(field, f"{field} is {size[0]}x{size[1]} pixels; at most {limits.max_image_side} a side")
     try:

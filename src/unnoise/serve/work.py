@@ -18,19 +18,20 @@ from unnoise.outputs import sample_record, write_samples
 from unnoise.pipeline import BatchStep
 from unnoise.plots import image_grid
 from unnoise.serve.jobs import Job
-from unnoise.serve.requests import Plan
+from unnoise.serve.requests import CALLS_PER_STEP, Plan
 
 
-class TooLong(Exception):
-    """A running job went past its time."""
+class OverLimit(Exception):
+    """A running job went past its time or its network calls."""
 
 
 def run_plan(job: Job, emit: Callable[[dict], None], out_dir: Path, max_seconds: float) -> dict:
     """Run job.request (a Plan) in one batch; returns the paths of its .png and .npz and its settings."""
     plan: Plan = job.request
     pipe, req = plan.model.pipe, plan.request
-    callback = _observer(job, plan, emit, time.monotonic() + max_seconds, max_seconds)
     options = {k: v for k, v in plan.options.items() if v is not None} | {"batch_size": req.n}
+    options["wrap"] = _guard(job, plan.calls * CALLS_PER_STEP, time.monotonic() + max_seconds, max_seconds)
+    callback = _observer(job, plan, emit)
     if plan.cond is not None:
         options["cond"] = plan.cond
     extra: dict = {"mode": req.mode, "n": req.n}
@@ -44,11 +45,10 @@ def run_plan(job: Job, emit: Callable[[dict], None], out_dir: Path, max_seconds:
                     callback=callback, progress=False, **options)
         extra |= {"resample": req.resample, "jump": req.jump}
     job.check_cancel()  # a cancel that came during the last step
-    settings = pipe.settings(**{k: plan.options[k] for k in ("sampler", "steps", "guidance", "seed")})
     labels, prompts = pipe.per_sample(req.n, label=req.label, prompts=options.get("prompts"))
     if plan.cond is not None:
         extra |= {"hint": plan.model.hint} | ({"hint_noise": req.hint_noise} if plan.model.hint == "lowres" else {})
-    record = sample_record(pipe, settings, **extra)
+    record = sample_record(pipe, plan.settings, **extra)
     paths = {suffix: write_samples(pipe.modality, x, out_dir / f"{job.id}.{suffix}", record, labels, prompts,
                                    classes=pipe.classes) for suffix in ("png", "npz")}
     return {**paths, "settings": record}
@@ -58,15 +58,33 @@ def _rows(image: Tensor, n: int) -> Tensor:
     return image.expand(n, *image.shape[1:]).clone()
 
 
-def _observer(job: Job, plan: Plan, emit: Callable[[dict], None], deadline: float, seconds: float):
-    """The step callback: progress, previews, cancellation and the time limit."""
+def _guard(job: Job, max_calls: int, deadline: float, seconds: float) -> Callable:
+    """The denoiser wrapper that stops a job at its next network call once it is cancelled, past its
+    time or past max_calls calls (a sampler's steps may hide many calls: an adaptive solver's)."""
+    calls = [0]
+
+    def wrap(denoise: Callable) -> Callable:
+        def guarded(*args, **kwargs):
+            job.check_cancel()
+            if time.monotonic() > deadline:
+                raise OverLimit(f"the job ran past the server's limit of {seconds:g} s")
+            calls[0] += 1
+            if calls[0] > max_calls:
+                raise OverLimit(f"the job made more than {max_calls} network calls, {CALLS_PER_STEP} per priced step: "
+                                "the server's work limit (an adaptive solver needs fewer steps or a looser rtol)")
+            return denoise(*args, **kwargs)
+
+        return guarded
+
+    return wrap
+
+
+def _observer(job: Job, plan: Plan, emit: Callable[[dict], None]):
+    """The step callback: progress and previews."""
     pipe, done = plan.model.pipe, [0]
     total = job.total
 
     def observe(b: BatchStep) -> None:
-        job.check_cancel()
-        if time.monotonic() > deadline:
-            raise TooLong(f"the job ran past the server's limit of {seconds:g} s")
         done[0] += 1
         event = {"type": "step", "step": done[0], "total": total, "t": b.step.t_next}
         if b.step.x0_hat is not None and pipe.modality == "image" and \
