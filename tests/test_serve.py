@@ -70,7 +70,8 @@ def test_models_say_what_they_take(models, tmp_path):
     (m,) = info["models"]
     assert m["name"] == "tiny" and m["classes"] == 10 and not m["text"] and m["shape"] == [1, 28, 28]
     assert m["class_names"] == [str(d) for d in range(10)] and m["editable"] and not m["latent"]
-    assert m["defaults"] == {"sampler": "heun", "steps": 3, "spacing": "karras", "guidance": 1.0, "prompts": []}
+    assert m["defaults"] == {"sampler": "heun", "steps": 3, "spacing": "karras", "guidance": 1.0, "hint_noise": 0.0,
+                             "prompts": []}
     assert m["gflop_per_call"] > 0 and "dpmpp_2m" in info["samplers"] and info["limits"]["max_n"] == 16
 
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from unnoise.cascade import cascade, super_resolve
+from unnoise.cascade import cascade, hint_level, super_resolve
 from unnoise.cli import main
 from unnoise.conditioning import Condition
-from unnoise.config import load_config
+from unnoise.config import SampleConfig, load_config
 from unnoise.data import DataConfig, load_dataset
 from unnoise.data.hints import lowres, to_float
 from unnoise.losses import DiffusionLoss, LossConfig
@@ -96,6 +96,11 @@ def test_a_cascade_through_the_pipeline_and_the_command_line(runs, tmp_path, cap
     assert not torch.equal(super_resolve(sr, low, hint_noise=0.2, seed=1, label=4, steps=2), high)
     with pytest.raises(ValueError, match="hint_noise must lie in"):
         cascade(base, sr, 2, hint_noise=2.0)
+    told = replace(sr, config=replace(sr.config, sample=replace(sr.config.sample, hint_noise=0.2)))
+    assert hint_level(told, None) == 0.2 and hint_level(sr, None) == 0.0  # the run's [sample] hint_noise
+    assert torch.equal(super_resolve(told, low, seed=derived_seed(1, 1), label=4, steps=2), high)
+    with pytest.raises(ValueError, match="sample.hint_noise must lie in"):
+        SampleConfig(hint_noise=1.5)
     with pytest.raises(ValueError, match="enlarges 1x14x14 images 2 times"):
         super_resolve(sr, torch.zeros(1, 1, 7, 7))
     with pytest.raises(ValueError, match="not a super-resolution model"):

@@ -9,7 +9,7 @@ resolution; a super-resolution model, trained on the data's own low-resolution c
 Conditioning augmentation (§4.2): a super-resolution model trained with [loss] hint_noise = s_max saw
 its input noised to a level s ~ U(0, s_max), told s; at sampling the base's output is noised to a
 chosen level `hint_noise` by the same forward process, which hides the base's own artefacts that the
-model never saw in training (0: the input as it is).
+model never saw in training (0: the input as it is; None everywhere here: the run's [sample] hint_noise).
 """
 
 from __future__ import annotations
@@ -41,16 +41,21 @@ def sr_factor(sr: Pipeline, low_shape: tuple[int, ...]) -> int:
     return factor
 
 
-def _checked_level(hint_noise: float) -> float:
+def hint_level(sr: Pipeline, hint_noise: float | None) -> float:
+    """The level s a super-resolution model's input is noised to: the one asked for, or (None) the run's
+    [sample] hint_noise; checked."""
+    if hint_noise is None:
+        hint_noise = sr.config.sample.hint_noise if sr.config is not None else 0.0
     if not (isinstance(hint_noise, (int, float)) and 0 <= hint_noise <= 1):
         raise ValueError(f"hint_noise must lie in [0, 1], got {hint_noise!r}")
     return float(hint_noise)
 
 
-def sr_condition(sr: Pipeline, low: Tensor, *, hint_noise: float = 0.0, seed: int = 0, first: int = 0) -> Condition:
+def sr_condition(sr: Pipeline, low: Tensor, *, hint_noise: float | None = None, seed: int = 0,
+                 first: int = 0) -> Condition:
     """The condition of a super-resolution model given low-resolution images (n, C, h, w) in [-1, 1]:
-    blown up, noised to level hint_noise by noise of (seed, first + i), the level given."""
-    level = _checked_level(hint_noise)
+    blown up, noised to level hint_noise (None: the run's) by noise of (seed, first + i), the level given."""
+    level = hint_level(sr, hint_noise)
     factor = sr_factor(sr, tuple(low.shape[1:]))
     hint = upsample(low.float().clamp(-1, 1), factor)  # the range the data's copies have
     if level > 0:
@@ -58,7 +63,7 @@ def sr_condition(sr: Pipeline, low: Tensor, *, hint_noise: float = 0.0, seed: in
     return Condition(image=hint, image_noise=torch.full((len(low),), level))
 
 
-def super_resolve(sr: Pipeline, low: Tensor, *, hint_noise: float = 0.0, seed: int = 0, first: int = 0,
+def super_resolve(sr: Pipeline, low: Tensor, *, hint_noise: float | None = None, seed: int = 0, first: int = 0,
                   **options: Any) -> Tensor:
     """High-resolution samples given low-resolution images (n, C, h, w) in [-1, 1]; sample i draws from
     (seed, first + i) as `Pipeline.sample` does; options (label, prompts, guidance, sampler, steps, ...)
@@ -79,7 +84,7 @@ def hint_picture(pipe: Pipeline) -> tuple[str | None, tuple[int, ...]]:
     return (pipe.config.data.hint if pipe.config is not None else "image"), (channels, *shape[1:])
 
 
-def hint_condition(pipe: Pipeline, source: str | os.PathLike | BinaryIO, n: int, *, hint_noise: float = 0.0,
+def hint_condition(pipe: Pipeline, source: str | os.PathLike | BinaryIO, n: int, *, hint_noise: float | None = None,
                    seed: int = 0) -> Condition:
     """The condition of n samples of a model that reads a hint image, given one picture (a path or a
     file object) of `hint_picture`'s shape (resized to it): a ControlNet's hint (e.g. an edge map,
@@ -93,13 +98,13 @@ def hint_condition(pipe: Pipeline, source: str | os.PathLike | BinaryIO, n: int,
     return Condition(image=picture)
 
 
-def cascade(base: Pipeline, sr: Pipeline, n: int, *, hint_noise: float = 0.0, seed: int = 0,
+def cascade(base: Pipeline, sr: Pipeline, n: int, *, hint_noise: float | None = None, seed: int = 0,
             base_options: dict | None = None, sr_options: dict | None = None,
             **condition: Any) -> tuple[Tensor, Tensor]:
     """(low, high): n base samples and their super-resolution, with the same condition (label,
     labels, prompts); each model's own options (sampler, steps, guidance, ...) apart. The second
     stage draws from a seed derived from `seed`: its noise must not repeat the first stage's."""
-    _checked_level(hint_noise)  # checked before any sampling, as the shapes are
+    hint_level(sr, hint_noise)  # checked before any sampling, as the shapes are
     data_shape = tuple(base.decode(torch.zeros(1, *base.interface.sample_shape, device=base.device)).shape[1:])
     sr_factor(sr, data_shape)
     low = base.sample(n, seed=seed, **condition, **(base_options or {}))

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from unnoise.cascade import cascade, hint_condition
+from unnoise.cascade import cascade, hint_condition, hint_level, hint_picture
 from unnoise.checkpoint import export_model, list_checkpoints, load_checkpoint, run_config
 from unnoise.cli_args import SEED_HELP, finite, floats, int_list, interval, option, positive_int, schedule_name
 from unnoise.cli_edit import (
@@ -233,9 +233,9 @@ def _add_sample(sub, fmt) -> None:
     p.add_argument("--low", type=Path, default=None,
                    help="a super-resolution model: the base run whose samples it enlarges (a cascade; same "
                    "--label, --prompt and --seed; its own [sample] settings)")
-    p.add_argument("--hint-noise", type=finite, default=0.0,
+    p.add_argument("--hint-noise", type=finite, default=None,
                    help="a super-resolution model: the level s in [0, 1] its input is noised to (conditioning "
-                   "augmentation, Ho et al. 2022)")
+                   "augmentation, Ho et al. 2022); None: the run's [sample] hint_noise")
     p.add_argument("--out", type=Path, default=Path("samples.png"),
                    help="output .png (an image grid, a scatter of points or line plots of signals, by the data's "
                    "kind; the settings in its text chunks) or .npz (samples (n, *sample shape), index, seed, "
@@ -515,8 +515,9 @@ def cmd_sample(args) -> int:
     if bad:
         raise ValueError(f"{bad} of {args.n} samples from {pipe.source} are not finite (NaN or Inf); nothing written")
     given = {k: str(v) for k, v in (("hint", args.hint), ("low", args.low)) if v is not None}
+    lowres = hint_picture(pipe)[0] == "lowres"
     record = sample_record(pipe, settings, classifier=str(args.classifier) if args.classifier else None, **given,
-                           **({"hint_noise": args.hint_noise} if pipe.interface.hint_channels else {}))
+                           **({"hint_noise": hint_level(pipe, args.hint_noise)} if lowres else {}))
     write_samples(pipe.modality, x, args.out, record, labels, prompts, columns=args.columns, classes=pipe.classes)
     if args.individual is not None:
         write_individual(pipe.modality, x, args.individual, record, labels, prompts)

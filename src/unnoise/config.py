@@ -99,6 +99,9 @@ class SampleConfig:
     guidance: float = 1.0  # classifier-free guidance scale for class- or text-conditional models (1 = none)
     guidance_rescale: float = 0.0  # phi of Lin et al. 2024 (eq. 15-17): pull the guided std back; 0 = off
     guidance_interval: tuple[float, ...] = (0.0, 1.0)  # guide only for t in (lo, hi] (Kynkaanniemi et al. 2024)
+    # super-resolution: the level s its low-resolution input is noised to (conditioning augmentation,
+    # Ho et al. 2022 §4.2); in [0, 1], 0: the input as it is. Measure it: see fashion-sr.toml
+    hint_noise: float = 0.0
 
     prompts: tuple[str, ...] = ()  # text models: the grid cycles through these; () = the data set's first captions
 
@@ -108,6 +111,8 @@ class SampleConfig:
         if self.spacing not in SPACINGS:
             raise ValueError(f"sample.spacing must be one of {', '.join(SPACINGS)}, got {_show(self.spacing)}")
         check_numbers(self, "sample")
+        if not 0 <= self.hint_noise <= 1:
+            raise ValueError(f"sample.hint_noise must lie in [0, 1], got {_show(self.hint_noise)}")
         lo_hi = self.guidance_interval
         if len(lo_hi) != 2 or not 0 <= lo_hi[0] < lo_hi[1] <= 1:
             raise ValueError(f"sample.guidance_interval must be [lo, hi] with 0 <= lo < hi <= 1, "

@@ -38,6 +38,7 @@ class ServedModel:
                 "latent": self.data_shape != tuple(pipe.interface.sample_shape),
                 "editable": pipe.modality == "image", "hint": self.hint, "hint_shape": list(self.hint_shape),
                 "defaults": {"sampler": d.sampler, "steps": d.steps, "spacing": d.spacing, "guidance": d.guidance,
+                             "hint_noise": pipe.config.sample.hint_noise if pipe.config else 0.0,
                              "prompts": list(pipe.config.sample.prompts) if pipe.config and pipe.interface.text
                              else []},
                 "gflop_per_call": self.gflop}

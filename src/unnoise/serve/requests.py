@@ -80,8 +80,9 @@ class JobRequest(BaseModel):
     mask: str | None = Field(None, description="inpaint: white where pixels are generated, black where kept")
     hint: str | None = Field(None, description="a model that reads a hint image: a ControlNet's (e.g. an edge map, "
                              "white edges on black) or a super-resolution model's low-resolution image")
-    hint_noise: float = Field(0.0, ge=0, le=1, allow_inf_nan=False,
-                              description="super-resolution: the level its low-resolution image is noised to")
+    hint_noise: float | None = Field(None, ge=0, le=1, allow_inf_nan=False,
+                                     description="super-resolution: the level its low-resolution image is noised "
+                                     "to; None: the model's")
     strength: float = Field(0.5, gt=0, le=1, allow_inf_nan=False, description="sdedit: how far the image is noised")
     resample: int = Field(1, ge=1, le=20, description="inpaint: RePaint's r (1: the replacement method)")
     jump: int = Field(10, ge=1, description="inpaint: RePaint's jump length, in steps")
@@ -171,7 +172,7 @@ def _hint(request: JobRequest, served: ServedModel, limits: Limits) -> Condition
     if (request.hint is not None) != bool(pipe.interface.hint_channels):
         raise RequestError("hint", f"model {served.name!r} " + ("reads a hint image: give hint" if request.hint is None
                                                                else "reads no hint image"))
-    if request.hint_noise and served.hint != "lowres":
+    if request.hint_noise is not None and served.hint != "lowres":
         raise RequestError("hint_noise", f"hint_noise is for super-resolution models; {served.name!r} is not one")
     if request.hint is None:
         return None

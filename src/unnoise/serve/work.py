@@ -13,6 +13,7 @@ from pathlib import Path
 
 from torch import Tensor
 
+from unnoise.cascade import hint_level
 from unnoise.edit import inpaint, sdedit
 from unnoise.outputs import sample_record, write_samples
 from unnoise.pipeline import BatchStep
@@ -47,7 +48,8 @@ def run_plan(job: Job, emit: Callable[[dict], None], out_dir: Path, max_seconds:
     job.check_cancel()  # a cancel that came during the last step
     labels, prompts = pipe.per_sample(req.n, label=req.label, prompts=options.get("prompts"))
     if plan.cond is not None:
-        extra |= {"hint": plan.model.hint} | ({"hint_noise": req.hint_noise} if plan.model.hint == "lowres" else {})
+        level = {"hint_noise": hint_level(pipe, req.hint_noise)} if plan.model.hint == "lowres" else {}
+        extra |= {"hint": plan.model.hint} | level
     record = sample_record(pipe, plan.settings, **extra)
     paths = {suffix: write_samples(pipe.modality, x, out_dir / f"{job.id}.{suffix}", record, labels, prompts,
                                    classes=pipe.classes) for suffix in ("png", "npz")}

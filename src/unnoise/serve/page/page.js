@@ -100,6 +100,7 @@ function hintChanged(m) {
     ? `the ${m.hint_shape[2]}x${m.hint_shape[1]} image to enlarge`
     : `the ${m.hint} hint, ${m.hint_shape[2]}x${m.hint_shape[1]} (e.g. white edges on black)`;
   $("hint-noise-box").hidden = m.hint !== "lowres";
+  $("hint-noise").value = m.defaults.hint_noise;
   $("hint-canvas").width = m.hint_shape[2];
   $("hint-canvas").height = m.hint_shape[1];
   drawHint();
