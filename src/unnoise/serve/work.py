@@ -1,7 +1,7 @@
 """Running one checked job: the pipeline (or an editor over it) with a step callback that reports
-progress, sends a preview of the current estimate of x0 every few steps, stops the job when it is
-cancelled or past its time, and the result written as the CLI writes samples (PNG with the settings
-in text chunks, and .npz)."""
+progress and sends a preview of the current estimate of x0 every few steps, a wrapper around the
+network that stops the job at its next call once it is cancelled or past its time or its calls, and
+the result written as the CLI writes samples (PNG with the settings in text chunks, and .npz)."""
 
 from __future__ import annotations
 
