@@ -10,7 +10,7 @@ from pathlib import Path
 
 from unnoise.cli_args import positive_int
 
-LOOPBACK = ("localhost",)
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")  # the host names a tokenless server answers
 
 
 def add_serve(sub, fmt) -> None:
@@ -66,7 +66,7 @@ def cmd_serve(args) -> int:
                     max_seconds=args.max_seconds, max_queued=args.max_queued, keep=args.keep)
     models = load_models(args.runs, args.device)
     out = args.out or Path(tempfile.mkdtemp(prefix="unnoise-serve-"))
-    hosts = None if args.token else ["127.0.0.1", "localhost", "::1", "[::1]", args.host]  # see create_app
+    hosts = None if args.token else [*LOOPBACK, args.host]  # see create_app
     app = create_app(models, out, limits, args.token, hosts)
     print(f"serving {', '.join(models)} on http://{args.host}:{args.port}/ "
           f"({'a token is required of every API call' if args.token else 'no token: loopback only'}); "

@@ -56,39 +56,14 @@ def create_app(models: dict[str, ServedModel], out_dir: Path, limits: Limits = L
                      limits.keep, forget)
     readers: Readers = {}  # touched on the event loop only
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        loop = asyncio.get_running_loop()  # the worker's events wake the streams that follow the job, on this loop
-
-        def notify(job: Job) -> None:
-            try:
-                loop.call_soon_threadsafe(_wake, readers, job)
-            except RuntimeError:  # the loop has closed: the server is stopping
-                pass
-
-        queue.on_event = notify
-        yield
-        queue.on_event = None
-        queue.close()
-
     app = FastAPI(title="unnoise", summary="Sample and edit with diffusion models, and watch them denoise.",
-                  lifespan=lifespan, max_body_size=3 * limits.max_image_bytes + 2**16)  # image, mask, hint
+                  lifespan=_lifespan(queue, readers),
+                  max_body_size=3 * limits.max_image_bytes + 2**16)  # image, mask, hint
     if hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
-    app.state.queue, app.state.models, app.state.limits = queue, models, limits
+    app.add_exception_handler(RequestError, _refused)
+    app.add_exception_handler(RequestValidationError, _invalid)
     auth = [Depends(_bearer(token))]
-
-    @app.exception_handler(RequestError)
-    async def refused(request: Request, err: RequestError) -> JSONResponse:
-        loc = ["body", err.field] if err.field else ["body"]
-        return JSONResponse({"detail": [{"loc": loc, "msg": str(err), "type": "value_error"}]}, status_code=422)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
-        # FastAPI's own answer echoes the input, which may be NaN (not JSON) or a whole uploaded image
-        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in err.errors()]
-        return JSONResponse({"detail": detail}, status_code=422)
-
     _job_routes(app, queue, models, limits, auth, readers)
 
     @app.get("/api/models", dependencies=auth)
@@ -103,6 +78,39 @@ def create_app(models: dict[str, ServedModel], out_dir: Path, limits: Limits = L
 
     app.mount("/static", StaticFiles(directory=str(PAGE)), name="static")
     return app
+
+
+def _lifespan(queue: JobQueue, readers: Readers):
+    """Start-up: the worker's events wake the streams that follow the job, on the app's event loop;
+    shut-down: every job cancelled, the worker stopped."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loop = asyncio.get_running_loop()
+
+        def notify(job: Job) -> None:
+            try:
+                loop.call_soon_threadsafe(_wake, readers, job)
+            except RuntimeError:  # the loop has closed: the server is stopping
+                pass
+
+        queue.on_event = notify
+        yield
+        queue.on_event = None
+        queue.close()
+
+    return lifespan
+
+
+async def _refused(request: Request, err: RequestError) -> JSONResponse:
+    loc = ["body", err.field] if err.field else ["body"]
+    return JSONResponse({"detail": [{"loc": loc, "msg": str(err), "type": "value_error"}]}, status_code=422)
+
+
+async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+    # FastAPI's own answer echoes the input, which may be NaN (not JSON) or a whole uploaded image
+    detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in err.errors()]
+    return JSONResponse({"detail": detail}, status_code=422)
 
 
 def _bearer(token: str | None):

@@ -33,7 +33,6 @@ from unnoise.pipeline import Settings
 from unnoise.samplers import SAMPLERS
 from unnoise.serve.models import ServedModel
 
-MODES = ("sample", "sdedit", "inpaint")
 CALLS_PER_STEP = 4  # network calls a running job may make per priced step before it is stopped
 MAX_PREVIEWS = 100  # previews a job sends at most, whatever preview_every asks
 

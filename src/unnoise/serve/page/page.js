@@ -114,21 +114,6 @@ function drawHint() {
   if (hintPicture) ctx.drawImage(hintPicture, 0, 0, canvas.width, canvas.height);
 }
 
-function uploadHint(file) {
-  const image = new Image();
-  image.onload = () => {
-    hintPicture = image;
-    drawHint();
-    URL.revokeObjectURL(image.src);
-    clearError();
-  };
-  image.onerror = () => {
-    URL.revokeObjectURL(image.src);
-    setStatus(`cannot read ${file.name} as an image`, true);
-  };
-  image.src = URL.createObjectURL(file);
-}
-
 function mode() { return document.querySelector("input[name=mode]:checked").value; }
 
 function modeChanged() {
@@ -154,13 +139,13 @@ function drawPicture() {
   if (picture) ctx.drawImage(picture, 0, 0, canvas.width, canvas.height);
 }
 
-function upload(file) {
+function readImage(file, done) {
+  // an uploaded file as an Image, handed to done(image) once decoded
   const image = new Image();
   image.onload = () => {
-    picture = image;
-    drawPicture();
     URL.revokeObjectURL(image.src);
     clearError();
+    done(image);
   };
   image.onerror = () => {
     URL.revokeObjectURL(image.src);
@@ -337,8 +322,14 @@ $("job-form").addEventListener("submit", submit);
 $("cancel").addEventListener("click", cancel);
 $("model").addEventListener("change", modelChanged);
 document.querySelectorAll("input[name=mode]").forEach((r) => r.addEventListener("change", modeChanged));
-$("upload").addEventListener("change", (e) => e.target.files[0] && upload(e.target.files[0]));
-$("hint-upload").addEventListener("change", (e) => e.target.files[0] && uploadHint(e.target.files[0]));
+$("upload").addEventListener("change", (e) => e.target.files[0] && readImage(e.target.files[0], (image) => {
+  picture = image;
+  drawPicture();
+}));
+$("hint-upload").addEventListener("change", (e) => e.target.files[0] && readImage(e.target.files[0], (image) => {
+  hintPicture = image;
+  drawHint();
+}));
 $("mask-canvas").addEventListener("pointerdown", (e) => {
   stroke = null;
   e.currentTarget.setPointerCapture(e.pointerId);  // the stroke goes on when the pointer leaves the canvas
