@@ -483,7 +483,9 @@ def test_config_rejects_bad_values_and_names_the_valid_ones():
     with pytest.raises(dataclasses.FrozenInstanceError):
         DataConfig().name = "moons"
     assert set(DATASET_NAMES) == {"mnist", "fashion-mnist", "digits8x8", "folder", "moons", "swiss-roll", "gaussians",
-                                  "emoji", "signals"}
+                                  "emoji", "signals", "ar2", "drums", "spoken-digits", "moving-mnist", "qm9", "g2"}
+    with pytest.raises(ValueError, match="not a stationary AR"):
+        DataConfig("ar2", ar1=1.5, ar2=-0.4)
 
 
 def test_load_dataset_folder_by_config(messy):

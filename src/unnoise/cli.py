@@ -503,7 +503,8 @@ def cmd_sample(args) -> int:
         check_writable(args.individual / "000000.png")
     pipe = Pipeline.load(args.checkpoint, args.device, classifier=args.classifier)
     if args.individual is not None and pipe.modality not in SINGLES:
-        raise ValueError(f"--individual writes one PNG per image or signal; these samples are {pipe.modality}")
+        raise ValueError(f"--individual writes one file per image, signal, clip, video or molecule; these samples "
+                         f"are {pipe.modality}")
     chosen = dict(sampler=args.sampler, steps=args.steps, spacing=args.spacing, guidance=args.guidance,
                   guidance_rescale=args.guidance_rescale, guidance_interval=args.guidance_interval, seed=args.seed,
                   classifier_scale=args.classifier_scale if args.classifier else None,
@@ -518,9 +519,10 @@ def cmd_sample(args) -> int:
     lowres = hint_picture(pipe)[0] == "lowres"
     record = sample_record(pipe, settings, classifier=str(args.classifier) if args.classifier else None, **given,
                            **({"hint_noise": hint_level(pipe, args.hint_noise)} if lowres else {}))
-    write_samples(pipe.modality, x, args.out, record, labels, prompts, columns=args.columns, classes=pipe.classes)
+    write_samples(pipe.modality, x, args.out, record, labels, prompts, columns=args.columns, classes=pipe.classes,
+                  rendering=pipe.rendering)
     if args.individual is not None:
-        write_individual(pipe.modality, x, args.individual, record, labels, prompts)
+        write_individual(pipe.modality, x, args.individual, record, labels, prompts, rendering=pipe.rendering)
     also = f" and {args.n} files in {args.individual}" if args.individual is not None else ""
     print(f"wrote {args.out}{also} ({args.n} samples of shape {tuple(x.shape[1:])} from {pipe.source}, "
           f"step {pipe.step})")

@@ -79,7 +79,8 @@ def cmd_edit(args) -> int:
                  "jump": args.jump}
     labels, prompts = pipe.per_sample(args.n, label=args.label, prompts=args.prompt)
     record = sample_record(pipe, settings, mode=args.mode, image=str(args.image), **extra)
-    write_samples(pipe.modality, x, args.out, record, labels, prompts, classes=pipe.classes)
+    write_samples(pipe.modality, x, args.out, record, labels, prompts, classes=pipe.classes,
+                  rendering=pipe.rendering)
     print(f"wrote {args.out} ({args.n} {args.mode} edits of {args.image} by {pipe.source}, step {pipe.step})")
     return 0
 
@@ -175,7 +176,7 @@ def cmd_invert(args) -> int:
               "round_trip_rms": rms, "max_step_residual": max(report.residuals) if report else None}
     write_atomic(args.out, lambda tmp: np.savez(tmp, z=z.numpy(), settings=json.dumps(record)))
     if args.reconstruction is not None:
-        write_samples(pipe.modality, back, args.reconstruction, record)
+        write_samples(pipe.modality, back, args.reconstruction, record, rendering=pipe.rendering)
     psnr = 10 * math.log10(4 / max(rms * rms, 1e-30))  # data in [-1, 1]: peak-to-peak 2
     print(f"wrote {args.out}: x_T of {args.image} by {args.method} inversion, {args.steps} {args.sampler} steps; "
           f"round trip RMS {rms:.3g} (PSNR {psnr:.1f} dB)")
@@ -192,7 +193,7 @@ def cmd_interpolate(args) -> int:
     x = interpolate(pipe, z0, z1, args.frames, **_inversion_settings(args))
     record = {"model": pipe.source, "step": pipe.step, "start": str(args.start), "end": str(args.end),
               **{k: v for k, v in _inversion_settings(args).items() if k != "prompts"}, "prompt": args.prompt}
-    write_samples(pipe.modality, x, args.out, record, columns=args.frames)
+    write_samples(pipe.modality, x, args.out, record, columns=args.frames, rendering=pipe.rendering)
     print(f"wrote {args.out} ({args.frames} frames from {args.start} to {args.end})")
     return 0
 

@@ -5,6 +5,8 @@
     Condition(labels=..., context=..., context_mask=...)         both
     Condition(image=(B, C, *spatial))                            an image condition (a hint, a low-resolution input)
     Condition(image=..., image_noise=(B,))                       ... noised to level s (conditioning augmentation)
+    Condition(nodes=(B, N) bool)                                 which of a set's N slots are real (a molecule's atoms)
+    Condition(independent=(B,) bool)                             a video row whose frames are unrelated images
 
 A Condition is batched along dim 0 and is sliced (`cond[rows]`), moved (`cond.to(device)`),
 broadcast from one row (`cond.expand(B)`) and stacked (`Condition.cat(a, b)`: text contexts padded
@@ -29,6 +31,8 @@ class Condition:
     context_mask: Tensor | None = None  # (B, L) bool, True where a token is real (not padding)
     image: Tensor | None = None  # (B, C, *spatial) an image condition: a control hint, a low-resolution input
     image_noise: Tensor | None = None  # (B,) the level s in [0, 1] the image condition was noised to (augmentation)
+    nodes: Tensor | None = None  # (B, N) bool: the real elements of a padded set (atoms; False = padding)
+    independent: Tensor | None = None  # (B,) bool: the row's frames are unrelated images (no temporal attention)
 
     def __post_init__(self) -> None:
         for f, v in self._items():

@@ -34,7 +34,17 @@ from typing import Any
 from unnoise.data import DataConfig
 from unnoise.grids import SPACINGS
 from unnoise.losses import AutoencoderLossConfig, LossConfig
-from unnoise.models import MODEL_PRESETS, AutoencoderConfig, ControlNetConfig, DiTConfig, MLPConfig, UNetConfig
+from unnoise.models import (
+    MODEL_PRESETS,
+    AutoencoderConfig,
+    ControlNetConfig,
+    DiTConfig,
+    EGNNConfig,
+    MLPConfig,
+    UNetConfig,
+    VideoUNetConfig,
+    WaveNetConfig,
+)
 from unnoise.parameterization import PARAMETERIZATIONS
 from unnoise.samplers import SAMPLERS
 from unnoise.schedules import PRESETS as SCHEDULES
@@ -328,6 +338,14 @@ RANGES: dict[str, dict[str, Range | Each | OneOf]] = {
         "length": whole(1, SIDE_MAX, "the exact Gaussian-process sampler's Cholesky factor costs length^3"),
         "lengthscale": real(0, open_lo=True),
         "amplitude": real(0, open_lo=True),
+        "sample_rate": whole(1000, 192_000, "audio is recorded at 8 to 192 kHz"),
+        "clip_length": whole(1, 2**22, "about 4 minutes at 16 kHz, held in memory per clip"),
+        "frames": whole(1, 256, "a video's frames attend to each other"),
+        "digit_size": whole(1, SIDE_MAX, _SIDE_WHY), "videos_per_digit": whole(1, 100, "videos are held in memory"),
+        "max_atoms": whole(1, 29, "QM9's largest molecule has 29 atoms"), "limit": whole(1),
+        "ar1": real(-2, 2, why="a stationary AR(2) process has |ar1| < 2"),
+        "ar2": real(-1, 1, why="a stationary AR(2) process has |ar2| < 1"),
+        "independent_fraction": real(0, 1),
     },
     "diffusion": {"sigma_data": real(0, SIGMA_DATA_MAX, open_lo=True, why=_SIGMA_DATA_WHY),
                   "sigma_min": real(0, 10, why="the consistency boundary is a small noise level; EDM's is 0.002")},
@@ -418,6 +436,11 @@ MODEL_RANGES: dict[type, dict[str, Range | Each | OneOf]] = {
         "dim": whole(1, 65_536, "the input layer holds dim x hidden weights"), "hidden": _WIDTH, "depth": _DEPTH,
         "num_classes": _CLASSES, "time_scale": _TIME_SCALE,
     },
+    EGNNConfig: {
+        "max_atoms": whole(1, 1024, "every slot meets every other: its work grows with the square"),
+        "features": _CHANNELS, "hidden": _WIDTH, "layers": _DEPTH, "num_classes": _CLASSES,
+        "coords_range": real(0, 1e3, open_lo=True), "time_scale": _TIME_SCALE,
+    },
     AutoencoderConfig: {
         "in_channels": _CHANNELS, "image_size": _SIDE, "latent_channels": _CHANNELS, "base_channels": _WIDTH,
         "channel_mult": _LEVELS, "blocks_per_level": _DEPTH,
@@ -425,6 +448,13 @@ MODEL_RANGES: dict[type, dict[str, Range | Each | OneOf]] = {
     },
 }
 MODEL_RANGES[ControlNetConfig] = {**MODEL_RANGES[UNetConfig], "hint_channels": _CHANNELS, "hint_width": _WIDTH}
+MODEL_RANGES[VideoUNetConfig] = {**MODEL_RANGES[UNetConfig], "frames": whole(1, 256, "frames attend to each other"),
+                                 "temporal_head_channels": _WIDTH, "temporal_factors": Each(whole(1, SIDE_MAX), 0, 13)}
+MODEL_RANGES[WaveNetConfig] = {
+    "length": whole(1, 2**22, "about 4 minutes at 16 kHz"), "channels": _WIDTH, "layers": _DEPTH,
+    "cycle": whole(1, 20, "a dilation of 2^19 spans more than any clip"), "hop": whole(1, 4096),
+    "num_classes": _CLASSES, "time_scale": _TIME_SCALE,
+}
 
 
 def check_numbers(section: Any, name: str) -> None:

@@ -5,6 +5,11 @@ which it is:
     space = space_for(config, device)   # PixelSpace() or the run's LatentSpace, checked against its hash
     z = space.encode(x)                 # latents: scale * z ~ q(z | x), unit variance over the training data
     x = space.decode(z)                 # in float32 whatever the caller's autocast: no NaN images
+    x = space.project(x, cond)          # onto the subspace the data live in (identity but for point sets)
+
+A point-set model (molecules) diffuses in unnoise.centred.CentredSpace: the data as they are, but
+in the zero-centre subspace, which `project` keeps every noise draw and sampler state in, and with
+`complete` drawing each sample's number of atoms when the caller gives none.
 
 The scale factor is measured from data: 1 / std of the latents of `scale_images` training images
 (Rombach et al. 2022, §4.3.2 and Appendix G, rescale to unit variance), computed at every
@@ -23,13 +28,28 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from unnoise.centred import CentredSpace
 from unnoise.checkpoint import load_checkpoint, run_config
+from unnoise.conditioning import Condition
 from unnoise.config import RunConfig
+from unnoise.data import DataConfig, load_dataset, modality_of
 from unnoise.data.tensor_set import TensorSet
 from unnoise.models.autoencoder import Autoencoder, AutoencoderConfig
 
 
-class PixelSpace:
+class Unconstrained:
+    """A space that is all of R^d: nothing to project, no condition of its own to draw."""
+
+    constrained = False  # True: the pipeline projects every sampler state (unnoise.centred)
+
+    def project(self, x: Tensor, cond: Condition | None) -> Tensor:
+        return x
+
+    def complete(self, cond: Condition | None, n: int, seed: int, first: int = 0) -> Condition | None:
+        return cond
+
+
+class PixelSpace(Unconstrained):
     """The identity encoder: what a pixel-space model diffuses in."""
 
     scale = 1.0
@@ -42,7 +62,7 @@ class PixelSpace:
 
 
 @dataclass
-class LatentSpace:
+class LatentSpace(Unconstrained):
     """A trained autoencoder as an encoder: z = scale * (a sample of q(z | x)), x = decode(z / scale)."""
 
     autoencoder: Autoencoder
@@ -90,10 +110,18 @@ def _cached_space(path: str, device: str) -> LatentSpace:
     return load_latent_space(path, device)
 
 
-def space_for(config: RunConfig, device: torch.device | str = "cpu") -> LatentSpace | PixelSpace:
+@functools.lru_cache(maxsize=4)
+def _centred_space(data: DataConfig) -> CentredSpace:
+    return CentredSpace(load_dataset(data).atom_count_histogram())
+
+
+def space_for(config: RunConfig, device: torch.device | str = "cpu") -> LatentSpace | PixelSpace | CentredSpace:
     """The encoder a run diffuses in: its autoencoder ([latent] autoencoder), checked against the hash
-    recorded when the run was trained and against the network's input shape, or PixelSpace()."""
+    recorded when the run was trained and against the network's input shape; for point sets the
+    zero-centre subspace with the training data's histogram of sizes; else PixelSpace()."""
     lc = config.latent
+    if modality_of(config.data) == "molecule":
+        return _centred_space(config.data)
     if not lc.autoencoder:
         return PixelSpace()
     space = _cached_space(str(lc.autoencoder), str(device))

@@ -4,7 +4,7 @@
     labels, prompts = pipe.per_sample(64, label=3)                  # each sample's class and prompt
     write_samples(pipe.modality, x, "x.png", record, labels, prompts)   # the grid (or plot) as PNG
     write_samples(pipe.modality, x, "x.npz", record, labels, prompts)   # raw samples, labels, prompts, seeds
-    write_individual(pipe.modality, x, "x/", record, labels, prompts)   # one PNG per sample
+    write_individual(pipe.modality, x, "x/", record, labels, prompts)   # one PNG (WAV, GIF, .xyz) per sample
 
 A PNG holds each setting in a text chunk of its own (values that are not strings as JSON), read
 back with PIL: `Image.open("x.png").text["sampler"]`. An .npz holds `samples` (n, *sample shape),
@@ -54,10 +54,11 @@ def per_sample_record(record: dict[str, Any], i: int, first: int, labels: Tensor
 
 def write_samples(kind: str, x: Tensor, path: str | os.PathLike, record: dict[str, Any],
                   labels: Tensor | None = None, prompts: list[str] | None = None, first: int = 0,
-                  columns: int | None = None, classes: int = 0) -> Path:
-    """Samples x (n, *sample shape) as the picture of their kind (.png) or raw (.npz), with their
-    record. columns None: one column per class for the class grid (labels (first + i) mod classes,
-    prompts none), else about square."""
+                  columns: int | None = None, classes: int = 0, rendering: dict | None = None) -> Path:
+    """Samples x (n, *sample shape) as the picture of their kind (.png, with a sound, an animation or
+    coordinates beside it for audio, video and molecules) or raw (.npz), with their record. columns
+    None: one column per class for the class grid (labels (first + i) mod classes, prompts none), else
+    about square. rendering: what the kind needs besides x (Pipeline.rendering)."""
     path = Path(path)
     if columns is None and classes and labels is not None and prompts is None and len(x) > 1:
         class_grid = torch.equal(labels.cpu(), torch.arange(first, first + len(x)) % classes)
@@ -69,7 +70,7 @@ def write_samples(kind: str, x: Tensor, path: str | os.PathLike, record: dict[st
         whole["labels"] = labels.tolist()
     if prompts is not None:
         whole["prompts"] = sorted(set(prompts), key=prompts.index)  # each once, in order of use
-    return preview(kind, x, path, columns, png_text(whole))
+    return preview(kind, x, path, columns, png_text(whole), **(rendering or {}))
 
 
 def write_npz(x: Tensor, path: str | os.PathLike, record: dict[str, Any], labels: Tensor | None = None,
@@ -84,8 +85,11 @@ def write_npz(x: Tensor, path: str | os.PathLike, record: dict[str, Any], labels
 
 
 def write_individual(kind: str, x: Tensor, folder: str | os.PathLike, record: dict[str, Any],
-                     labels: Tensor | None = None, prompts: list[str] | None = None, first: int = 0) -> list[Path]:
-    """One PNG per sample, named by its index (000000.png, ...), each with its own record."""
+                     labels: Tensor | None = None, prompts: list[str] | None = None, first: int = 0,
+                     rendering: dict | None = None) -> list[Path]:
+    """One file per sample (a PNG; a WAV, GIF or .xyz for audio, video, molecules), named by its index
+    (000000.png, ...), each with its own record."""
     folder = Path(folder)
     return [save_one(kind, x[i:i + 1], folder / f"{first + i:06d}.png",
-                     png_text(per_sample_record(record, i, first, labels, prompts))) for i in range(len(x))]
+                     png_text(per_sample_record(record, i, first, labels, prompts)), **(rendering or {}))
+            for i in range(len(x))]

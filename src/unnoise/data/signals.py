@@ -131,3 +131,34 @@ def _check(n: int, length: int, lengthscale: float, amplitude: float) -> None:
     if not (lengthscale > 0 and amplitude > 0):
         raise ValueError(f"signals need lengthscale > 0 and amplitude > 0, got lengthscale={lengthscale}, "
                          f"amplitude={amplitude}")
+
+
+def ar2_signals(n: int = 10_000, length: int = 256, a1: float = 1.5, a2: float = -0.9, amplitude: float = 0.5,
+                seed: int = 0, split: str = "train") -> SignalSet:
+    """Signals (N, 1, L) of the stationary AR(2) process x_t = a1 x_(t-1) + a2 x_(t-2) + e_t, scaled to
+    standard deviation `amplitude`: a Gaussian process with a resonance (a1 = 1.5, a2 = -0.9: poles of
+    radius 0.95 at 0.105 cycles a sample), whose power spectrum and covariance are known in closed form
+    (unnoise.audio.ar2_spectrum, ar2_covariance) and whose exact denoiser is `dataset.gaussian()`'s.
+    Drawn exactly: (x_0, x_1) from the stationary law, then the recursion, in float64 elementwise."""
+    from unnoise.audio import ar2_covariance
+
+    if split not in SIGNAL_SPLITS:
+        raise ValueError(f"split must be one of {SIGNAL_SPLITS}, got {split!r}")
+    if n < 1 or length < 2 or not amplitude > 0:
+        raise ValueError(f"AR(2) signals need n >= 1, length >= 2, amplitude > 0, got {n}, {length}, {amplitude}")
+    unit = ar2_covariance(a1, a2, 1.0, 2)  # checks stationarity; the law of (x_0, x_1) with unit innovations
+    noise_std = amplitude / unit[0, 0].sqrt().item()  # innovations giving stationary std = amplitude
+    cov = ar2_covariance(a1, a2, noise_std, length)
+    start = cholesky_elementwise(cov[:2, :2])
+    parts = []
+    for part, count in (("train", n), ("test", TEST_SIGNALS)):
+        if split in (part, "all"):
+            z = torch.randn(count, length, generator=_generator(seed, _STREAMS[part]), dtype=torch.float64)
+            x = torch.empty_like(z)
+            x[:, 0] = start[0, 0] * z[:, 0]
+            x[:, 1] = start[1, 0] * z[:, 0] + start[1, 1] * z[:, 1]
+            for t in range(2, length):
+                x[:, t] = a1 * x[:, t - 1] + a2 * x[:, t - 2] + noise_std * z[:, t]
+            parts.append(x.to(torch.float32))
+    return SignalSet(torch.cat(parts).unsqueeze(1), name="ar2", cov=cov)
+

@@ -4,6 +4,7 @@ N examples held in one tensor (N, *sample_shape), with labels and optional capti
     len(dataset), dataset.sample_shape, dataset.modality       # "image", "points", "signal"
     x, labels = dataset.batch(index)                            # (B, *sample_shape) float32, (B,) int64
     dataset.labels (N,) int64 (-1: none), dataset.class_names, dataset.captions (None or Captions)
+    dataset.conditions(index) -> {field: (B, ...)}           per-example Condition fields (a molecule's atoms)
 
 A kind of data stores its values as it likes (images as uint8) and says in `serve` what a stored
 slice becomes; everything else is here once.
@@ -40,6 +41,12 @@ class TensorSet(Dataset):
     def serve(self, values: Tensor) -> Tensor:
         """What stored values become for training and evaluation: float32 (as stored, by default)."""
         return values
+
+    def conditions(self, index: Tensor) -> dict[str, Tensor]:
+        """Condition fields (unnoise.conditioning) that belong to examples `index` themselves, as
+        training passes them to the network: which slots of a molecule are atoms, which rows of a video
+        set are unrelated frames. Most sets have none."""
+        return {}
 
     @property
     def num_classes(self) -> int:

@@ -9,7 +9,7 @@ saves, so a latent model never meets another autoencoder (when sampled, or when 
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import torch
 from torch import Tensor, nn
@@ -63,7 +63,7 @@ class DiffusionObjective(ObjectiveBase):
             if not in_model_space:
                 dataset = encode_dataset(space, dataset, progress=run.main and not run.quiet)
         _check_shape(config, dataset)
-        self.config, self.dataset = config, dataset
+        self.config, self.dataset, self.space = config, dataset, space
         self.hints = _hints(config, dataset)
         self.network = build_model(config.model).to(run.device, run.dtype)
         if isinstance(config.model, ControlNetConfig) and not config.train.init and run.resume is None:
@@ -78,10 +78,12 @@ class DiffusionObjective(ObjectiveBase):
         prompt and label num_classes the null label: the null condition guidance samples with."""
         x0, labels = self.dataset.batch(index)
         t = self.loss_fn.sample_times(len(x0), generator)
-        noise = torch.randn(x0.shape, generator=generator)
+        own = self.dataset.conditions(index)  # fields of the examples themselves (a molecule's atoms)
+        own = Condition(**own) if own else None
+        noise = self.space.project(torch.randn(x0.shape, generator=generator), own)  # a point set: zero-centre noise
         if self.config.loss.coupling == "ot":
             noise = noise[ot_pairing(x0, noise)]
-        batch = {"x0": x0, "t": t, "noise": noise, **self._hint(index, generator)}
+        batch = {"x0": x0, "t": t, "noise": noise, "own": own, **self._hint(index, generator)}
         return self.with_condition(batch, index, labels, generator)
 
     def _hint(self, index: Tensor, generator: torch.Generator) -> Batch:
@@ -103,19 +105,22 @@ class DiffusionObjective(ObjectiveBase):
         batch = {**batch, "labels": None, "caption_ids": None}
         if interface.conditional:  # one mask drops labels and captions together: the null pair guidance uses
             drop = torch.rand(n, generator=generator) < self.config.train.label_dropout
-            if interface.num_classes:
-                batch["labels"] = torch.where(drop, null_labels(interface.num_classes, n), labels)
+            if interface.num_classes:  # an example without a label (-1) trains the unconditional model, as dropped
+                batch["labels"] = torch.where(drop | (labels < 0), null_labels(interface.num_classes, n), labels)
             if self.bank is not None:
                 batch["caption_ids"] = torch.where(drop, 0, self.dataset.captions.draw(index, generator))
         return batch
 
     def condition(self, batch: Batch) -> Condition | None:
         """The batch's condition (labels, encoded captions, the hint image), on this rank's rows only."""
-        labels, ids = batch["labels"], batch["caption_ids"]
-        image = {"image": batch.get("hint"), "image_noise": batch.get("hint_noise")}
+        labels, ids, own = batch["labels"], batch["caption_ids"], batch.get("own")
+        extra = {"image": batch.get("hint"), "image_noise": batch.get("hint_noise")}
+        if own is not None:
+            extra.update({f.name: getattr(own, f.name) for f in fields(own) if getattr(own, f.name) is not None})
         if ids is not None:
-            return replace(self.bank.cond(ids, labels=labels), **image)
-        return Condition(labels=labels, **image) if labels is not None or image["image"] is not None else None
+            return replace(self.bank.cond(ids, labels=labels), **extra)
+        given = labels is not None or any(v is not None for v in extra.values())
+        return Condition(labels=labels, **extra) if given else None
 
     def null_condition(self) -> Condition | None:
         """The null condition, one row (the null label, the empty prompt), or None for an
@@ -139,7 +144,7 @@ class DiffusionObjective(ObjectiveBase):
         path = self.run.out / ("samples.png" if final else f"samples_{step:08d}.png")
         labels, prompts = pipe.per_sample(n, prompts=self.prompts)
         written = write_samples(pipe.modality, x, path, sample_record(pipe, pipe.settings()), labels, prompts,
-                                classes=pipe.classes)
+                                classes=pipe.classes, rendering=pipe.rendering)
         if not (final and self.schedule.name == "flow"):
             return {"samples": str(written)}
         # a flow's straightness (Liu et al. 2022, Def. 3.6): how far one Euler step is from its ODE

@@ -52,7 +52,7 @@ def run_plan(job: Job, emit: Callable[[dict], None], out_dir: Path, max_seconds:
         extra |= {"hint": plan.model.hint} | level
     record = sample_record(pipe, plan.settings, **extra)
     paths = {suffix: write_samples(pipe.modality, x, out_dir / f"{job.id}.{suffix}", record, labels, prompts,
-                                   classes=pipe.classes) for suffix in ("png", "npz")}
+                                   classes=pipe.classes, rendering=pipe.rendering) for suffix in ("png", "npz")}
     return {**paths, "settings": record}
 
 

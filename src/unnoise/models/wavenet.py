@@ -1,0 +1,116 @@
+"""The DiffWave denoiser for waveforms (Kong et al. 2021, "DiffWave: A Versatile Diffusion Model for
+Audio Synthesis", §3.1 and Fig. 2): a non-causal stack of dilated-convolution residual layers with
+gated units and summed skip connections, as in WaveNet (van den Oord et al. 2016) without causality.
+
+    x (B, 1, L) -> conv (1 -> C), ReLU
+    per layer l, dilation 2^(l mod cycle):
+        y = dilated conv_3(h + W_l emb) (C -> 2C);  y = tanh(y_a) * sigmoid(y_b)      (gated unit)
+        (r, s) = conv_1(y) (C -> 2C);  h <- (h + r) / sqrt(2);  skip += s
+    skip / sqrt(layers) -> ReLU -> conv_1 -> ReLU -> zero-initialised conv_1 (C -> 1)
+
+emb is the embedding of the time (sinusoid, two SiLU layers, as DiffWave's diffusion-step
+embedding) plus a class label's (DiffWave's class-conditional SC09 model adds a label embedding the
+same way); label num_classes is the null label, for guidance.
+
+hop > 1 is a CPU economy: the first convolution reads frames of `hop` samples with stride hop (a
+learned patch embedding, as a DiT reads patches) and a transposed convolution writes them back, so
+the stack runs on L / hop positions; hop = 1 is DiffWave as published.
+
+    net = WaveNet(WaveNetConfig(length=16000, hop=32, num_classes=10))
+    out = net(x, t, Condition(labels=labels))          # (B, 1, 16000)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from unnoise.models.embeddings import Cond, ConditionEmbedding, zero_
+from unnoise.models.interface import ModelInterface
+
+
+@dataclass(frozen=True)
+class WaveNetConfig:
+    length: int = 16000  # samples per waveform, L (a multiple of hop)
+    channels: int = 64  # residual channels, C
+    layers: int = 20  # residual layers
+    cycle: int = 10  # dilations 1, 2, ..., 2^(cycle - 1), repeated
+    hop: int = 1  # samples per position of the stack (1: DiffWave as published)
+    num_classes: int = 0  # class labels (0 = unconditional); label num_classes is the null label
+    time_scale: float = 1000.0  # the time is embedded as sin/cos of time_scale * t
+
+    def __post_init__(self) -> None:
+        for name in ("length", "channels", "layers", "cycle", "hop"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be at least 1, got {getattr(self, name)}")
+        if self.length % self.hop:
+            raise ValueError(f"model.length ({self.length}) must be a multiple of model.hop ({self.hop})")
+        if self.num_classes < 0:
+            raise ValueError(f"model.num_classes must be >= 0, got {self.num_classes}")
+        if not (math.isfinite(self.time_scale) and self.time_scale > 0):
+            raise ValueError(f"model.time_scale must be a finite number > 0, got {self.time_scale}")
+
+    @property
+    def interface(self) -> ModelInterface:
+        return ModelInterface((1, self.length), self.num_classes)
+
+
+class ResidualLayer(nn.Module):
+    def __init__(self, channels: int, emb_dim: int, dilation: int):
+        super().__init__()
+        self.emb = nn.Linear(emb_dim, channels)
+        self.dilated = nn.Conv1d(channels, 2 * channels, 3, padding=dilation, dilation=dilation)
+        self.out = nn.Conv1d(channels, 2 * channels, 1)
+
+    def forward(self, h: Tensor, emb: Tensor) -> tuple[Tensor, Tensor]:
+        a, b = self.dilated(h + self.emb(emb)[..., None]).chunk(2, dim=1)
+        residual, skip = self.out(torch.tanh(a) * torch.sigmoid(b)).chunk(2, dim=1)
+        return (h + residual) / math.sqrt(2), skip
+
+
+class WaveNet(nn.Module):
+    def __init__(self, config: WaveNetConfig):
+        super().__init__()
+        self.config = c = config
+        emb_dim = 4 * c.channels
+        self.embed = ConditionEmbedding(emb_dim, c.num_classes, time_scale=c.time_scale, frequencies=128)
+        self.input = nn.Conv1d(1, c.channels, c.hop, stride=c.hop)
+        self.layers = nn.ModuleList(ResidualLayer(c.channels, emb_dim, 2 ** (i % c.cycle)) for i in range(c.layers))
+        self.skip_out = nn.Conv1d(c.channels, c.channels, 1)
+        self.output = zero_(nn.ConvTranspose1d(c.channels, 1, c.hop, stride=c.hop))
+
+    def forward(self, x: Tensor, t: Tensor, cond: Cond = None) -> Tensor:
+        """x (B, 1, L), t (B,), cond: None, labels (B,) or a Condition with labels -> (B, 1, L)."""
+        c = self.config
+        if x.ndim != 3 or tuple(x.shape[1:]) != (1, c.length):
+            raise ValueError(f"expected waveforms of shape (B, 1, {c.length}), got {tuple(x.shape)}")
+        emb, _ = self.embed(t, cond, x.shape[0])  # (B, 4C)
+        h, skip = F.relu(self.input(x)), 0
+        for layer in self.layers:
+            h, s = layer(h, emb)
+            skip = skip + s
+        return self.output(F.relu(self.skip_out(F.relu(skip / math.sqrt(len(self.layers))))))
+
+
+def wavenet_digits() -> WaveNetConfig:
+    """For 1 s of speech at 16 kHz on a CPU: frames of 32 samples (500 of them), 12 layers of 64
+    channels, dilations 1..128 then 1..8 frames (a receptive field of 541 frames: the whole clip)."""
+    return WaveNetConfig(length=16000, channels=64, layers=12, cycle=8, hop=32, num_classes=10)
+
+
+def wavenet_ar2() -> WaveNetConfig:
+    """For the AR(2) waveforms of 128 samples (a truth check): 6 layers of 24 channels, dilations 1..32,
+    a receptive field of 127 samples."""
+    return WaveNetConfig(length=128, channels=24, layers=6, cycle=6, hop=1)
+
+
+def wavenet_tiny() -> WaveNetConfig:
+    """For tests: 4 layers of 16 channels over 256 samples."""
+    return WaveNetConfig(length=256, channels=16, layers=4, cycle=4, hop=1)
+
+
+WAVENET_PRESETS = {"wavenet_digits": wavenet_digits, "wavenet_ar2": wavenet_ar2, "wavenet_tiny": wavenet_tiny}
