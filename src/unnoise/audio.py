@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import soundfile
 import torch
-from scipy.signal import resample_poly
 from torch import Tensor
 
 from unnoise.files import write_atomic
@@ -96,6 +95,8 @@ def resample(x: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     scipy.signal.resample_poly with its default Kaiser-windowed anti-alias filter)."""
     if from_rate == to_rate:
         return x
+    from scipy.signal import resample_poly  # here, not at import: scipy.signal takes 2 s to import
+
     g = math.gcd(int(from_rate), int(to_rate))
     return resample_poly(x, int(to_rate) // g, int(from_rate) // g, axis=-1)
 
