@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,11 +32,10 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from tqdm import tqdm
 
 from unnoise.audio import log_mel
 from unnoise.data.audio import AudioSet, drums, real_digits, spoken_digits
-from unnoise.features import FeatureNet, packaged_path
+from unnoise.features import FeatureNet, fit_classifier, packaged_path
 from unnoise.files import write_atomic
 from unnoise.metrics import frechet_distance, gaussian_stats
 
@@ -163,27 +161,8 @@ def train_audio_features(config: AudioFeatureConfig | str = "spoken-digits",
         net.mel_mean.fill_(mels.mean().item())
         net.mel_std.fill_(mels.std().item())
     generator = torch.Generator().manual_seed(config.seed + 1)
-    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    per_epoch = math.ceil(len(labels) / config.batch_size)
-    total = per_epoch * config.epochs
-    warmup = max(1, min(100, total // 10))
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, 1.0)
-                                                 * 0.5 * (1 + math.cos(math.pi * min(s / total, 1.0))))
-    bar = tqdm(total=total, desc=f"audio feature net ({config.data})", disable=not progress)
-    net.train()
-    for _ in range(config.epochs):
-        order = torch.randperm(len(labels), generator=generator)
-        for i in range(0, len(order), config.batch_size):
-            idx = order[i:i + config.batch_size]
-            loss = F.cross_entropy(net(augment(clips[idx], config, generator)), labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            schedule.step()
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
-    net.eval()
+    fit_classifier(net, clips, labels, lambda batch: augment(batch, config, generator), config, generator,
+                   f"audio feature net ({config.data})", progress)
     info = {
         "data": config.data, "classes": train_set.class_names, "train_clips": int(len(labels)),
         "train_sha256": hashlib.sha256(clips.numpy().tobytes()).hexdigest(),

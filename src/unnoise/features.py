@@ -181,27 +181,8 @@ def train_feature_net(config: FeatureConfig, progress: bool = False) -> tuple[Fe
         net = FeatureNet(train_set.channels, train_set.image_size, train_set.num_classes, config.channels,
                          config.feature_dim)
     generator = torch.Generator().manual_seed(config.seed + 1)
-    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    per_epoch = math.ceil(len(labels) / config.batch_size)
-    total, warmup = per_epoch * config.epochs, min(100, per_epoch * config.epochs // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / max(warmup, 1), 1.0)
-                                                 * 0.5 * (1 + math.cos(math.pi * min(s / total, 1.0))))
-    bar = tqdm(total=total, desc="feature net", disable=not progress)
-    net.train()
-    for _ in range(config.epochs):
-        order = torch.randperm(len(labels), generator=generator)
-        for i in range(0, len(order), config.batch_size):
-            idx = order[i:i + config.batch_size]
-            x = _shifted(to_signed_unit(images[idx]), config.shift, generator)
-            loss = F.cross_entropy(net(x), labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            schedule.step()
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
-    net.eval()
+    fit_classifier(net, images, labels, lambda batch: _shifted(to_signed_unit(batch), config.shift, generator),
+                   config, generator, "feature net", progress)
     info = {
         "data": config.data, "classes": train_set.class_names, "train_images": int(len(labels)),
         "train_sha256": hashlib.sha256(images.numpy().tobytes()).hexdigest(),
@@ -210,6 +191,35 @@ def train_feature_net(config: FeatureConfig, progress: bool = False) -> tuple[Fe
     if config.data != "folder":  # a folder has no test split: we report nothing rather than train accuracy
         info.update(_test_accuracy(net, config))
     return net, info
+
+
+def fit_classifier(net: nn.Module, examples: Tensor, labels: Tensor, augment, config, generator: torch.Generator,
+                   desc: str, progress: bool = False) -> None:
+    """Train a classifier in place with cross-entropy: config.epochs passes over the examples in an order
+    drawn from `generator`, each batch through augment(examples[idx]); AdamW (config.lr,
+    config.weight_decay), a linear warm-up over a tenth of the steps (at most 100), then cosine decay
+    to 0. Leaves the network in eval mode."""
+    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    per_epoch = math.ceil(len(labels) / config.batch_size)
+    total = per_epoch * config.epochs
+    warmup = max(1, min(100, total // 10))
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, 1.0)
+                                                 * 0.5 * (1 + math.cos(math.pi * min(s / total, 1.0))))
+    bar = tqdm(total=total, desc=desc, disable=not progress)
+    net.train()
+    for _ in range(config.epochs):
+        order = torch.randperm(len(labels), generator=generator)
+        for i in range(0, len(order), config.batch_size):
+            idx = order[i:i + config.batch_size]
+            loss = F.cross_entropy(net(augment(examples[idx])), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            schedule.step()
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    net.eval()
 
 
 @torch.no_grad()

@@ -27,7 +27,6 @@ padded slots output 0.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +35,7 @@ from torch import Tensor, nn
 from unnoise.centred import POSITION_DIMS, centre
 from unnoise.conditioning import as_condition
 from unnoise.models.embeddings import Cond, ConditionEmbedding, zero_
-from unnoise.models.interface import ModelInterface
+from unnoise.models.interface import ModelInterface, check_fields
 
 
 @dataclass(frozen=True)
@@ -50,14 +49,7 @@ class EGNNConfig:
     time_scale: float = 1000.0  # the time is embedded as sin/cos of time_scale * t
 
     def __post_init__(self) -> None:
-        for name in ("max_atoms", "features", "hidden", "layers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"model.{name} must be at least 1, got {getattr(self, name)}")
-        if self.num_classes < 0:
-            raise ValueError(f"model.num_classes must be >= 0, got {self.num_classes}")
-        for name in ("coords_range", "time_scale"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
-                raise ValueError(f"model.{name} must be a finite number > 0, got {getattr(self, name)}")
+        check_fields(self, ("max_atoms", "features", "hidden", "layers"), ("coords_range", "time_scale"))
 
     @property
     def interface(self) -> ModelInterface:

@@ -9,6 +9,7 @@ read instead of probing a config's fields.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 OUTPUTS = ("denoiser", "logits", "autoencoder")
@@ -34,3 +35,18 @@ class ModelInterface:
     def conditional(self) -> bool:
         """Whether it takes any condition, hence has a null condition to guide against."""
         return bool(self.num_classes or self.context_dim or self.hint_channels)
+
+
+def check_fields(config, sizes: tuple[str, ...], positive: tuple[str, ...] = ("time_scale",)) -> None:
+    """A network config's common checks, messages naming [model] keys: each of `sizes` at least 1,
+    num_classes >= 0, each of `positive` a finite number > 0 (unnoise.config bounds them from above)."""
+    for name in sizes:
+        if getattr(config, name) < 1:
+            raise ValueError(f"model.{name} must be at least 1, got {getattr(config, name)}")
+    if config.num_classes < 0:
+        raise ValueError(f"model.num_classes must be >= 0, got {config.num_classes}")
+    for name in positive:
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"model.{name} must be a finite number > 0, got {value}")
+

@@ -3,13 +3,12 @@ forward(x, t, cond) with x of shape (B, dim)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from torch import Tensor, nn
 
 from unnoise.models.embeddings import Cond, ConditionEmbedding, zero_
-from unnoise.models.interface import ModelInterface
+from unnoise.models.interface import ModelInterface, check_fields
 
 
 @dataclass(frozen=True)
@@ -21,14 +20,7 @@ class MLPConfig:
     time_scale: float = 1000.0  # the time input is embedded as sin/cos of time_scale * t
 
     def __post_init__(self) -> None:
-        # Messages name the [model] keys of a config. unnoise.config bounds each number from above too.
-        for name in ("dim", "hidden", "depth"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"model.{name} must be at least 1, got {getattr(self, name)}")
-        if self.num_classes < 0:
-            raise ValueError(f"model.num_classes must be >= 0, got {self.num_classes}")
-        if not (math.isfinite(self.time_scale) and self.time_scale > 0):
-            raise ValueError(f"model.time_scale must be a finite number > 0, got {self.time_scale}")
+        check_fields(self, ("dim", "hidden", "depth"))
 
     @property
     def interface(self) -> ModelInterface:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unnoise.models.embeddings import Cond, ConditionEmbedding, zero_
-from unnoise.models.interface import ModelInterface
+from unnoise.models.interface import ModelInterface, check_fields
 
 
 @dataclass(frozen=True)
@@ -44,15 +44,9 @@ class WaveNetConfig:
     time_scale: float = 1000.0  # the time is embedded as sin/cos of time_scale * t
 
     def __post_init__(self) -> None:
-        for name in ("length", "channels", "layers", "cycle", "hop"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"model.{name} must be at least 1, got {getattr(self, name)}")
+        check_fields(self, ("length", "channels", "layers", "cycle", "hop"))
         if self.length % self.hop:
             raise ValueError(f"model.length ({self.length}) must be a multiple of model.hop ({self.hop})")
-        if self.num_classes < 0:
-            raise ValueError(f"model.num_classes must be >= 0, got {self.num_classes}")
-        if not (math.isfinite(self.time_scale) and self.time_scale > 0):
-            raise ValueError(f"model.time_scale must be a finite number > 0, got {self.time_scale}")
 
     @property
     def interface(self) -> ModelInterface:
