@@ -142,7 +142,9 @@ def test_a_trained_super_resolution_model_samples_the_exact_posterior():
                           blocks_per_level=1, attention_factors=(2,), head_channels=16, cond_channels=1))
     schedule, param = get_schedule("edm"), get_parameterization("edm")
     loss_fn, g = DiffusionLoss(schedule, param, LossConfig()), torch.Generator().manual_seed(1)
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
+    # fused: the training loop's AdamW, one kernel for all parameters (the per-tensor loop took a tenth of
+    # this test's time; the measured 3.3 % and 5.8 % below came out the same with either)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, fused=True)
     ema = EMA(net)
     for step in range(1000):
         x = draw(128, g).float()
