@@ -96,3 +96,11 @@ def test_two_process_ddp_trains_a_molecule_model_as_one_process(tmp_path):
     assert a.step == b.step == 6
     for k in a.model:
         assert torch.allclose(a.model[k], b.model[k], rtol=0, atol=1e-9), (k, (a.model[k] - b.model[k]).abs().max())
+
+
+def test_a_molecule_run_refuses_paired_noise(tmp_path):
+    """Minibatch-OT coupling would hand one molecule's zero-centre noise to another of other atoms."""
+    tree = json.loads(json.dumps(MOLECULES))
+    tree["loss"] = {"coupling": "ot"}
+    with pytest.raises(ValueError, match="cannot trade noise"):
+        train(load_config(None, tree={**tree, "out": str(tmp_path / "run")}), quiet=True)

@@ -63,6 +63,9 @@ class DiffusionObjective(ObjectiveBase):
             if not in_model_space:
                 dataset = encode_dataset(space, dataset, progress=run.main and not run.quiet)
         _check_shape(config, dataset)
+        if space.constrained and config.loss.coupling == "ot":  # a pairing would give noise another molecule's atoms
+            raise ValueError("loss.coupling = \"ot\" pairs noise with other examples; point sets of different atoms "
+                             "cannot trade noise: use \"independent\"")
         self.config, self.dataset, self.space = config, dataset, space
         self.hints = _hints(config, dataset)
         self.network = build_model(config.model).to(run.device, run.dtype)
@@ -112,7 +115,8 @@ class DiffusionObjective(ObjectiveBase):
         return batch
 
     def condition(self, batch: Batch) -> Condition | None:
-        """The batch's condition (labels, encoded captions, the hint image), on this rank's rows only."""
+        """The batch's condition (labels, encoded captions, the hint image, the examples' own fields such
+        as a molecule's atoms), on this rank's rows only."""
         labels, ids, own = batch["labels"], batch["caption_ids"], batch.get("own")
         extra = {"image": batch.get("hint"), "image_noise": batch.get("hint_noise")}
         if own is not None:
