@@ -29,13 +29,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from unnoise.audio import log_mel
 from unnoise.data.audio import AudioSet, drums, real_digits, spoken_digits
-from unnoise.features import FeatureNet, fit_classifier, packaged_path
+from unnoise.features import FeatureNet, fit_classifier, packaged_path, read_network
 from unnoise.files import write_atomic
 from unnoise.metrics import frechet_distance, gaussian_stats
 
@@ -203,16 +202,7 @@ def save_audio_features(net: AudioFeatureNet, info: dict, path: str | Path) -> P
 
 def load_audio_features(source: str | Path, device: torch.device | str = "cpu") -> LoadedAudioFeatures:
     """A packaged network by data set name ("spoken-digits", "drums") or a .safetensors path."""
-    path = packaged_path(str(source)) if str(source) in AUDIO_PACKAGED else Path(source)
-    if path.suffix != ".safetensors":
-        raise ValueError(f"audio feature networks load from .safetensors files only, got {path}")
-    if not path.is_file():
-        raise FileNotFoundError(f"no audio feature network at {path}")
-    with safe_open(str(path), "pt") as f:
-        meta = (f.metadata() or {}).get(META_KEY)
-    if meta is None:
-        raise ValueError(f"{path} is not an unnoise audio feature network (no {META_KEY!r} metadata)")
-    info = json.loads(meta)
+    path, info = read_network(source, AUDIO_PACKAGED, META_KEY, "audio feature network")
     net = AudioFeatureNet(_config_of(info), info["num_classes"])
     net.load_state_dict(load_file(str(path)))
     net.eval().to(device)

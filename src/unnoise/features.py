@@ -242,18 +242,24 @@ def packaged_path(data: str) -> Path:
     return Path(str(resources.files("unnoise") / "weights" / f"features-{data}.safetensors"))
 
 
+def read_network(source: str | Path, packaged: tuple[str, ...], key: str, what: str) -> tuple[Path, dict]:
+    """The file of a packaged network (by data set name) or a .safetensors path, and the metadata its
+    safetensors header holds under `key`; `what` names the kind in messages ("feature network")."""
+    path = packaged_path(str(source)) if str(source) in packaged else Path(source)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{what}s load from .safetensors files only, got {path}")
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {path}")
+    with safe_open(str(path), "pt") as f:
+        meta = (f.metadata() or {}).get(key)
+    if meta is None:
+        raise ValueError(f"{path} is not an unnoise {what} (no {key!r} metadata)")
+    return path, json.loads(meta)
+
+
 def load_feature_net(source: str | Path, device: torch.device | str = "cpu") -> LoadedFeatures:
     """A packaged network by data set name ("mnist", "fashion-mnist") or a .safetensors path."""
-    path = packaged_path(str(source)) if str(source) in PACKAGED else Path(source)
-    if path.suffix != ".safetensors":
-        raise ValueError(f"feature networks load from .safetensors files only, got {path}")
-    if not path.is_file():
-        raise FileNotFoundError(f"no feature network at {path}")
-    with safe_open(str(path), "pt") as f:
-        meta = (f.metadata() or {}).get("unnoise.features")
-    if meta is None:
-        raise ValueError(f"{path} is not an unnoise feature network (no 'unnoise.features' metadata)")
-    info = json.loads(meta)
+    path, info = read_network(source, PACKAGED, "unnoise.features", "feature network")
     cfg = info["config"]
     net = FeatureNet(info["in_channels"], info["image_size"], info["num_classes"], tuple(cfg["channels"]),
                      cfg["feature_dim"])
