@@ -16,6 +16,15 @@ hop > 1 is a CPU economy: the first convolution reads frames of `hop` samples wi
 learned patch embedding, as a DiT reads patches) and a transposed convolution writes them back, so
 the stack runs on L / hop positions; hop = 1 is DiffWave as published.
 
+With frames, the stack's ReLUs are a bottleneck: 64 channels after a ReLU carry at most 32 signed
+values, so a frame of 32 samples of noise cannot pass through them whole, and the network cannot
+cancel it where the clip is silent. mask = True adds the path of Conv-TasNet (Luo & Mesgarani 2019,
+§II-A): the frames' linear encoding E(x), scaled channel by channel by a mask M the stack computes,
+decoded by a linear transposed convolution D. A time-varying gain on a learned basis is the form of a
+local Wiener filter, the exact denoiser of a locally stationary Gaussian signal:
+
+    out = output(skip features) + D(M(skip features) * E(x))      (M zero-initialised)
+
     net = WaveNet(WaveNetConfig(length=16000, hop=32, num_classes=10))
     out = net(x, t, Condition(labels=labels))          # (B, 1, 16000)
 """
@@ -41,6 +50,7 @@ class WaveNetConfig:
     cycle: int = 10  # dilations 1, 2, ..., 2^(cycle - 1), repeated
     hop: int = 1  # samples per position of the stack (1: DiffWave as published)
     num_classes: int = 0  # class labels (0 = unconditional); label num_classes is the null label
+    mask: bool = False  # add the masked linear path around the stack (for hop > 1)
     time_scale: float = 1000.0  # the time is embedded as sin/cos of time_scale * t
 
     def __post_init__(self) -> None:
@@ -76,6 +86,9 @@ class WaveNet(nn.Module):
         self.layers = nn.ModuleList(ResidualLayer(c.channels, emb_dim, 2 ** (i % c.cycle)) for i in range(c.layers))
         self.skip_out = nn.Conv1d(c.channels, c.channels, 1)
         self.output = zero_(nn.ConvTranspose1d(c.channels, 1, c.hop, stride=c.hop))
+        if c.mask:
+            self.mask = zero_(nn.Conv1d(c.channels, c.channels, 1))
+            self.decode = nn.ConvTranspose1d(c.channels, 1, c.hop, stride=c.hop)
 
     def forward(self, x: Tensor, t: Tensor, cond: Cond = None) -> Tensor:
         """x (B, 1, L), t (B,), cond: None, labels (B,) or a Condition with labels -> (B, 1, L)."""
@@ -83,17 +96,23 @@ class WaveNet(nn.Module):
         if x.ndim != 3 or tuple(x.shape[1:]) != (1, c.length):
             raise ValueError(f"expected waveforms of shape (B, 1, {c.length}), got {tuple(x.shape)}")
         emb, _ = self.embed(t, cond, x.shape[0])  # (B, 4C)
-        h, skip = F.relu(self.input(x)), 0
+        encoded = self.input(x)
+        h, skip = F.relu(encoded), 0
         for layer in self.layers:
             h, s = layer(h, emb)
             skip = skip + s
-        return self.output(F.relu(self.skip_out(F.relu(skip / math.sqrt(len(self.layers))))))
+        features = F.relu(self.skip_out(F.relu(skip / math.sqrt(len(self.layers)))))
+        out = self.output(features)
+        if self.config.mask:
+            out = out + self.decode(self.mask(features) * encoded)
+        return out
 
 
 def wavenet_digits() -> WaveNetConfig:
     """For 1 s of speech at 16 kHz on a CPU: frames of 32 samples (500 of them), 12 layers of 64
-    channels, dilations 1..128 then 1..8 frames (a receptive field of 541 frames: the whole clip)."""
-    return WaveNetConfig(length=16000, channels=64, layers=12, cycle=8, hop=32, num_classes=10)
+    channels, dilations 1..128 then 1..8 frames (a receptive field of 541 frames: the whole clip), and
+    the masked linear path around the stack."""
+    return WaveNetConfig(length=16000, channels=64, layers=12, cycle=8, hop=32, num_classes=10, mask=True)
 
 
 def wavenet_ar2() -> WaveNetConfig:
