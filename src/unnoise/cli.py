@@ -34,18 +34,22 @@ from unnoise.cli_edit import (
 from unnoise.cli_serve import add_serve, cmd_serve
 from unnoise.config import load_config
 from unnoise.convergence import Report, format_report, measure, report_ok
-from unnoise.data import DATASET_NAMES
+from unnoise.data import DATASET_NAMES, modality_of
 from unnoise.distill import distill
 from unnoise.eval import (
+    KINDS,
     SWEEP_NFE,
     EvalOptions,
     evaluate,
+    evaluate_kind,
     fashion_prompts,
     format_guidance,
+    format_measured,
     format_prompts,
     format_sweep,
     format_table,
     guidance_curve,
+    kinds_help,
     prompt_curve,
     sweep,
     write_reconstructions,
@@ -342,13 +346,16 @@ def _add_eval(sub, fmt) -> None:
                        "and NLL (probability-flow ODE) and VLB in bits/dim on test images; of an autoencoder "
                        "checkpoint: PSNR and the feature metrics of its reconstructions. Prints a table "
                        "and writes it as JSON into the checkpoint folder. --sweep runs every sampler at "
-                       "NFE budgets 1..100 and writes a table, sweep.json and a Pareto plot sweep.png.")
+                       "NFE budgets 1..100 and writes a table, sweep.json and a Pareto plot sweep.png. "
+                       + kinds_help())
     p.add_argument("checkpoint", type=Path, help="a checkpoint folder, or a run folder (its newest checkpoint)")
     p.add_argument("--metrics", default="fd,kid,pr,acc,nn",
-                   help="comma-separated: fd, kid, pr (precision/recall, k = 3), acc (class accuracy of "
+                   help="image runs, comma-separated: fd, kid, pr (precision/recall, k = 3), acc (class accuracy of "
                    "conditional samples), nn (nearest training image), nll (ODE), vlb (variational bound), "
                    "straightness (S of the probability-flow paths, Liu et al. 2022: 0 for straight lines)")
-    p.add_argument("--n", type=positive_int, default=10000, help="generated samples for the sample metrics")
+    p.add_argument("--n", type=positive_int, default=None,
+                   help=f"generated samples for the sample metrics; None: {EvalOptions.n} for images, "
+                   + ", ".join(f"{k.n} for {name}" for name, k in KINDS.items()))
     p.add_argument("--sampler", default=None, help="sampler name; None: the run's [sample] sampler")
     p.add_argument("--steps", type=positive_int, default=None, help="sampler steps; None: the run's")
     p.add_argument("--spacing", choices=SPACINGS, default=None, help="time-grid spacing; None: the run's")
@@ -368,7 +375,9 @@ def _add_eval(sub, fmt) -> None:
                    "captions and held-out paraphrases (prompts.json, prompts.png)")
     p.add_argument("--per-prompt", type=positive_int, default=20,
                    help="--guidance-scales on a text model: samples per prompt (50 prompts)")
-    p.add_argument("--batch-size", type=positive_int, default=500, help="samples (or test images) per batch")
+    p.add_argument("--batch-size", type=positive_int, default=500,
+                   help="samples (or test images) per batch; audio, video and molecule runs: the pipeline's bounded "
+                   "batches unless given")
     p.add_argument("--nll-n", type=positive_int, default=256, help="test images for nll and vlb")
     p.add_argument("--path-n", type=positive_int, default=256, help="straightness: trajectories from noise")
     p.add_argument("--path-steps", type=positive_int, default=100,
@@ -384,7 +393,8 @@ def _add_eval(sub, fmt) -> None:
                    "whole set where there is none. A text model is prompted with these images' captions (in a "
                    "seeded order) and scored against their classes; result files get -<split> in their names")
     p.add_argument("--features", default=None,
-                   help="a feature network .safetensors (unnoise train-features); None: the packaged one")
+                   help="a feature network .safetensors (unnoise train-features; for an audio run one of "
+                   "unnoise.audio_features); None: the packaged one for the run's data set")
     p.add_argument("--sweep", action="store_true",
                    help="every sampler at each NFE budget (FD and KID of --n samples each)")
     p.add_argument("--samplers", default=None, help="--sweep: comma-separated sampler names; None: all")
@@ -579,10 +589,21 @@ def _text_model(config) -> bool:
 
 
 def cmd_eval(args) -> int:
+    config = _checkpoint_config(args.checkpoint)
+    kind = modality_of(config.data)
+    if kind in KINDS:  # audio, video, molecules: their own measures, and only the options that apply
+        defaults = vars(build_parser().parse_args(["eval", str(args.checkpoint)]))
+        given = {k: v for k, v in vars(args).items()
+                 if v != defaults[k] and k not in ("command", "checkpoint", "device")}
+        report, written = evaluate_kind(args.checkpoint, kind, given, device=args.device)
+        print(format_measured(report))
+        print(f"\nwrote {written[0]} and {', '.join(p.name for p in written[1:])}")
+        return 0
     for name in ("rtol", "atol"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name} must be > 0, got {getattr(args, name)}")
-    opts = EvalOptions(metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()), n=args.n,
+    n = args.n or EvalOptions.n
+    opts = EvalOptions(metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()), n=n,
                        sampler=args.sampler, steps=args.steps, spacing=args.spacing, guidance=args.guidance,
                        seed=args.seed, batch_size=args.batch_size, nll_n=args.nll_n, path_n=args.path_n,
                        path_steps=args.path_steps, trace=args.trace,
@@ -591,7 +612,6 @@ def cmd_eval(args) -> int:
                        classifier_scale=args.classifier_scale, reference=args.reference)
     if args.sweep and args.guidance_scales:
         raise ValueError("--sweep and --guidance-scales are separate jobs: give one")
-    config = _checkpoint_config(args.checkpoint)
     if config.model.interface.output == "autoencoder":
         return _eval_autoencoder(args, config)
     if args.guidance_scales and _text_model(config):
@@ -604,14 +624,14 @@ def cmd_eval(args) -> int:
     if args.guidance_scales:
         rows, json_path, png = guidance_curve(args.checkpoint, opts, args.guidance_scales, device=args.device)
         print(format_guidance(rows))
-        print(f"\n{args.n} samples per scale. wrote {json_path} and {png}")
+        print(f"\n{n} samples per scale. wrote {json_path} and {png}")
         return 0
     if args.sweep:
         samplers = [s.strip() for s in args.samplers.split(",")] if args.samplers else list(SAMPLERS)
         budgets = tuple(args.budgets or SWEEP_NFE)
         rows, json_path, png = sweep(args.checkpoint, opts, samplers, budgets, device=args.device)
         print(format_sweep(rows, budgets))
-        print(f"\nFD of {args.n} samples per cell; bold: the best sampler per budget. wrote {json_path} and {png}")
+        print(f"\nFD of {n} samples per cell; bold: the best sampler per budget. wrote {json_path} and {png}")
         return 0
     result, path = evaluate(args.checkpoint, opts, device=args.device)
     print(format_table(result))

@@ -14,6 +14,7 @@ checkpoint, and the reconstructions of an autoencoder's.
     sweeps          every sampler at every NFE budget (SweepRow), the best per budget, the table
     guidance        guidance scale against FD, precision/recall, accuracy; a text model's prompt accuracy
     reconstruction  an autoencoder's reconstructions: PSNR and feature metrics
+    modalities      audio, video and molecule runs: each kind's measures beside real data, one report
 
 Every feature metric is named after its network, e.g. `FD[fashion-mnist-cnn]`: unnoise trains its
 own feature networks (unnoise.features), so these are not FID numbers and are not comparable to them.
@@ -22,6 +23,7 @@ own feature networks (unnoise.features), so these are not FID numbers and are no
 from unnoise.eval.guidance import (GUIDANCE_SCALES, GuidanceRow, PromptRow, fashion_prompts, format_guidance,
                                    format_prompts, guidance_curve, prompt_curve)
 from unnoise.eval.likelihood import likelihood_metrics
+from unnoise.eval.modalities import KINDS, Sampling, evaluate_kind, format_measured, kinds_help
 from unnoise.eval.options import LIKELIHOOD_METRICS, METRICS, SAMPLE_METRICS, EvalOptions, Job, open_job
 from unnoise.eval.reconstruction import write_reconstructions
 from unnoise.eval.reference import REFERENCE_SPLITS, Reference, reference, reference_prompts
@@ -31,10 +33,10 @@ from unnoise.eval.sweeps import (ADAPTIVE_TOLERANCES, SWEEP_NFE, SweepRow, at_bu
                                  steps_for_nfe, sweep)
 
 __all__ = [
-    "ADAPTIVE_TOLERANCES", "GUIDANCE_SCALES", "LIKELIHOOD_METRICS", "METRICS", "REFERENCE_SPLITS", "SAMPLE_METRICS",
-    "SWEEP_NFE", "EvalOptions", "GuidanceRow", "Job", "PromptRow", "Reference", "SampleMetrics", "SweepRow",
-    "at_budget", "best_per_budget", "draw", "evaluate", "fashion_prompts", "floor_metrics", "format_guidance",
-    "format_prompts", "format_sweep", "format_table", "guidance_curve", "likelihood_metrics", "open_job",
-    "prompt_curve", "reference", "reference_prompts", "sample_metrics", "steps_for_nfe", "sweep",
-    "write_reconstructions",
+    "ADAPTIVE_TOLERANCES", "GUIDANCE_SCALES", "KINDS", "LIKELIHOOD_METRICS", "METRICS", "REFERENCE_SPLITS",
+    "SAMPLE_METRICS", "SWEEP_NFE", "EvalOptions", "GuidanceRow", "Job", "PromptRow", "Reference", "SampleMetrics",
+    "Sampling", "SweepRow", "at_budget", "best_per_budget", "draw", "evaluate", "evaluate_kind", "fashion_prompts",
+    "floor_metrics", "format_guidance", "format_measured", "format_prompts", "format_sweep", "format_table",
+    "guidance_curve", "kinds_help", "likelihood_metrics", "open_job", "prompt_curve", "reference",
+    "reference_prompts", "sample_metrics", "steps_for_nfe", "sweep", "write_reconstructions",
 ]
