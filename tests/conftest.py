@@ -1,3 +1,8 @@
+import contextlib
+import socket
+import threading
+import time
+
 import pytest
 import torch
 
@@ -41,3 +46,35 @@ def mixture() -> GaussianMixture:
 @pytest.fixture
 def ddpm():
     return get_schedule("ddpm")
+
+
+@contextlib.contextmanager
+def _serving(app):
+    """Serve an ASGI app with uvicorn on a thread of this process, on a free loopback port; yields the
+    base URL and stops the server after."""
+    import uvicorn
+
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, as uvicorn.run's are
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))  # held from here on: no race for the port
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        srv.should_exit = True
+        thread.join(15)
+        sock.close()
+    assert not thread.is_alive(), "the server did not stop"
+
+
+@pytest.fixture(scope="session")
+def serving():
+    """`with serving(app) as url:` an app served by uvicorn on a thread, at url (http://127.0.0.1:port)."""
+    return _serving

@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import json
 import random
-import socket
 import threading
 import time
 from collections import Counter
@@ -24,7 +23,6 @@ from dataclasses import dataclass, field
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 
 from unnoise.pipeline import Pipeline
 from unnoise.serve import Limits, create_app, load_models
@@ -47,27 +45,12 @@ def run(tiny_mnist_run):
 
 
 @pytest.fixture(scope="module")
-def server(run, tmp_path_factory):
+def server(run, tmp_path_factory, serving):
     """The base URL of a real uvicorn server over the run, on a free loopback port; stopped after the tests."""
     app = create_app(load_models([run], "cpu"), tmp_path_factory.mktemp("serve-results"),
                      Limits(max_queued=MAX_QUEUED))
-    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, as uvicorn.run's are
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(15)
-    sock.close()
-    assert not thread.is_alive(), "the server did not stop"
+    with serving(app) as url:
+        yield url
 
 
 @dataclass

@@ -9,11 +9,13 @@ molecules a picture and an .xyz file. Every kind also saves raw samples as .npz 
     kind = modality_of(config.data)                     # "image", "points", "signal", "audio", "video", "molecule"
     preview(kind, x, "samples.png")                     # the picture a person looks at (and its sound or motion)
     preview("audio", x, "samples.png", sample_rate=8000)  # what a kind needs besides x: unnoise.data.rendering_of
+    png = picture_png(kind, x)                          # the picture alone, as bytes (a server's live previews)
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -33,21 +35,32 @@ def _signals(x: Tensor, path: Path, columns: int | None, metadata: dict[str, str
 
 
 def _audio(x: Tensor, path: Path, columns: int | None, metadata: dict[str, str] | None, sample_rate: int) -> Path:
-    """The clips' waveforms and spectrograms (PNG), and beside it one WAV of the clips in turn."""
-    from unnoise.audio import plot_audio, write_wav
+    """The clips' waveforms and spectrograms (PNG)."""
+    from unnoise.audio import plot_audio
 
-    gap = torch.zeros(int(CLIP_GAP * sample_rate))
-    write_wav(torch.cat([torch.cat([clip[0].float().cpu(), gap]) for clip in x]), path.with_suffix(".wav"),
-              sample_rate)
     return plot_audio(x, path, sample_rate, columns, metadata)
 
 
-def _video(x: Tensor, path: Path, columns: int | None, metadata: dict[str, str] | None, fps: float = 8) -> Path:
-    """A row of frames per video (PNG), and beside it the videos playing in a grid (GIF)."""
-    from unnoise.video import save_gif, save_video_strip
+def _clips_wav(x: Tensor, path: Path, columns: int | None, metadata: dict[str, str] | None, sample_rate: int) -> Path:
+    """One WAV of the clips in turn, CLIP_GAP seconds of silence after each."""
+    from unnoise.audio import write_wav
 
-    save_gif(x, path.with_suffix(".gif"), columns, fps, metadata)
+    gap = torch.zeros(int(CLIP_GAP * sample_rate))
+    return write_wav(torch.cat([torch.cat([clip[0].float().cpu(), gap]) for clip in x]), path, sample_rate)
+
+
+def _video(x: Tensor, path: Path, columns: int | None, metadata: dict[str, str] | None, fps: float = 8) -> Path:
+    """A row of frames per video (PNG)."""
+    from unnoise.video import save_video_strip
+
     return save_video_strip(x, path, metadata)
+
+
+def _videos_gif(x: Tensor, path: Path, columns: int | None, metadata: dict[str, str] | None, fps: float = 8) -> Path:
+    """The videos playing in a grid (GIF)."""
+    from unnoise.video import save_gif
+
+    return save_gif(x, path, columns, fps, metadata)
 
 
 def molecules_of(x: Tensor, elements: tuple[str, ...]) -> list:
@@ -60,18 +73,26 @@ def molecules_of(x: Tensor, elements: tuple[str, ...]) -> list:
 
 def _molecules(x: Tensor, path: Path, columns: int | None, metadata: dict[str, str] | None,
                elements: tuple[str, ...]) -> Path:
-    """The molecules drawn (PNG), and beside it their atoms and coordinates (.xyz)."""
-    from unnoise.chemistry import render_molecules, write_xyz
+    """The molecules drawn (PNG)."""
+    from unnoise.chemistry import render_molecules
 
-    molecules = molecules_of(x, elements)
-    write_xyz(molecules, path.with_suffix(".xyz"))
-    return render_molecules(molecules, path, columns, metadata)
+    return render_molecules(molecules_of(x, elements), path, columns, metadata)
+
+
+def _molecules_xyz(x: Tensor, path: Path, columns: int | None, metadata: dict[str, str] | None,
+                   elements: tuple[str, ...]) -> Path:
+    """Their atoms and coordinates (.xyz)."""
+    from unnoise.chemistry import write_xyz
+
+    return write_xyz(molecules_of(x, elements), path)
 
 
 # kind -> (tensor rank of a batch, the writer of its picture); a new kind of data adds its entry here
 PREVIEWS = {"image": (4, save_image_grid), "points": (2, _points), "signal": (3, _signals), "audio": (3, _audio),
             "video": (5, _video), "molecule": (3, _molecules)}
 MODALITIES = tuple(PREVIEWS)
+# kind -> (suffix, the writer of the file `preview` puts beside the picture: a sound, an animation, coordinates)
+COMPANIONS = {"audio": (".wav", _clips_wav), "video": (".gif", _videos_gif), "molecule": (".xyz", _molecules_xyz)}
 
 
 def _one_wav(x: Tensor, path: Path, metadata: dict[str, str] | None, sample_rate: int) -> Path:
@@ -99,17 +120,29 @@ SINGLES = {"image": (".png", lambda x, path, metadata: save_image_grid(x, path, 
 
 
 def preview(kind: str, x: Tensor, path: str | os.PathLike, columns: int | None = None,
-            metadata: dict[str, str] | None = None, **rendering) -> Path:
+            metadata: dict[str, str] | None = None, companion: bool = True, **rendering) -> Path:
     """Write a batch x (n, *sample_shape) as the picture of its kind: PNG grid, scatter or line plots,
     waveforms (with a .wav beside), frame strips (with a .gif) or molecules (with an .xyz); columns:
     panels a row (None: about square); metadata: PNG text chunks (the settings it was made with);
-    rendering: what the kind needs besides x (unnoise.data.rendering_of: a sample rate, elements)."""
+    companion: whether the file beside is written too (COMPANIONS); rendering: what the kind needs
+    besides x (unnoise.data.rendering_of: a sample rate, elements)."""
     if kind not in PREVIEWS:
         raise ValueError(f"unknown modality {kind!r}; known: {', '.join(PREVIEWS)}")
     rank, write = PREVIEWS[kind]
     if x.ndim != rank:
         raise ValueError(f"a batch of {kind} samples has rank {rank}, got shape {tuple(x.shape)}")
-    return write(x, Path(path), columns, metadata, **rendering)
+    path = Path(path)
+    if companion and kind in COMPANIONS:
+        suffix, write_beside = COMPANIONS[kind]
+        write_beside(x, path.with_suffix(suffix), columns, metadata, **rendering)
+    return write(x, path, columns, metadata, **rendering)
+
+
+def picture_png(kind: str, x: Tensor, columns: int | None = None, **rendering) -> bytes:
+    """The picture of a batch x (n, *sample_shape) alone, as PNG bytes (no file beside it, no
+    metadata): what a viewer shows while samples are made."""
+    with tempfile.TemporaryDirectory(prefix="unnoise-picture-") as folder:
+        return preview(kind, x, Path(folder) / "picture.png", columns, companion=False, **rendering).read_bytes()
 
 
 def save_one(kind: str, x: Tensor, path: str | os.PathLike, metadata: dict[str, str] | None = None,

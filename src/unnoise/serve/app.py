@@ -2,16 +2,18 @@
 
     POST /api/jobs                   a JobRequest -> 202 {id, position, total}; 422 naming the field; 429 queue full
     GET  /api/jobs                   the jobs kept, newest first (?state=done: the gallery)
-    GET  /api/jobs/{id}              state, position in the queue, progress, settings, error
+    GET  /api/jobs/{id}              state, position in the queue, progress, settings, error; done: the
+                                     result's URLs (result: the picture; files: each file by suffix)
     GET  /api/jobs/{id}/events       server-sent events: queued, started, step (progress; a preview PNG
-                                     every few steps), then done, cancelled or failed
+                                     every few steps), then done (with the URLs), cancelled or failed
     POST /api/jobs/{id}/cancel       stops it: a queued job at once, a running one within one step
-    GET  /api/jobs/{id}/result.png   the samples with their settings in PNG text chunks (also .npz)
+    GET  /api/jobs/{id}/result.png   the samples with their settings in PNG text chunks (also .npz, and the
+                                     file beside the picture of audio, video, molecules: .wav, .gif, .xyz)
     GET  /api/models                 what is loaded: conditioning, defaults, shape, price, samplers
     GET  /                           the page
 
 With a token every /api call needs `Authorization: Bearer <token>`, or `?token=<token>` where a
-browser cannot set headers (EventSource, <img src>).
+browser cannot set headers (EventSource, <img src>, <audio src>).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
+from unnoise.modality import COMPANIONS
 from unnoise.samplers import SAMPLERS
 from unnoise.serve.jobs import FINISHED, Job, JobQueue, QueueFull
 from unnoise.serve.models import ServedModel
@@ -39,6 +42,10 @@ PAGE = files("unnoise.serve") / "page"
 KEEPALIVE_SECONDS = 15.0  # a comment line this often keeps proxies from closing a quiet stream
 Readers = dict[str, set[asyncio.Event]]  # job id -> the wake-up events of the streams that follow it
 RECHECK_SECONDS = 1.0  # a stream looks for new events this often even unwoken (before the app's start-up ran)
+# the suffixes of the files a job may write: the picture, the raw samples, and what audio, video and molecules
+# put beside the picture (unnoise.modality.COMPANIONS); a job serves those it wrote, as these media types
+RESULT_SUFFIXES = ("png", "npz", *(suffix[1:] for suffix, _ in COMPANIONS.values()))
+MEDIA_TYPES = {"png": "image/png", "wav": "audio/wav", "gif": "image/gif", "xyz": "chemical/x-xyz"}  # else bytes
 
 
 def create_app(models: dict[str, ServedModel], out_dir: Path, limits: Limits = Limits(), token: str | None = None,
@@ -49,7 +56,7 @@ def create_app(models: dict[str, ServedModel], out_dir: Path, limits: Limits = L
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def forget(job: Job) -> None:
-        for suffix in ("png", "npz"):
+        for suffix in RESULT_SUFFIXES:
             (out_dir / f"{job.id}.{suffix}").unlink(missing_ok=True)
 
     queue = JobQueue(lambda job, emit: run_plan(job, emit, out_dir, limits.max_seconds), limits.max_queued,
@@ -170,14 +177,16 @@ def _job_routes(app: FastAPI, queue: JobQueue, models: dict[str, ServedModel], l
     @app.get("/api/jobs/{job_id}/result.{suffix}", dependencies=auth)
     def result(job_id: str, suffix: str) -> FileResponse:
         job = found(job_id)
-        if suffix not in ("png", "npz"):
-            raise HTTPException(404, f"results are result.png and result.npz, not result.{suffix}")
         if job.state != "done":
             raise HTTPException(409, f"job {job_id} is {job.state}: it has no result")
-        if not Path(job.result[suffix]).is_file():
+        files = job.result["files"]  # what the job wrote, by suffix: no path comes from the request
+        if suffix not in files:
+            raise HTTPException(404, f"job {job_id}'s results are {', '.join('result.' + s for s in files)}, "
+                                f"not result.{suffix}")
+        if not Path(files[suffix]).is_file():
             raise HTTPException(410, f"job {job_id}'s {suffix} file is gone from the results folder")
-        media = "image/png" if suffix == "png" else "application/octet-stream"
-        return FileResponse(job.result[suffix], media_type=media, filename=f"unnoise-{job_id}.{suffix}")
+        return FileResponse(files[suffix], media_type=MEDIA_TYPES.get(suffix, "application/octet-stream"),
+                            filename=f"unnoise-{job_id}.{suffix}")
 
 
 def _summary(plan) -> dict:
@@ -189,10 +198,16 @@ def _status(queue: JobQueue, job: Job) -> dict:
     out = {"id": job.id, "state": job.state, "position": queue.position(job), "progress": job.progress,
            "total": job.total, "created": job.created, "request": job.summary}
     if job.state == "done":
-        out |= {"settings": job.result["settings"], "result": f"/api/jobs/{job.id}/result.png"}
+        out |= {"settings": job.result["settings"]} | _results(job)
     if job.error:
         out["error"] = job.error
     return out
+
+
+def _results(job: Job) -> dict:
+    """A done job's result URLs: the picture's, and every file's by suffix (png, npz, and wav, gif or xyz)."""
+    files = {suffix: f"/api/jobs/{job.id}/result.{suffix}" for suffix in job.result["files"]}
+    return {"result": files["png"], "files": files}
 
 
 def _wake(readers: Readers, job: Job) -> None:
@@ -212,7 +227,8 @@ async def _stream(job: Job, start: int, readers: Readers):
             ready.clear()
             new = job.events[sent:]  # appended under the queue's lock; a slice of a list is read whole
             for event in new:
-                yield f"id: {sent}\ndata: {json.dumps(event)}\n\n"
+                shown = event | _results(job) if event["type"] == "done" else event  # done: where its files are
+                yield f"id: {sent}\ndata: {json.dumps(shown)}\n\n"
                 sent += 1
                 if event["type"] in FINISHED:
                     return

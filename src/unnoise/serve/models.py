@@ -16,7 +16,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from unnoise.cascade import hint_picture, sr_condition
 from unnoise.conditioning import Condition
 from unnoise.data import class_names_of
+from unnoise.modality import MODALITIES
 from unnoise.pipeline import Pipeline
+
+# mode -> the kinds of data (unnoise.modality) it applies to: sdedit and inpaint start from an uploaded picture
+MODE_KINDS = {"sample": MODALITIES, "sdedit": ("image",), "inpaint": ("image",)}
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,11 @@ class ServedModel:
     hint: str | None = None  # the hint image it reads: "edges" (any ControlNet hint), "lowres" or None
     hint_shape: tuple[int, ...] = ()  # the picture a client gives as the hint (C, H, W)
 
+    @property
+    def modes(self) -> list[str]:
+        """The modes that apply to its kind of data (MODE_KINDS)."""
+        return [mode for mode, kinds in MODE_KINDS.items() if self.pipe.modality in kinds]
+
     def describe(self) -> dict:
         """What GET /api/models says of it: conditioning, samplers' defaults, shape, price."""
         pipe, d = self.pipe, self.pipe.defaults
@@ -35,8 +44,8 @@ class ServedModel:
         return {"name": self.name, "source": pipe.source, "step": pipe.step, "modality": pipe.modality,
                 "shape": list(self.data_shape), "classes": pipe.classes, "text": bool(pipe.interface.text),
                 "class_names": class_names[: pipe.classes] if len(class_names) >= pipe.classes else [],
-                "latent": self.data_shape != tuple(pipe.interface.sample_shape),
-                "editable": pipe.modality == "image", "hint": self.hint, "hint_shape": list(self.hint_shape),
+                "latent": self.data_shape != tuple(pipe.interface.sample_shape), "modes": self.modes,
+                "editable": "sdedit" in self.modes, "hint": self.hint, "hint_shape": list(self.hint_shape),
                 "defaults": {"sampler": d.sampler, "steps": d.steps, "spacing": d.spacing, "guidance": d.guidance,
                              "hint_noise": pipe.config.sample.hint_noise if pipe.config else 0.0,
                              "prompts": list(pipe.config.sample.prompts) if pipe.config and pipe.interface.text

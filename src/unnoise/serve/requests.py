@@ -2,8 +2,9 @@
 
 A request is checked whole when it arrives, before it is queued: its types and static ranges by
 the pydantic model (`JobRequest`), everything that depends on the loaded models and the server's
-limits by `check` (model, sampler, label, prompt, uploaded image and mask, and the work). A refused
-request raises `RequestError`, naming the field; the API answers 422 with it.
+limits by `check` (model, the mode against the model's kind of data, sampler, label, prompt, uploaded
+image and mask, and the work). A refused request raises `RequestError`, naming the field; the API
+answers 422 with it.
 
 Work is bounded by `Limits.max_gflop`: n x calls x (2 with classifier-free guidance) x the model's
 GFLOP per sample and network call (counted once at load), where calls are the sampler steps, RePaint's
@@ -31,7 +32,7 @@ from unnoise.edit import INPAINT_SAMPLER, repaint_schedule
 from unnoise.inputs import read_image, read_mask
 from unnoise.pipeline import Settings
 from unnoise.samplers import SAMPLERS
-from unnoise.serve.models import ServedModel
+from unnoise.serve.models import MODE_KINDS, ServedModel
 
 CALLS_PER_STEP = 4  # network calls a running job may make per priced step before it is stopped
 MAX_PREVIEWS = 100  # previews a job sends at most, whatever preview_every asks
@@ -107,6 +108,10 @@ def check(request: JobRequest, models: dict[str, ServedModel], limits: Limits) -
     """The plan of a request, or RequestError naming the first field out of bounds."""
     served = _model(request.model, models)
     pipe = served.pipe
+    if request.mode not in served.modes:
+        kinds = MODE_KINDS[request.mode]
+        raise RequestError("mode", f"mode {request.mode} applies to {' and '.join(kinds)} models only; "
+                           f"{served.name!r} makes {pipe.modality} samples")
     if request.n > limits.max_n:
         raise RequestError("n", f"n must be at most {limits.max_n}, got {request.n}")
     if request.sampler is not None and request.sampler not in SAMPLERS:
@@ -188,9 +193,6 @@ def _images(request: JobRequest, served: ServedModel, limits: Limits) -> tuple[T
             raise RequestError(name, f"mode {request.mode} {'needs' if name in wanted else 'takes no'} {name}")
     if not wanted:
         return None, None
-    if served.pipe.modality != "image":
-        raise RequestError("mode", f"model {served.name!r} makes {served.pipe.modality} samples; only image "
-                           "models edit images")
     shape = served.data_shape
     image = _read("image", request.image, lambda f: read_image(f, shape), limits)
     keep = _read("mask", request.mask, lambda f: read_mask(f, shape), limits) if request.mask else None

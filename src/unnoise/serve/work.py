@@ -1,12 +1,12 @@
 """Running one checked job: the pipeline (or an editor over it) with a step callback that reports
-progress and sends a preview of the current estimate of x0 every few steps, a wrapper around the
-network that stops the job at its next call once it is cancelled or past its time or its calls, and
-the result written as the CLI writes samples (PNG with the settings in text chunks, and .npz)."""
+progress and sends a preview of the current estimate of x0 every few steps (the picture of its kind
+of data: unnoise.modality), a wrapper around the network that stops the job at its next call once it
+is cancelled or past its time or its calls, and the result written as the CLI writes samples (PNG
+with the settings in text chunks, the sound, animation or coordinates beside it, and .npz)."""
 
 from __future__ import annotations
 
 import base64
-import io
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,11 +15,14 @@ from torch import Tensor
 
 from unnoise.cascade import hint_level
 from unnoise.edit import inpaint, sdedit
+from unnoise.modality import COMPANIONS, picture_png
 from unnoise.outputs import sample_record, write_samples
 from unnoise.pipeline import BatchStep
-from unnoise.plots import image_grid
 from unnoise.serve.jobs import Job
 from unnoise.serve.requests import CALLS_PER_STEP, Plan
+
+PREVIEW_FREE = 1.0  # seconds of drawing previews any job may spend (an image grid's previews never use them up)
+PREVIEW_SHARE = 0.25  # past them, drawing previews takes at most about this share of a job's time
 
 
 class OverLimit(Exception):
@@ -27,7 +30,8 @@ class OverLimit(Exception):
 
 
 def run_plan(job: Job, emit: Callable[[dict], None], out_dir: Path, max_seconds: float) -> dict:
-    """Run job.request (a Plan) in one batch; returns the paths of its .png and .npz and its settings."""
+    """Run job.request (a Plan) in one batch; returns its settings and the paths of the files it wrote
+    by suffix: png, npz and the companion of its kind (wav, gif or xyz; unnoise.modality.COMPANIONS)."""
     plan: Plan = job.request
     pipe, req = plan.model.pipe, plan.request
     options = {k: v for k, v in plan.options.items() if v is not None} | {"batch_size": req.n}
@@ -51,9 +55,12 @@ def run_plan(job: Job, emit: Callable[[dict], None], out_dir: Path, max_seconds:
         level = {"hint_noise": hint_level(pipe, req.hint_noise)} if plan.model.hint == "lowres" else {}
         extra |= {"hint": plan.model.hint} | level
     record = sample_record(pipe, plan.settings, **extra)
-    paths = {suffix: write_samples(pipe.modality, x, out_dir / f"{job.id}.{suffix}", record, labels, prompts,
+    files = {suffix: write_samples(pipe.modality, x, out_dir / f"{job.id}.{suffix}", record, labels, prompts,
                                    classes=pipe.classes, rendering=pipe.rendering) for suffix in ("png", "npz")}
-    return {**paths, "settings": record}
+    if pipe.modality in COMPANIONS:  # written beside the PNG
+        suffix = COMPANIONS[pipe.modality][0]
+        files[suffix[1:]] = files["png"].with_suffix(suffix)
+    return {"files": files, "settings": record}
 
 
 def _rows(image: Tensor, n: int) -> Tensor:
@@ -82,24 +89,27 @@ def _guard(job: Job, max_calls: int, deadline: float, seconds: float) -> Callabl
 
 
 def _observer(job: Job, plan: Plan, emit: Callable[[dict], None]):
-    """The step callback: progress and previews."""
-    pipe, done = plan.model.pipe, [0]
+    """The step callback: progress and previews, every plan.preview_every steps and at the last. Past
+    PREVIEW_FREE seconds of drawing, a due preview is skipped while drawing has taken more than
+    PREVIEW_SHARE of the job's time (a plotted kind's picture may take longer than a step)."""
+    pipe, done, drawing, start = plan.model.pipe, [0], [0.0], time.monotonic()
     total = job.total
 
     def observe(b: BatchStep) -> None:
         done[0] += 1
         event = {"type": "step", "step": done[0], "total": total, "t": b.step.t_next}
-        if b.step.x0_hat is not None and pipe.modality == "image" and \
-                (done[0] % plan.preview_every == 0 or done[0] == total):
-            event["preview"] = preview_url(pipe.decode(b.step.x0_hat))
+        last = done[0] == total
+        due = b.step.x0_hat is not None and (done[0] % plan.preview_every == 0 or last)
+        if due and (last or drawing[0] < PREVIEW_FREE or drawing[0] <= PREVIEW_SHARE * (time.monotonic() - start)):
+            began = time.monotonic()
+            event["preview"] = preview_url(pipe.modality, pipe.decode(b.step.x0_hat), pipe.rendering)
+            drawing[0] += time.monotonic() - began
         emit(event)
 
     return observe
 
 
-def preview_url(images: Tensor) -> str:
-    """Images (n, C, H, W) in [-1, 1] as a PNG grid in a data: URL."""
-    buffer = io.BytesIO()
-    image_grid(images).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+def preview_url(kind: str, x: Tensor, rendering: dict) -> str:
+    """A batch x (n, *sample shape) as the picture of its kind (unnoise.modality) in a PNG data: URL."""
+    return "data:image/png;base64," + base64.b64encode(picture_png(kind, x, **rendering)).decode("ascii")
 

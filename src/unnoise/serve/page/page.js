@@ -80,8 +80,8 @@ function modelChanged() {
   $("sampler").value = m.defaults.sampler;
   $("steps").value = m.defaults.steps;
   $("guidance").value = m.defaults.guidance;
-  for (const id of ["mode-sdedit", "mode-inpaint"]) $(id).disabled = !m.editable;
-  if (!m.editable) $("mode-sample").checked = true;
+  for (const name of ["sdedit", "inpaint"]) $(`mode-${name}`).disabled = !m.modes.includes(name);  // image models'
+  if ($(`mode-${mode()}`).disabled) $("mode-sample").checked = true;
   for (const id of ["image-canvas", "mask-canvas"]) {
     $(id).width = m.shape[2] || 1;
     $(id).height = m.shape[1] || 1;
@@ -235,6 +235,7 @@ function watch(id, position) {
   if (current) current.source.close();
   const source = new EventSource(withToken(`/api/jobs/${id}/events`));
   current = { id, source, previews: 0 };
+  $("result-extra").replaceChildren();
   $("preview").dataset.job = id;
   $("preview").dataset.previews = "0";
   $("progress").value = 0;
@@ -268,7 +269,8 @@ async function finished(id, event) {
   if (current?.id !== id) return;  // a job no longer watched
   $("cancel").disabled = true;
   if (event.type === "done") {
-    $("preview").src = withToken(`/api/jobs/${id}/result.png`);
+    $("preview").src = withToken(event.result);
+    $("result-extra").replaceChildren(...besides(id, event.files));
     setStatus("done");
   } else {
     setStatus(event.type === "failed" ? `failed: ${event.error}` : "cancelled", event.type === "failed");
@@ -278,6 +280,32 @@ async function finished(id, event) {
   } catch (err) {
     setStatus(`${$("status").textContent}; the gallery: ${err.message}`, true);
   }
+}
+
+function besides(id, files) {
+  // what audio, video and molecule jobs write beside the picture: a sound to play, an animation, coordinates
+  const shown = [];
+  if (files.wav) {
+    const audio = document.createElement("audio");
+    audio.controls = true;
+    audio.preload = "metadata";
+    audio.src = withToken(files.wav);
+    shown.push(audio);
+  }
+  if (files.gif) {
+    const img = document.createElement("img");
+    img.src = withToken(files.gif);
+    img.alt = `job ${id}, the videos playing`;
+    shown.push(img);
+  }
+  if (files.xyz) {
+    const link = document.createElement("a");
+    link.href = withToken(files.xyz);
+    link.download = `unnoise-${id}.xyz`;
+    link.textContent = "atoms and coordinates (.xyz)";
+    shown.push(link);
+  }
+  return shown;
 }
 
 function card(job) {
@@ -298,7 +326,7 @@ function card(job) {
     `${s.sampler}, ${s.steps} steps, guidance ${s.guidance}`, `seed ${s.seed}, n ${s.n}`,
     s.mode === "sdedit" ? `strength ${s.strength}` : s.mode === "inpaint" ? `r ${s.resample}, jump ${s.jump}` : "",
   ].filter(Boolean).join("\n");
-  div.append(link, pre);
+  div.append(link, ...besides(job.id, job.files), pre);
   return div;
 }
 
