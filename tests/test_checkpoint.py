@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -102,3 +103,24 @@ def test_checkpoint_files_follow_the_umask(tmp_path):
     assert (path.stat().st_mode & 0o777) == 0o755  # a folder others may read, as mkdir makes it
     for name in ("model.safetensors", "ema.safetensors", "state.safetensors", "state.json", "config.json"):
         assert ((path / name).stat().st_mode & 0o777) == 0o644, name
+
+
+def test_a_run_keeps_the_model_it_was_built_with_when_its_preset_changes(tiny_mnist_run, monkeypatch):
+    """A checkpoint names its preset; when a later version changes the preset, the run still loads the
+    network it trained (its resolved fields), and a field the class gained since (simulated here by
+    dropping "dropout" from the resolved record) takes the class default, not the new preset's."""
+    import unnoise.config as config_module
+    from unnoise.checkpoint import read_config, run_config
+    from unnoise.models.unet import UNetConfig, unet_tiny
+    from unnoise.pipeline import Pipeline
+
+    before = run_config(tiny_mnist_run).model
+    changed = lambda: replace(unet_tiny(), base_channels=16, dropout=0.3)  # noqa: E731
+    monkeypatch.setitem(config_module.MODEL_PRESETS, "unet_tiny", changed)
+    assert run_config(tiny_mnist_run).model == before  # the preset's new width is not the run's
+    assert Pipeline.load(tiny_mnist_run).config.model == before  # and its weights load into it
+
+    recorded = read_config(resolve_checkpoint(tiny_mnist_run))
+    del recorded["resolved"]["model"]["dropout"]
+    tree = config_module.pin_model(recorded["tree"], recorded["resolved"])
+    assert tree["model"]["dropout"] == UNetConfig.dropout == 0.0 and tree["model"]["base_channels"] == 8

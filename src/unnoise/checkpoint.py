@@ -39,7 +39,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
-from unnoise.config import RunConfig, load_config
+from unnoise.config import RunConfig, load_config, pin_model
 from unnoise.files import current_umask
 from unnoise.resume_state import check_finite, decode_state, encode_state
 
@@ -101,8 +101,10 @@ def read_config(path: Path) -> dict[str, Any]:
 
 
 def _tree(path: Path, config: dict) -> dict:
-    """A model folder names its latent autoencoder relative to itself (export_model puts it there)."""
-    tree = config["tree"]
+    """The run's tree with its model pinned to the fields it was built with (pin_model: a preset may have
+    changed since); a model folder names its latent autoencoder relative to itself (export_model puts
+    it there)."""
+    tree = pin_model(config["tree"], config.get("resolved"))
     latent = tree.get("latent", {})
     autoencoder = latent.get("autoencoder") if isinstance(latent, dict) else None
     if "exported_from" in config and isinstance(autoencoder, str) and autoencoder and not Path(autoencoder).is_absolute():

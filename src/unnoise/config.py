@@ -299,6 +299,26 @@ def build_model_config(section: dict) -> Any:
     return model
 
 
+def pin_model(tree: dict, resolved: Any) -> dict:
+    """A checkpoint's tree with its model pinned to the fields it was built with. A run names a preset,
+    and a preset's values may change in a later version (wavenet_digits gained its masked path); the
+    run's resolved fields (config.json's "resolved") replace them, and a field the model's class gained
+    since takes the class default, which is by rule the behaviour from before the field existed."""
+    model = tree.get("model")
+    built = resolved.get("model") if isinstance(resolved, dict) else None
+    if not isinstance(model, dict) or not isinstance(built, dict) or model.get("preset") not in MODEL_PRESETS:
+        return tree  # nothing to pin: build_model_config names what is wrong
+    pinned = {}
+    for f in fields(type(MODEL_PRESETS[model["preset"]]())):
+        if f.name in built:
+            pinned[f.name] = built[f.name]
+        elif f.default is not dataclasses.MISSING:
+            pinned[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            pinned[f.name] = f.default_factory()
+    return {**tree, "model": {"preset": model["preset"], **pinned}}
+
+
 def _parse_value(raw: str, dotted: str) -> Any:
     """A `--set` value: a TOML value (3, 1e-4, true, "x", [1, 2]), else the text itself."""
     try:
