@@ -152,3 +152,24 @@ def test_bad_arguments_and_a_missing_package_say_what_to_do(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)  # as if not installed
     with pytest.raises(ValueError, match="pip install qm9pack==1.0.3"):
         qm9_files()
+
+
+def test_a_molecule_set_declares_the_space_its_runs_diffuse_in():
+    """space_for asks the data set's class, without loading it, whether its samples live in a space of
+    their own: molecules do (the zero-centre subspace, with the set's own histogram of atom counts),
+    images do not (and a set without one says so if asked)."""
+    from types import SimpleNamespace
+
+    from unnoise.centred import CentredSpace
+    from unnoise.data import DataConfig, load_dataset, set_class
+    from unnoise.latent import PixelSpace, space_for
+
+    g2 = DataConfig(name="g2")
+    space = space_for(SimpleNamespace(data=g2, latent=None))
+    assert isinstance(space, CentredSpace) and set_class(g2).has_own_space
+    torch.testing.assert_close(space.counts, g2_set().atom_count_histogram(), rtol=0, atol=0)
+    mnist = DataConfig(name="mnist")
+    assert not set_class(mnist).has_own_space
+    assert isinstance(space_for(SimpleNamespace(data=mnist, latent=SimpleNamespace(autoencoder=""))), PixelSpace)
+    with pytest.raises(TypeError, match="no space of its own"):
+        load_dataset(DataConfig(name="moons")).space()

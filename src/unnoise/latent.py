@@ -32,7 +32,7 @@ from unnoise.centred import CentredSpace
 from unnoise.checkpoint import load_checkpoint, run_config
 from unnoise.conditioning import Condition
 from unnoise.config import RunConfig
-from unnoise.data import DataConfig, load_dataset, modality_of
+from unnoise.data import DataConfig, load_dataset, set_class
 from unnoise.data.tensor_set import TensorSet
 from unnoise.models.autoencoder import Autoencoder, AutoencoderConfig
 
@@ -111,17 +111,18 @@ def _cached_space(path: str, device: str) -> LatentSpace:
 
 
 @functools.lru_cache(maxsize=4)
-def _centred_space(data: DataConfig) -> CentredSpace:
-    return CentredSpace(load_dataset(data).atom_count_histogram())
+def _own_space(data: DataConfig) -> CentredSpace:  # the one kind of own space so far
+    return load_dataset(data).space()
 
 
 def space_for(config: RunConfig, device: torch.device | str = "cpu") -> LatentSpace | PixelSpace | CentredSpace:
     """The encoder a run diffuses in: its autoencoder ([latent] autoencoder), checked against the hash
-    recorded when the run was trained and against the network's input shape; for point sets the
-    zero-centre subspace with the training data's histogram of sizes; else PixelSpace()."""
+    recorded when the run was trained and against the network's input shape; a space the data set
+    builds itself (`has_own_space`: point sets' zero-centre subspace with their histogram of sizes);
+    else PixelSpace()."""
     lc = config.latent
-    if modality_of(config.data) == "molecule":
-        return _centred_space(config.data)
+    if set_class(config.data).has_own_space:
+        return _own_space(config.data)
     if not lc.autoencoder:
         return PixelSpace()
     space = _cached_space(str(lc.autoencoder), str(device))

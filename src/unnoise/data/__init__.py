@@ -83,6 +83,7 @@ __all__ = [
     "load_folder",
     "mnist_5k",
     "modality_of",
+    "set_class",
     "padded_from",
     "moons",
     "read_idx",
@@ -186,10 +187,16 @@ _SET_CLASS = {"moons": PointSet, "swiss-roll": PointSet, "gaussians": PointSet, 
               "g2": MoleculeSet}
 
 
+def set_class(config: DataConfig) -> type[TensorSet]:
+    """The class a data set is served as, known without loading it: what its samples are (`modality`)
+    and whether they live in a space of their own (`has_own_space`)."""
+    return _SET_CLASS.get(config.name, ImageSet)
+
+
 def modality_of(config: DataConfig) -> str:
     """What a sample of this data set is (unnoise.modality): "image", "points", "signal", "audio",
     "video" or "molecule"."""
-    return _SET_CLASS.get(config.name, ImageSet).modality
+    return set_class(config).modality
 
 
 def rendering_of(config: DataConfig) -> dict:

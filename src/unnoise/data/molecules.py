@@ -84,6 +84,7 @@ class MoleculeSet(TensorSet):
     `elements` (K columns); nodes (N, N_max) bool, real atoms first. Labels all -1."""
 
     modality = "molecule"  # how a sample is previewed (unnoise.modality)
+    has_own_space = True  # positions diffuse in the zero-centre subspace, sizes drawn from the data (space())
 
     def __init__(self, values: Tensor, nodes: Tensor, *, name: str, elements: tuple[str, ...] = ELEMENTS,
                  smiles: list[str] | None = None, names: list[str] | None = None):
@@ -113,6 +114,12 @@ class MoleculeSet(TensorSet):
     def atom_counts(self) -> Tensor:
         """(N,) int64 atoms per molecule."""
         return self.nodes.sum(1)
+
+    def space(self):
+        """The zero-centre subspace with this set's histogram of atom counts (unnoise.centred)."""
+        from unnoise.centred import CentredSpace  # the space is math over tensors; data need not import it
+
+        return CentredSpace(self.atom_count_histogram())
 
     def atom_count_histogram(self) -> Tensor:
         """(N_max + 1,) float64: the share of molecules with 0, 1, ..., N_max atoms."""

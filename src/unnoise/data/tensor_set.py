@@ -23,6 +23,7 @@ from unnoise.data.captions import Captions
 
 class TensorSet(Dataset):
     modality = "image"  # how a sample is shown (unnoise.modality); subclasses say theirs
+    has_own_space = False  # True: the set's samples live in a space of their own, built by `space()`
 
     def __init__(self, values: Tensor, labels: Tensor | None, *, name: str, class_names: Sequence[str] = (),
                  captions: Captions | None = None):
@@ -47,6 +48,11 @@ class TensorSet(Dataset):
         training passes them to the network: which slots of a molecule are atoms, which rows of a video
         set are unrelated frames. Most sets have none."""
         return {}
+
+    def space(self):
+        """The space a set with has_own_space diffuses in, built from its data (unnoise.latent.space_for);
+        the others diffuse in pixel or latent space."""
+        raise TypeError(f"the {self.name} set has no space of its own: runs diffuse it in pixel or latent space")
 
     @property
     def num_classes(self) -> int:
