@@ -28,7 +28,8 @@ def add_serve(sub, fmt) -> None:
     p.add_argument("--port", type=int, default=8000, help="port to bind")
     p.add_argument("--token", default=None, help="bearer token every API call must carry (required off loopback)")
     p.add_argument("--out", type=Path, default=None,
-                   help="folder for the results (PNG and .npz per job), kept; None: a temporary folder removed at exit")
+                   help="folder for the results (PNG and .npz per job, and the .wav, .gif or .xyz of audio, video "
+                   "and molecule models), kept; None: a temporary folder removed at exit")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N; None: cuda when present, else cpu")
     p.add_argument("--max-n", type=positive_int, default=d.max_n, help="samples per job, at most")
     p.add_argument("--max-steps", type=positive_int, default=d.max_steps, help="sampler steps per job, at most")
