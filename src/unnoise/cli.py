@@ -378,16 +378,7 @@ def _add_eval(sub, fmt) -> None:
     p.add_argument("--batch-size", type=positive_int, default=500,
                    help="samples (or test images) per batch; audio, video and molecule runs: the pipeline's bounded "
                    "batches unless given")
-    p.add_argument("--nll-n", type=positive_int, default=256, help="test images for nll and vlb")
-    p.add_argument("--path-n", type=positive_int, default=256, help="straightness: trajectories from noise")
-    p.add_argument("--path-steps", type=positive_int, default=100,
-                   help="straightness: DDIM steps of each trajectory, uniform in t (>= 2)")
-    p.add_argument("--trace", choices=["exact", "rademacher", "gaussian"], default="rademacher",
-                   help="nll: the divergence exactly (D backward passes) or by Hutchinson's estimator")
-    p.add_argument("--rtol", type=finite, default=1e-5, help="nll: relative tolerance of the dopri5 solve")
-    p.add_argument("--atol", type=finite, default=1e-5, help="nll: absolute tolerance of the dopri5 solve")
-    p.add_argument("--vlb-steps", type=positive_int, default=None,
-                   help="vlb: T; None: the schedule's own (1000 for DDPM), else 1000")
+    _add_eval_likelihood(p)
     p.add_argument("--reference", choices=["test", "train", "all"], default=None,
                    help="the split the sample metrics compare with; None: the held-out split (test), or the "
                    "whole set where there is none. A text model is prompted with these images' captions (in a "
@@ -403,6 +394,18 @@ def _add_eval(sub, fmt) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N; None: cuda when present, else cpu")
 
 
+def _add_eval_likelihood(p) -> None:
+    """unnoise eval: the options of the nll, vlb and straightness metrics."""
+    p.add_argument("--nll-n", type=positive_int, default=256, help="test images for nll and vlb")
+    p.add_argument("--path-n", type=positive_int, default=256, help="straightness: trajectories from noise")
+    p.add_argument("--path-steps", type=positive_int, default=100,
+                   help="straightness: DDIM steps of each trajectory, uniform in t (>= 2)")
+    p.add_argument("--trace", choices=["exact", "rademacher", "gaussian"], default="rademacher",
+                   help="nll: the divergence exactly (D backward passes) or by Hutchinson's estimator")
+    p.add_argument("--rtol", type=finite, default=1e-5, help="nll: relative tolerance of the dopri5 solve")
+    p.add_argument("--atol", type=finite, default=1e-5, help="nll: absolute tolerance of the dopri5 solve")
+    p.add_argument("--vlb-steps", type=positive_int, default=None,
+                   help="vlb: T; None: the schedule's own (1000 for DDPM), else 1000")
 
 
 def _measure(args, steps: list[int], stochastic_steps: int, margin: float) -> tuple[GaussianMixture, Report]:
@@ -565,11 +568,16 @@ def _checkpoint_config(checkpoint):
     return run_config(checkpoint)
 
 
+def _eval_given(args) -> dict:
+    """The `unnoise eval` options given other than their defaults (by argument name), besides the
+    checkpoint and the device: what a kind of run that takes only some of them checks."""
+    defaults = vars(build_parser().parse_args(["eval", str(args.checkpoint)]))
+    return {k: v for k, v in vars(args).items() if v != defaults[k] and k not in ("command", "checkpoint", "device")}
+
+
 def _eval_autoencoder(args, config) -> int:
     """PSNR and the feature metrics of an autoencoder's reconstructions of the --reference split."""
-    defaults = vars(build_parser().parse_args(["eval", str(args.checkpoint)]))
-    applies = {"command", "checkpoint", "reference", "features", "device"}
-    given = [f"--{k.replace('_', '-')}" for k, v in vars(args).items() if k not in applies and v != defaults[k]]
+    given = [f"--{k.replace('_', '-')}" for k in _eval_given(args) if k not in ("reference", "features")]
     if given:
         raise ValueError(f"{args.checkpoint} is an autoencoder: eval measures its reconstructions and takes only "
                          f"--reference, --features and --device, not {', '.join(given)}")
@@ -592,10 +600,7 @@ def cmd_eval(args) -> int:
     config = _checkpoint_config(args.checkpoint)
     kind = modality_of(config.data)
     if kind in KINDS:  # audio, video, molecules: their own measures, and only the options that apply
-        defaults = vars(build_parser().parse_args(["eval", str(args.checkpoint)]))
-        given = {k: v for k, v in vars(args).items()
-                 if v != defaults[k] and k not in ("command", "checkpoint", "device")}
-        report, written = evaluate_kind(args.checkpoint, kind, given, device=args.device)
+        report, written = evaluate_kind(args.checkpoint, kind, _eval_given(args), device=args.device)
         print(format_measured(report))
         print(f"\nwrote {written[0]} and {', '.join(p.name for p in written[1:])}")
         return 0
